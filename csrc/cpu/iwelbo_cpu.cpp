@@ -1,0 +1,25 @@
+// CPU registrations: the op glue of ops_glue.h over the vectorised kernels,
+// in the best instruction set this CPU runs (kernels_default.cpp picks it).
+#include <torch/library.h>
+
+#include "../ops_glue.h"
+#include "kernel_api.h"
+
+namespace iwae_fused {
+namespace {
+
+struct CpuKernels {
+  static void reduce(const ReduceArgs& a) { cpu::kernels().reduce(a); }
+  static void weights(const WeightsArgs& a) { cpu::kernels().weights(a); }
+};
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(iwae_fused, CPU, m) {
+  m.impl("iwelbo", &iwelbo<CpuKernels>);
+  m.impl("_iwelbo_forward", &iwelbo_forward<CpuKernels>);
+  m.impl("iwelbo_backward", &iwelbo_backward<CpuKernels>);
+  m.impl("normalized_weights", &normalized_weights<CpuKernels>);
+}
+
+} // namespace iwae_fused

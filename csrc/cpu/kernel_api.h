@@ -1,0 +1,27 @@
+// The interface between the CPU op glue and the vectorised kernels, which are
+// compiled once per instruction set (kernels_default.cpp, kernels_avx2.cpp,
+// kernels_avx512.cpp) and picked at run time, as ATen's DispatchStub does.
+#pragma once
+
+#include "../kernel_args.h"
+
+namespace iwae_fused::cpu {
+
+using ReduceFn = void (*)(const ReduceArgs&);
+using WeightsFn = void (*)(const WeightsArgs&);
+
+struct KernelTable {
+  ReduceFn reduce;
+  WeightsFn weights;
+  const char* name; // the instruction set, for diagnostics
+};
+
+// One table per compiled instruction set; null where not compiled.
+const KernelTable* kernels_default();
+const KernelTable* kernels_avx2();
+const KernelTable* kernels_avx512();
+
+// The best table this CPU runs, honouring ATEN_CPU_CAPABILITY like ATen.
+const KernelTable& kernels();
+
+} // namespace iwae_fused::cpu

@@ -1,0 +1,367 @@
+// The CPU kernels, written once and compiled once per instruction set: each
+// kernels_<isa>.cpp defines CPU_CAPABILITY (and the target) and includes this
+// file, which lands in namespace iwae_fused::cpu::CPU_CAPABILITY.
+//
+// Geometry: every operand is [outer, K, inner] with strides (kernel_api.h).
+//  * columns (si == 1; e.g. [K, B] reduced over dim 0): a tile of W outputs
+//    side by side is one vector lane each; samples arrive row by row, so every
+//    memory access is a contiguous run of W elements.
+//  * rows (sk == 1; e.g. [B, K] reduced over dim 1): the L lanes of a vector
+//    hold L samples of one output, each lane an online state of its own,
+//    merged across lanes at the end.
+// Either way the inputs are read from memory once: a block of log-weights
+// (log_p - log_q, widened to opmath) goes to an L1-resident buffer while its
+// max is taken, then the block's exponentials are summed against the updated
+// max. One exp per element plus one rescale per block, where the textbook
+// online update would pay two exps per element.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernel_api.h"
+#include "vec_ops.h"
+
+namespace iwae_fused::cpu {
+inline namespace CPU_CAPABILITY {
+
+constexpr int64_t kTileVecs = 16; // columns: outputs per tile, in vectors
+constexpr int64_t kBlock = 16; // rows of a column block / vectors of a row chunk
+// Below this many elements one thread does it all: at 2-16 threads the
+// fork/join costs a few microseconds, the time of ~30k exps.
+constexpr int64_t kParallelElems = 32768;
+constexpr int64_t kMinSplitK = 256; // samples per piece when K is split
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// How many pieces to cut K into so that `items` independent reductions of K
+// samples (each `width` elements wide) keep every thread busy.
+inline int64_t choose_ksplit(int64_t items, int64_t K, int64_t width) {
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (items >= threads || items * K * width < kParallelElems) return 1;
+  return std::max<int64_t>(
+      1, std::min(ceil_div(threads, items), K / kMinSplitK));
+}
+
+template <typename scalar_t>
+struct Kernels {
+  using IO = VecIO<scalar_t>;
+  using opmath_t = typename IO::opmath_t;
+  using V = typename IO::V;
+  using Lane = LaneOps<V>;
+  static constexpr int64_t L = IO::L;
+  static constexpr int64_t W = kTileVecs * L; // columns per tile
+
+  // ---- reduction ----------------------------------------------------------
+
+  // States of the w <= W column outputs (o, i0 .. i0 + w) over samples
+  // [k0, k1), into m[0..w) and s[0..w).
+  template <bool HAS_Q>
+  static void cols_state(
+      const ReduceArgs& a, int64_t o, int64_t i0, int64_t w, int64_t k0,
+      int64_t k1, opmath_t* m_out, opmath_t* s_out) {
+    const int64_t full = w / L, rem = w % L, nv = ceil_div(w, L);
+    const auto* P = static_cast<const scalar_t*>(a.p.data) + o * a.p.so + i0;
+    const auto* Q = HAS_Q
+        ? static_cast<const scalar_t*>(a.q.data) + o * a.q.so + i0
+        : nullptr;
+    V m[kTileVecs], s[kTileVecs], bmax[kTileVecs];
+    V buf[kBlock][kTileVecs];
+    for (int64_t v = 0; v < nv; ++v) m[v] = V(-INFINITY), s[v] = V(0);
+    for (int64_t kb = k0; kb < k1; kb += kBlock) {
+      const int64_t r = std::min(kBlock, k1 - kb);
+      for (int64_t v = 0; v < nv; ++v) bmax[v] = V(-INFINITY);
+      for (int64_t j = 0; j < r; ++j) {
+        const scalar_t* pr = P + (kb + j) * a.p.sk;
+        const scalar_t* qr = HAS_Q ? Q + (kb + j) * a.q.sk : nullptr;
+        for (int64_t v = 0; v < full; ++v) {
+          V x = IO::load(pr + v * L);
+          if constexpr (HAS_Q) x = x - IO::load(qr + v * L);
+          buf[j][v] = x;
+          bmax[v] = Lane::max(bmax[v], x);
+        }
+        if (rem) { // lanes past w read 0 and are never stored
+          V x = IO::load(pr + full * L, rem);
+          if constexpr (HAS_Q) x = x - IO::load(qr + full * L, rem);
+          buf[j][full] = x;
+          bmax[full] = Lane::max(bmax[full], x);
+        }
+      }
+      for (int64_t v = 0; v < nv; ++v) {
+        const V sh = absorb_max(m[v], s[v], bmax[v]);
+        V acc(0);
+        for (int64_t j = 0; j < r; ++j) acc = acc + Lane::exp(buf[j][v] - sh);
+        s[v] = s[v] + acc;
+      }
+    }
+    for (int64_t v = 0; v < nv; ++v) {
+      const int64_t n = std::min(L, w - v * L);
+      m[v].store(m_out + v * L, n);
+      s[v].store(s_out + v * L, n);
+    }
+  }
+
+  // State of row output (o, i) over samples [k0, k1), contiguous in memory.
+  template <bool HAS_Q>
+  static void row_state(
+      const ReduceArgs& a, int64_t o, int64_t i, int64_t k0, int64_t k1,
+      opmath_t& m_out, opmath_t& s_out) {
+    const auto* P =
+        static_cast<const scalar_t*>(a.p.data) + o * a.p.so + i * a.p.si;
+    const auto* Q = HAS_Q
+        ? static_cast<const scalar_t*>(a.q.data) + o * a.q.so + i * a.q.si
+        : nullptr;
+    constexpr int64_t C = kBlock * L;
+    V m(-INFINITY), s(0);
+    V buf[kBlock];
+    for (int64_t kb = k0; kb < k1; kb += C) {
+      const int64_t c = std::min(C, k1 - kb), full = c / L, rem = c % L;
+      V bmax(-INFINITY);
+      for (int64_t v = 0; v < full; ++v) {
+        V x = IO::load(P + kb + v * L);
+        if constexpr (HAS_Q) x = x - IO::load(Q + kb + v * L);
+        buf[v] = x;
+        bmax = Lane::max(bmax, x);
+      }
+      if (rem) { // lanes past the row hold -inf: the identity of the state
+        V x = IO::load(P + kb + full * L, rem);
+        if constexpr (HAS_Q) x = x - IO::load(Q + kb + full * L, rem);
+        x = V::set(V(-INFINITY), x, rem);
+        buf[full] = x;
+        bmax = Lane::max(bmax, x);
+      }
+      const V sh = absorb_max(m, s, bmax);
+      V acc(0);
+      for (int64_t v = 0; v < full + (rem > 0); ++v) {
+        acc = acc + Lane::exp(buf[v] - sh);
+      }
+      s = s + acc;
+    }
+    // Merge the lanes: the common max first, then one vector rescale.
+    opmath_t lanes[L];
+    m.store(lanes);
+    opmath_t M = lanes[0];
+    for (int64_t j = 1; j < L; ++j) M = LaneOps<opmath_t>::max(M, lanes[j]);
+    (s * rescale(m, V(M))).store(lanes);
+    opmath_t S = 0;
+    for (int64_t j = 0; j < L; ++j) S += lanes[j];
+    m_out = M;
+    s_out = S;
+  }
+
+  // lse = log(sum exp) and out = lse - log K for n consecutive outputs.
+  static void finish(
+      const ReduceArgs& a, int64_t idx, const opmath_t* m, const opmath_t* s,
+      int64_t n) {
+    const V log_k(std::log(static_cast<opmath_t>(a.K)));
+    auto* out = static_cast<scalar_t*>(a.out);
+    auto* lse = static_cast<opmath_t*>(a.lse);
+    for (int64_t j = 0; j < n; j += L) {
+      const int64_t c = std::min(L, n - j);
+      const V l = finalize(V::loadu(m + j, c), V::loadu(s + j, c));
+      if (lse) l.store(lse + idx + j, c);
+      if (out) IO::store(out + idx + j, l - log_k, c);
+    }
+  }
+
+  // Merge `pieces` partial states laid out [piece][output] into the first.
+  static void merge_pieces(
+      opmath_t* m, opmath_t* s, int64_t pieces, int64_t n_out) {
+    for (int64_t t = 1; t < pieces; ++t) {
+      for (int64_t j = 0; j < n_out; ++j) {
+        merge(m[j], s[j], m[t * n_out + j], s[t * n_out + j]);
+      }
+    }
+  }
+
+  template <bool HAS_Q>
+  static void reduce_cols(const ReduceArgs& a) {
+    const int64_t ntiles = ceil_div(a.inner, W);
+    const int64_t items = a.outer * ntiles;
+    const int64_t width = std::min(a.inner, W);
+    const int64_t pieces = choose_ksplit(items, a.K, width);
+    const int64_t kchunk = ceil_div(a.K, pieces);
+    if (pieces == 1) {
+      const int64_t grain = std::max<int64_t>(1, kParallelElems / (a.K * width));
+      at::parallel_for(0, items, grain, [&](int64_t b, int64_t e) {
+        opmath_t m[W], s[W];
+        for (int64_t it = b; it < e; ++it) {
+          const int64_t o = it / ntiles, i0 = (it % ntiles) * W;
+          const int64_t w = std::min(W, a.inner - i0);
+          cols_state<HAS_Q>(a, o, i0, w, 0, a.K, m, s);
+          finish(a, o * a.inner + i0, m, s, w);
+        }
+      });
+      return;
+    }
+    // Few outputs, many samples: split K, then merge the pieces' states.
+    const int64_t n_out = a.outer * a.inner;
+    std::vector<opmath_t> m(pieces * n_out), s(pieces * n_out);
+    at::parallel_for(0, items * pieces, 1, [&](int64_t b, int64_t e) {
+      for (int64_t it = b; it < e; ++it) {
+        const int64_t piece = it / items, tile = it % items;
+        const int64_t o = tile / ntiles, i0 = (tile % ntiles) * W;
+        const int64_t w = std::min(W, a.inner - i0);
+        const int64_t k0 = piece * kchunk, k1 = std::min(a.K, k0 + kchunk);
+        const int64_t base = piece * n_out + o * a.inner + i0;
+        if (k0 >= k1) {
+          std::fill_n(m.data() + base, w, opmath_t(-INFINITY));
+          std::fill_n(s.data() + base, w, opmath_t(0));
+          continue;
+        }
+        cols_state<HAS_Q>(a, o, i0, w, k0, k1, m.data() + base, s.data() + base);
+      }
+    });
+    merge_pieces(m.data(), s.data(), pieces, n_out);
+    finish(a, 0, m.data(), s.data(), n_out);
+  }
+
+  template <bool HAS_Q>
+  static void reduce_rows(const ReduceArgs& a) {
+    const int64_t rows = a.outer * a.inner;
+    const int64_t pieces = choose_ksplit(rows, a.K, 1);
+    if (pieces == 1) {
+      const int64_t grain = std::max<int64_t>(1, kParallelElems / a.K);
+      at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+        // Finish in batches so the final log and stores are vectorised.
+        constexpr int64_t kBatch = 64;
+        opmath_t m[kBatch], s[kBatch];
+        for (int64_t r0 = b; r0 < e; r0 += kBatch) {
+          const int64_t n = std::min(kBatch, e - r0);
+          for (int64_t j = 0; j < n; ++j) {
+            const int64_t r = r0 + j;
+            row_state<HAS_Q>(a, r / a.inner, r % a.inner, 0, a.K, m[j], s[j]);
+          }
+          finish(a, r0, m, s, n);
+        }
+      });
+      return;
+    }
+    const int64_t kchunk = ceil_div(a.K, pieces);
+    std::vector<opmath_t> m(pieces * rows), s(pieces * rows);
+    at::parallel_for(0, rows * pieces, 1, [&](int64_t b, int64_t e) {
+      for (int64_t it = b; it < e; ++it) {
+        const int64_t piece = it / rows, r = it % rows;
+        const int64_t k0 = piece * kchunk, k1 = std::min(a.K, k0 + kchunk);
+        opmath_t& mm = m[piece * rows + r];
+        opmath_t& ss = s[piece * rows + r];
+        if (k0 >= k1) {
+          mm = -INFINITY, ss = 0;
+          continue;
+        }
+        row_state<HAS_Q>(a, r / a.inner, r % a.inner, k0, k1, mm, ss);
+      }
+    });
+    merge_pieces(m.data(), s.data(), pieces, rows);
+    finish(a, 0, m.data(), s.data(), rows);
+  }
+
+  static void reduce(const ReduceArgs& a) {
+    if (a.outer * a.inner == 0) return;
+    const bool q = a.q.data != nullptr;
+    if (a.vec_k) {
+      q ? reduce_rows<true>(a) : reduce_rows<false>(a);
+    } else {
+      q ? reduce_cols<true>(a) : reduce_cols<false>(a);
+    }
+  }
+
+  // ---- element-wise weights -----------------------------------------------
+
+  // One contiguous run of n elements: log_w from P (and Q), weights against
+  // the per-element lse and g given by the caller's lambdas.
+  template <bool HAS_Q, typename LseAt, typename GAt>
+  static void weights_run(
+      const WeightsArgs& a, const scalar_t* P, const scalar_t* Q,
+      scalar_t* OP, scalar_t* OQ, int64_t n, LseAt lse_at, GAt g_at) {
+    for (int64_t j = 0; j < n; j += L) {
+      const int64_t c = std::min(L, n - j);
+      V x = c == L ? IO::load(P + j) : IO::load(P + j, c);
+      if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
+      V w = Lane::weight(x, lse_at(j, c));
+      if (a.g) w = w * g_at(j, c);
+      if (OP) IO::store(OP + j, w, c);
+      if (OQ) IO::store(OQ + j, V(0) - w, c);
+    }
+  }
+
+  template <bool HAS_Q>
+  static void weights_impl(const WeightsArgs& a) {
+    const auto* p = static_cast<const scalar_t*>(a.p.data);
+    const auto* q = static_cast<const scalar_t*>(a.q.data);
+    const auto* lse = static_cast<const opmath_t*>(a.lse);
+    const auto* g = static_cast<const scalar_t*>(a.g);
+    auto* op = static_cast<scalar_t*>(a.out_p);
+    auto* oq = static_cast<scalar_t*>(a.out_q);
+    auto out_at = [&](scalar_t* base, int64_t off) {
+      return base ? base + off : nullptr;
+    };
+    if (!a.vec_k) {
+      // Columns: one run per (o, k), the inner axis contiguous; lse and g
+      // are vectors over the run.
+      const int64_t runs = a.outer * a.K;
+      const int64_t grain = std::max<int64_t>(1, kParallelElems / a.inner);
+      at::parallel_for(0, runs, grain, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          const int64_t o = r / a.K, k = r % a.K;
+          const opmath_t* l = lse + o * a.inner;
+          const scalar_t* gg = g ? g + o * a.inner : nullptr;
+          const int64_t off = o * a.out_so + k * a.out_sk;
+          weights_run<HAS_Q>(
+              a, p + o * a.p.so + k * a.p.sk,
+              HAS_Q ? q + o * a.q.so + k * a.q.sk : nullptr, out_at(op, off),
+              out_at(oq, off), a.inner,
+              [&](int64_t j, int64_t c) { return V::loadu(l + j, c); },
+              [&](int64_t j, int64_t c) {
+                return c == L ? IO::load(gg + j) : IO::load(gg + j, c);
+              });
+        }
+      });
+      return;
+    }
+    // Rows: one run per output, K contiguous; lse and g are scalars.
+    const int64_t rows = a.outer * a.inner;
+    const int64_t grain = std::max<int64_t>(1, kParallelElems / a.K);
+    at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t o = r / a.inner, i = r % a.inner;
+        const V l(lse[r]);
+        const V gv(g ? static_cast<opmath_t>(g[r]) : opmath_t(1));
+        const int64_t off = o * a.out_so + i * a.out_si;
+        weights_run<HAS_Q>(
+            a, p + o * a.p.so + i * a.p.si,
+            HAS_Q ? q + o * a.q.so + i * a.q.si : nullptr, out_at(op, off),
+            out_at(oq, off), a.K, [&](int64_t, int64_t) { return l; },
+            [&](int64_t, int64_t) { return gv; });
+      }
+    });
+  }
+
+  static void weights(const WeightsArgs& a) {
+    if (a.outer * a.inner * a.K == 0) return;
+    a.q.data ? weights_impl<true>(a) : weights_impl<false>(a);
+  }
+};
+
+inline void reduce(const ReduceArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, a.dtype, "iwae_fused_reduce",
+      [&] { Kernels<scalar_t>::reduce(a); });
+}
+
+inline void weights(const WeightsArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, a.dtype, "iwae_fused_weights",
+      [&] { Kernels<scalar_t>::weights(a); });
+}
+
+#define IWAE_STRINGIFY2(x) #x
+#define IWAE_STRINGIFY(x) IWAE_STRINGIFY2(x)
+inline constexpr KernelTable table{&reduce, &weights, IWAE_STRINGIFY(CPU_CAPABILITY)};
+
+} // namespace CPU_CAPABILITY
+} // namespace iwae_fused::cpu

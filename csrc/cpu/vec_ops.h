@@ -1,0 +1,68 @@
+// Vector lanes for online_lse.h, and loads/stores that widen half types to
+// float. Included by kernels_impl.h inside one instruction set's compilation
+// (at::vec's inline CPU_CAPABILITY namespace keeps the sets apart).
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/OpMathType.h>
+
+#include <type_traits>
+
+#include "../online_lse.h"
+
+namespace iwae_fused {
+
+template <typename T>
+struct LaneOps<at::vec::Vectorized<T>> {
+  using V = at::vec::Vectorized<T>;
+  // at::vec::maximum propagates NaN from either side, like the scalar max.
+  static V max(V a, V b) { return at::vec::maximum(a, b); }
+  static V exp(V x) { return x.exp(); }
+  static V log(V x) { return x.log(); }
+  static V shift(V m) { return V::blendv(m, V(T(0)), m.abs() == V(T(INFINITY))); }
+  static V weight(V x, V lse) {
+    return V::blendv((x - lse).exp(), V(T(0)), lse == V(-T(INFINITY)));
+  }
+};
+
+namespace cpu {
+
+// Loads and stores of one opmath vector (L elements) from/to scalar_t memory.
+template <typename scalar_t>
+struct VecIO {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using V = at::vec::Vectorized<opmath_t>;
+  static constexpr int64_t L = V::size();
+  static constexpr bool kWiden = !std::is_same_v<scalar_t, opmath_t>;
+
+  static V load(const scalar_t* ptr) {
+    if constexpr (kWiden) {
+      V out;
+      at::vec::load_to_float(ptr, out);
+      return out;
+    } else {
+      return V::loadu(ptr);
+    }
+  }
+  // n < L elements; the other lanes read as 0.
+  static V load(const scalar_t* ptr, int64_t n) {
+    if constexpr (kWiden) {
+      scalar_t tmp[L];
+      for (int64_t j = 0; j < L; ++j) tmp[j] = j < n ? ptr[j] : scalar_t(0);
+      return load(tmp);
+    } else {
+      return V::loadu(ptr, n);
+    }
+  }
+  static void store(scalar_t* ptr, V v, int64_t n = L) {
+    if constexpr (kWiden) {
+      at::vec::convert_from_float<scalar_t>(v, v).store(ptr, n);
+    } else {
+      v.store(ptr, n);
+    }
+  }
+};
+
+} // namespace cpu
+} // namespace iwae_fused

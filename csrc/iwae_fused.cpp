@@ -1,0 +1,33 @@
+// Every op's schema, in one place. Backends register kernels for these under
+// their dispatch keys (cpu/, cuda/); autograd.cpp wires the gradients and
+// iwae_fused/ops.py the fake (meta) implementations.
+#include <torch/library.h>
+
+TORCH_LIBRARY(iwae_fused, m) {
+  // Where the fake (meta) implementations live, for torch.compile/export.
+  m.set_python_module("iwae_fused.ops");
+  const std::vector<at::Tag> pt2{at::Tag::pt2_compliant_tag};
+  // log((1/K) sum_k exp(log_p - log_q)) over `dim`.
+  m.def(
+      "iwelbo(Tensor log_p, Tensor? log_q=None, int dim=0, "
+      "bool keepdim=False) -> Tensor",
+      pt2);
+  // The bound and the per-example log-sum-exp (opmath dtype, dim removed),
+  // which the backward reuses.
+  m.def(
+      "_iwelbo_forward(Tensor log_p, Tensor? log_q, int dim, bool keepdim) "
+      "-> (Tensor, Tensor)",
+      pt2);
+  // grad_log_p = g * w and grad_log_q = -g * w, w = softmax(log_p - log_q),
+  // in one pass, full broadcast shape; an output off in output_mask comes
+  // back as an empty tensor.
+  m.def(
+      "iwelbo_backward(Tensor grad, Tensor lse, Tensor log_p, Tensor? log_q, "
+      "int dim, bool keepdim, bool[2] output_mask) -> (Tensor, Tensor)",
+      pt2);
+  // softmax(log_p - log_q) over `dim`; not differentiable.
+  m.def(
+      "normalized_weights(Tensor log_p, Tensor? log_q=None, int dim=0) "
+      "-> Tensor",
+      pt2);
+}

@@ -1,0 +1,42 @@
+// What a backend's kernels are given: plain pointers, sizes and strides in
+// the [outer, K, inner] geometry of plan.h. Shared by the CPU and CUDA kernels
+// so the op glue (ops_glue.h) fills them once for both.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+namespace iwae_fused {
+
+// An operand in the [outer, K, inner] geometry; strides in elements.
+struct Strided {
+  const void* data = nullptr;
+  int64_t so = 0, sk = 0, si = 0;
+};
+
+// log_w = log_p - log_q (log_q absent: log_w = log_p), reduced over K.
+struct ReduceArgs {
+  c10::ScalarType dtype; // of log_p, log_q and out
+  int64_t outer, K, inner;
+  bool vec_k; // rows (sk == 1) or columns (si == 1)
+  Strided p, q; // q.data == nullptr: no log_q
+  void* out = nullptr; // dtype, [outer * inner]: log(mean exp), or null
+  void* lse = nullptr; // opmath, [outer * inner]: log(sum exp), or null
+};
+
+// Element-wise: w = g * exp(log_w - lse) with the -inf rules of
+// online_lse.h; writes out_p = w and out_q = -w (either may be null).
+struct WeightsArgs {
+  c10::ScalarType dtype; // of log_p, log_q, g, out_p and out_q
+  int64_t outer, K, inner;
+  bool vec_k;
+  Strided p, q;
+  const void* g = nullptr; // dtype, [outer * inner]; null means g = 1
+  const void* lse = nullptr; // opmath, [outer * inner]
+  void* out_p = nullptr;
+  void* out_q = nullptr;
+  int64_t out_so = 0, out_sk = 0, out_si = 0; // shared by out_p and out_q
+};
+
+} // namespace iwae_fused

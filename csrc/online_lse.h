@@ -1,0 +1,94 @@
+// The math every backend shares: the online log-sum-exp state, its merge, its
+// finalisation and the normalised weight, with the -inf / +inf / NaN rules in
+// one place so the CPU and CUDA kernels cannot drift apart.
+//
+// The functions are templates over a "lane" type V. For a scalar V (float,
+// double) they compile for host and device; the CPU kernels instantiate them
+// with at::vec::Vectorized<float|double>, for which the primitives below are
+// specialised in cpu/vec_ops.h.
+//
+// State: (m, s) with m the running max of the log-weights seen so far and
+//   s = sum_k exp(x_k - shift(m)),   shift(m) = (m is +-inf) ? 0 : m.
+// Shifting by 0 rather than by an infinite max is what keeps every step free
+// of inf - inf:
+//   * all x = -inf: m = -inf, s = 0, and the final log gives -inf;
+//   * some x = +inf: s becomes +inf, and the final value is +inf;
+//   * any NaN: max() propagates it, so the slice (and only that slice) is NaN.
+// A finite max shifts as usual, so |x| of 1e4 and more neither overflows nor
+// loses accuracy: s stays in [1, K].
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define IWAE_HD __host__ __device__ __forceinline__
+#else
+#define IWAE_HD inline
+#endif
+
+namespace iwae_fused {
+
+// ---- primitives, per lane type ---------------------------------------------
+// A class template (rather than overloads) so that the vector specialisations
+// in cpu/vec_ops.h are found at instantiation, whatever the include order.
+template <typename V>
+struct LaneOps;
+
+template <typename T>
+struct ScalarLaneOps {
+  // max that propagates NaN from either side, like torch.maximum.
+  static IWAE_HD T max(T a, T b) { return (a != a || a > b) ? a : b; }
+  static IWAE_HD T exp(T x) { return std::exp(x); }
+  static IWAE_HD T log(T x) { return std::log(x); }
+  // 0 for +-inf, the value itself otherwise (NaN stays NaN).
+  static IWAE_HD T shift(T m) {
+    return (m == T(INFINITY) || m == -T(INFINITY)) ? T(0) : m;
+  }
+  // exp(x - lse), except that an all -inf slice (lse = -inf) has weight 0
+  // instead of exp(-inf + inf) = NaN.
+  static IWAE_HD T weight(T x, T lse) {
+    return lse == -T(INFINITY) ? T(0) : std::exp(x - lse);
+  }
+};
+
+template <>
+struct LaneOps<float> : ScalarLaneOps<float> {};
+template <>
+struct LaneOps<double> : ScalarLaneOps<double> {};
+
+// ---- the state, written once over any lane type ---------------------------
+
+// Factor that re-expresses a sum taken against shift(m_old) against
+// shift(m_new). Uses the raw m_old so an empty (-inf) state scales by
+// exp(-inf) = 0 and never by 0 * exp(+large) = NaN.
+template <typename V>
+IWAE_HD V rescale(V m_old, V m_new) {
+  return LaneOps<V>::exp(m_old - LaneOps<V>::shift(m_new));
+}
+
+// Fold a block whose largest log-weight is block_max into (m, s). Returns the
+// shift the block's terms must use: s += sum exp(x - returned_shift).
+template <typename V>
+IWAE_HD V absorb_max(V& m, V& s, V block_max) {
+  V m_new = LaneOps<V>::max(m, block_max);
+  s = s * rescale(m, m_new);
+  m = m_new;
+  return LaneOps<V>::shift(m_new);
+}
+
+// Merge state (m2, s2) into (m1, s1). Associative and commutative up to
+// rounding; an empty state (-inf, 0) is the identity.
+template <typename V>
+IWAE_HD void merge(V& m1, V& s1, V m2, V s2) {
+  V m = LaneOps<V>::max(m1, m2);
+  s1 = s1 * rescale(m1, m) + s2 * rescale(m2, m);
+  m1 = m;
+}
+
+// log(sum_k exp(x_k)) from the state.
+template <typename V>
+IWAE_HD V finalize(V m, V s) {
+  return LaneOps<V>::shift(m) + LaneOps<V>::log(s);
+}
+
+} // namespace iwae_fused

@@ -1,0 +1,150 @@
+// The device-independent body of every op: plan, allocate, fill the kernel
+// arguments, launch. A backend supplies `Kernels` with
+//   static void reduce(const ReduceArgs&);
+//   static void weights(const WeightsArgs&);
+// and registers these functions under its dispatch key (cpu/iwelbo_cpu.cpp).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+#include "kernel_args.h"
+#include "plan.h"
+
+namespace iwae_fused {
+
+inline Strided strided(const Operand& op) {
+  return Strided{op.tensor.const_data_ptr(), op.so, op.sk, op.si};
+}
+
+template <typename Args>
+Args geometry_args(const Plan& pl) {
+  Args a;
+  a.dtype = pl.dtype;
+  a.outer = pl.outer;
+  a.K = pl.K;
+  a.inner = pl.inner;
+  a.vec_k = pl.vec_k;
+  a.p = strided(pl.p);
+  if (pl.has_q) a.q = strided(pl.q);
+  return a;
+}
+
+inline at::TensorOptions opts(const Plan& pl, at::ScalarType dt) {
+  return at::TensorOptions().dtype(dt).device(pl.p.tensor.device());
+}
+
+// The bound and, if asked, the per-example log-sum-exp in opmath (what the
+// backward needs; a half-precision bound would be too coarse for it).
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor> reduce_op(
+    const char* op, const at::Tensor& log_p,
+    const std::optional<at::Tensor>& log_q, int64_t dim, bool keepdim,
+    bool want_out, bool want_lse) {
+  Plan pl = make_plan(op, log_p, log_q, dim);
+  at::Tensor out, lse;
+  auto a = geometry_args<ReduceArgs>(pl);
+  if (want_out) {
+    out = at::empty(pl.out_shape(keepdim), opts(pl, pl.dtype));
+    a.out = out.mutable_data_ptr();
+  }
+  if (want_lse) {
+    lse = at::empty(pl.out_shape(false), opts(pl, opmath_dtype(pl.dtype)));
+    a.lse = lse.mutable_data_ptr();
+  }
+  Kernels::reduce(a);
+  return {out, lse};
+}
+
+// Runs the element-wise weights kernel on a planned input; outputs are full
+// (broadcast) shape, returned contiguous.
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor> weights_op(
+    const Plan& pl, const at::Tensor& lse, const at::Tensor& g,
+    std::array<bool, 2> mask) {
+  auto a = geometry_args<WeightsArgs>(pl);
+  a.lse = lse.const_data_ptr();
+  a.g = g.defined() ? g.const_data_ptr() : nullptr;
+  at::Tensor out_p, out_q;
+  if (mask[0]) {
+    out_p = pl.empty_full(pl.dtype, a.out_so, a.out_sk, a.out_si);
+    a.out_p = out_p.mutable_data_ptr();
+  }
+  if (mask[1]) {
+    out_q = pl.empty_full(pl.dtype, a.out_so, a.out_sk, a.out_si);
+    a.out_q = out_q.mutable_data_ptr();
+  }
+  Kernels::weights(a);
+  // The geometry's layout is contiguous except for transposed or permuted
+  // inputs; a copy there keeps outputs predictable (and equal to the fake
+  // implementations' metadata).
+  auto canonical = [&](at::Tensor& t) {
+    if (!t.defined()) t = at::empty({0}, opts(pl, pl.dtype));
+    else if (!t.is_contiguous()) t = t.contiguous();
+  };
+  canonical(out_p);
+  canonical(out_q);
+  return {out_p, out_q};
+}
+
+template <class Kernels>
+at::Tensor iwelbo(
+    const at::Tensor& log_p, const std::optional<at::Tensor>& log_q,
+    int64_t dim, bool keepdim) {
+  return std::get<0>(
+      reduce_op<Kernels>("iwelbo", log_p, log_q, dim, keepdim, true, false));
+}
+
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor> iwelbo_forward(
+    const at::Tensor& log_p, const std::optional<at::Tensor>& log_q,
+    int64_t dim, bool keepdim) {
+  return reduce_op<Kernels>("iwelbo", log_p, log_q, dim, keepdim, true, true);
+}
+
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor> iwelbo_backward(
+    const at::Tensor& grad, const at::Tensor& lse, const at::Tensor& log_p,
+    const std::optional<at::Tensor>& log_q, int64_t dim, bool keepdim,
+    std::array<bool, 2> output_mask) {
+  const char* op = "iwelbo_backward";
+  Plan pl = make_plan(op, log_p, log_q, dim);
+  const auto out_shape = pl.out_shape(keepdim);
+  TORCH_CHECK_VALUE(
+      grad.sizes() == at::IntArrayRef(out_shape), op,
+      "(): expected grad of shape ", at::IntArrayRef(out_shape),
+      " (the shape of the bound), but got ", grad.sizes());
+  const auto lse_shape = pl.out_shape(false);
+  TORCH_CHECK_VALUE(
+      lse.sizes() == at::IntArrayRef(lse_shape) &&
+          lse.scalar_type() == opmath_dtype(pl.dtype),
+      op, "(): expected lse of shape ", at::IntArrayRef(lse_shape),
+      " and dtype ", opmath_dtype(pl.dtype), ", but got ", lse.sizes(),
+      " and ", lse.scalar_type());
+  TORCH_CHECK(
+      grad.device() == log_p.device() && lse.device() == log_p.device(), op,
+      "(): expected grad and lse on ", log_p.device(), ", but got ",
+      grad.device(), " and ", lse.device());
+  const at::Tensor g = grad.to(pl.dtype).contiguous();
+  return weights_op<Kernels>(pl, lse.contiguous(), g, output_mask);
+}
+
+template <class Kernels>
+at::Tensor normalized_weights(
+    const at::Tensor& log_p, const std::optional<at::Tensor>& log_q,
+    int64_t dim) {
+  const char* op = "normalized_weights";
+  Plan pl = make_plan(op, log_p, log_q, dim);
+  const at::Tensor lse =
+      at::empty(pl.out_shape(false), opts(pl, opmath_dtype(pl.dtype)));
+  auto a = geometry_args<ReduceArgs>(pl);
+  a.lse = lse.mutable_data_ptr();
+  Kernels::reduce(a);
+  return std::get<0>(weights_op<Kernels>(pl, lse, at::Tensor(), {true, false}));
+}
+
+} // namespace iwae_fused

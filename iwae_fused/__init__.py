@@ -1,0 +1,25 @@
+"""iwae_fused: fused, dispatcher-registered importance-weighted bounds.
+
+    bound = iwae_fused.iwelbo(log_p, log_q, dim=0)    # [K, B] -> [B]
+    loss = -bound.mean()
+
+Every op is a registered torch operator (torch.ops.iwae_fused.*) with CPU
+kernels, C++ autograd and fake implementations, so it runs eagerly, on meta
+tensors and under torch.compile. Pure-PyTorch definitions of the same ops are
+in iwae_fused.reference (imported on demand; the ops never use it).
+"""
+
+from iwae_fused._build import _C
+from iwae_fused.ops import iwelbo, normalized_weights
+
+__all__ = ["iwelbo", "normalized_weights"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # `iwae_fused.reference` on demand, so importing the ops never loads it.
+    if name == "reference":
+        import importlib
+
+        return importlib.import_module("iwae_fused.reference")
+    raise AttributeError(f"module 'iwae_fused' has no attribute {name!r}")

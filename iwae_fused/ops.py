@@ -1,0 +1,190 @@
+"""Python entry points of the ops, and their fake (meta) implementations.
+
+The entry points are thin: argument checks, broadcasting and dtype promotion
+happen in C++ (csrc/plan.cpp) where they cost nothing per call, and autograd
+is registered in C++ (csrc/autograd.cpp). The fake implementations below
+mirror plan.cpp's checks and shapes for meta and fake tensors (torch.compile,
+torch.export), with the same error messages.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from iwae_fused._build import _C  # noqa: F401  (registers torch.ops.iwae_fused)
+
+__all__ = ["iwelbo", "normalized_weights"]
+
+_iwelbo = torch.ops.iwae_fused.iwelbo.default
+_normalized_weights = torch.ops.iwae_fused.normalized_weights.default
+
+
+def iwelbo(
+    log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0, keepdim: bool = False
+) -> Tensor:
+    r"""The importance-weighted bound (IWAE, Burda et al. 2016) along ``dim``.
+
+    .. math::
+        \mathcal{L}_K = \log \frac{1}{K} \sum_{k=1}^{K} \exp(\log p_k - \log q_k)
+
+    with ``K = log_p.shape[dim]``. A drop-in for
+    ``torch.logsumexp(log_p - log_q, dim, keepdim) - math.log(K)``: the same
+    values, shape, dtype, device, broadcasting of ``log_p`` against ``log_q``
+    and dtype promotion, from one fused kernel per direction.
+
+    Args:
+        log_p: log p(x, z_k), e.g. ``[K, B]`` for K samples of B examples (what
+            ``q.rsample((K,))`` gives). With ``log_q=None`` it holds the
+            log-weights log p - log q themselves.
+        log_q: log q(z_k | x), broadcastable against ``log_p``; or None.
+        dim: the sample dimension, reduced away (any dim, negative allowed).
+        keepdim: keep ``dim`` as size 1.
+
+    Returns:
+        The bound per example: ``log_p``'s broadcast shape without ``dim``.
+
+    Gradients: ``d/d log_p = g * w`` and ``d/d log_q = -g * w`` with
+    ``w = softmax(log_p - log_q, dim)`` the normalized importance weights,
+    written in one element-wise pass from the log-sum-exp saved by the
+    forward. A broadcast input receives its gradient summed over the broadcast.
+    Double backward is not supported (it raises).
+
+    Numerics, where the eager expression is worse:
+
+    * a slice whose log-weights are all ``-inf`` gives ``-inf`` and zero
+      gradients (the eager expression gives NaN gradients);
+    * a sample at ``-inf`` gets weight exactly 0;
+    * a NaN makes that slice's bound and gradients NaN, and no other slice's;
+    * a ``+inf`` log-weight gives ``+inf`` (as logsumexp does), with NaN
+      gradient at the ``+inf`` samples and 0 elsewhere in that slice;
+    * log-weights of magnitude 1e4 and more neither overflow nor lose
+      accuracy (an online max shift, the sum stays in [1, K]);
+    * float16 and bfloat16 accumulate in float32 and round once, at the end.
+
+    Errors: non-floating dtypes (TypeError), shapes that do not broadcast or an
+    empty sample dim, K = 0 (ValueError), ``dim`` out of range (IndexError),
+    inputs on different devices (RuntimeError). An empty batch gives an empty
+    result.
+    """
+    return _iwelbo(log_p, log_q, dim, keepdim)
+
+
+def normalized_weights(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> Tensor:
+    r"""The self-normalized importance weights ``softmax(log_p - log_q, dim)``.
+
+    .. math::
+        \tilde w_k = \frac{\exp(\log p_k - \log q_k)}{\sum_j \exp(\log p_j - \log q_j)}
+
+    Same arguments, broadcasting and dtype rules as :func:`iwelbo`; returns the
+    broadcast shape of ``log_p`` and ``log_q`` (``dim`` kept), contiguous.
+    Computed by the same kernels (one reduction, one element-wise pass).
+
+    The weights are returned as constants, without a gradient: reweighted
+    wake-sleep and weight diagnostics use them as such, e.g. the wake-phi loss
+    ``-(normalized_weights(log_p, log_q) * log_q).sum(0).mean()``. A slice
+    whose log-weights are all ``-inf`` gets weights 0 (softmax gives NaN).
+    """
+    return _normalized_weights(log_p, log_q, dim)
+
+
+# ---- fake implementations (mirror csrc/plan.cpp) -----------------------------
+
+_SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_input(op, name, t):
+    if t.dtype not in _SUPPORTED:
+        raise TypeError(
+            f"{op}(): expected {name} to be a floating-point tensor (torch.float32, "
+            f"torch.float64, torch.float16 or torch.bfloat16), but got {t.dtype}"
+        )
+
+
+def _broadcast(op, a, b):
+    n = max(len(a), len(b))
+    out = []
+    for i in range(n):
+        sa = a[i - (n - len(a))] if i >= n - len(a) else 1
+        sb = b[i - (n - len(b))] if i >= n - len(b) else 1
+        if not (sa == sb or sa == 1 or sb == 1):
+            raise ValueError(
+                f"{op}(): log_p of shape {list(a)} and log_q of shape {list(b)} do not "
+                f"broadcast: sizes {sa} and {sb} differ at dimension {i - n} (shapes "
+                f"must be equal or 1 there, as for log_p - log_q)"
+            )
+        out.append(sb if sa == 1 else sa)
+    return out
+
+
+def _plan(op, log_p, log_q, dim):
+    """(broadcast shape, wrapped dim, promoted dtype), with plan.cpp's errors."""
+    _check_input(op, "log_p", log_p)
+    if log_q is not None:
+        _check_input(op, "log_q", log_q)
+        if log_q.device != log_p.device:
+            raise RuntimeError(
+                f"{op}(): expected log_p and log_q on the same device, but log_p is "
+                f"on {log_p.device} and log_q is on {log_q.device}"
+            )
+        shape = _broadcast(op, list(log_p.shape), list(log_q.shape))
+        dtype = torch.result_type(log_p, log_q)
+    else:
+        shape = list(log_p.shape)
+        dtype = log_p.dtype
+    span = max(len(shape), 1)
+    if not -span <= dim < span:
+        raise IndexError(
+            f"{op}(): dim={dim} is out of range for log-weights of shape {shape} "
+            f"(expected dim in [{-span}, {span - 1}])"
+        )
+    d = 0 if not shape else dim % span
+    if shape and shape[d] == 0:
+        raise ValueError(
+            f"{op}(): the sample dimension dim={dim} has size 0, but at least one "
+            f"importance sample is needed (log-weights of shape {shape})"
+        )
+    return shape, d, dtype
+
+
+def _reduced(shape, d, keepdim):
+    if not shape:
+        return []
+    return shape[:d] + ([1] if keepdim else []) + shape[d + 1 :]
+
+
+def _opmath(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@torch.library.register_fake("iwae_fused::iwelbo")
+def _iwelbo_fake(log_p, log_q=None, dim=0, keepdim=False):
+    shape, d, dtype = _plan("iwelbo", log_p, log_q, dim)
+    return log_p.new_empty(_reduced(shape, d, keepdim), dtype=dtype)
+
+
+@torch.library.register_fake("iwae_fused::_iwelbo_forward")
+def _iwelbo_forward_fake(log_p, log_q, dim, keepdim):
+    shape, d, dtype = _plan("iwelbo", log_p, log_q, dim)
+    out = log_p.new_empty(_reduced(shape, d, keepdim), dtype=dtype)
+    lse = log_p.new_empty(_reduced(shape, d, False), dtype=_opmath(dtype))
+    return out, lse
+
+
+@torch.library.register_fake("iwae_fused::iwelbo_backward")
+def _iwelbo_backward_fake(grad, lse, log_p, log_q, dim, keepdim, output_mask):
+    shape, d, dtype = _plan("iwelbo_backward", log_p, log_q, dim)
+    torch._check(
+        list(grad.shape) == _reduced(shape, d, keepdim),
+        lambda: f"iwelbo_backward(): expected grad of shape {_reduced(shape, d, keepdim)} "
+        f"(the shape of the bound), but got {list(grad.shape)}",
+    )
+    return tuple(
+        log_p.new_empty(shape if on else [0], dtype=dtype) for on in output_mask
+    )
+
+
+@torch.library.register_fake("iwae_fused::normalized_weights")
+def _normalized_weights_fake(log_p, log_q=None, dim=0):
+    shape, _, dtype = _plan("normalized_weights", log_p, log_q, dim)
+    return log_p.new_empty(shape, dtype=dtype)

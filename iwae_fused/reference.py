@@ -1,0 +1,40 @@
+"""Pure-PyTorch definitions of every op: the ground truth for tests and
+benchmarks. Same signatures as the fused ops; never imported by them.
+
+Where the fused ops define a case that plain PyTorch leaves to NaN (an all
+-inf slice in normalized_weights), the definition here says the same in
+PyTorch ops, so the two can be compared on any input.
+"""
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["log_weights", "iwelbo", "normalized_weights"]
+
+
+def log_weights(log_p: Tensor, log_q: Optional[Tensor] = None) -> Tensor:
+    """log w = log p - log q (broadcast, promoted), or log_p itself."""
+    return log_p if log_q is None else log_p - log_q
+
+
+def _num_samples(log_w: Tensor, dim: int) -> int:
+    return log_w.shape[dim] if log_w.dim() > 0 else 1
+
+
+def iwelbo(
+    log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0, keepdim: bool = False
+) -> Tensor:
+    """log((1/K) sum_k exp(log w_k)) along dim: the eager expression users write."""
+    log_w = log_weights(log_p, log_q)
+    return torch.logsumexp(log_w, dim, keepdim=keepdim) - math.log(_num_samples(log_w, dim))
+
+
+def normalized_weights(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> Tensor:
+    """softmax(log w, dim), with weight 0 for slices that are all -inf."""
+    log_w = log_weights(log_p, log_q)
+    lse = torch.logsumexp(log_w, dim, keepdim=True)
+    w = torch.exp(log_w - lse)
+    return torch.where(lse == -math.inf, torch.zeros_like(w), w).contiguous()

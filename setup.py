@@ -1,0 +1,139 @@
+"""Builds iwae_fused._C: the CPU kernels always, CUDA ones when asked or found.
+
+Install against the torch already installed (build isolation would fetch
+another torch, and the extension would then fail to load):
+
+    pip install --no-build-isolation -e .
+
+Environment:
+    FORCE_CPU=1          build the CPU kernels only
+    FORCE_CUDA=1         build the CUDA kernels too, or fail saying why
+    CUDA_HOME            the CUDA toolkit (default: /usr/local/cuda if present)
+    TORCH_CUDA_ARCH_LIST GPU architectures, e.g. "8.0;9.0"
+    MAX_JOBS             parallel compile jobs (ninja)
+    IWAE_FUSED_DEBUG=1   -O0 -g, for debugging the kernels
+"""
+
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VERSION = "0.1.0"
+
+
+def _env_flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _prepare_cuda_home():
+    # torch guesses CUDA_HOME from the nvcc on PATH when the variable is unset;
+    # where that nvcc is a wrapper script (/usr/local/bin/nvcc) the guess is
+    # /usr/local, which is wrong. Decide before torch.utils.cpp_extension reads it.
+    if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH"):
+        if os.path.isdir("/usr/local/cuda"):
+            os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
+_prepare_cuda_home()
+
+import torch  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
+
+
+def _want_cuda():
+    """Never from torch.cuda.is_available(): wheel builders have no GPU."""
+    if _env_flag("FORCE_CPU"):
+        return False
+    cuda_sources = glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))
+    if _env_flag("FORCE_CUDA"):
+        if cpp_extension.CUDA_HOME is None or not os.path.exists(
+            os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
+        ):
+            raise RuntimeError(
+                "FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME to "
+                "the toolkit's root (the folder holding bin/nvcc)."
+            )
+        if torch.version.cuda is None:
+            raise RuntimeError(
+                f"FORCE_CUDA=1 but the installed torch {torch.__version__} is a "
+                "CPU-only build; install a CUDA build of torch first."
+            )
+        return bool(cuda_sources)
+    return (
+        bool(cuda_sources)
+        and torch.version.cuda is not None
+        and cpp_extension.CUDA_HOME is not None
+        and shutil.which("nvcc", path=os.path.join(cpp_extension.CUDA_HOME, "bin"))
+        is not None
+    )
+
+
+def _local_version(with_cuda):
+    # The build is tied to one torch (and CUDA) version; say which in the
+    # version, as PyTorch's own wheels do (+cpu, +cu130).
+    major, minor = torch.__version__.split(".")[:2]
+    tag = f"pt{major}{minor}"
+    if with_cuda:
+        tag += "cu" + torch.version.cuda.replace(".", "")
+    else:
+        tag += "cpu"
+    return f"{VERSION}+{tag}"
+
+
+def _extension():
+    with_cuda = _want_cuda()
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    debug = _env_flag("IWAE_FUSED_DEBUG")
+    cxx = ["-O0", "-g"] if debug else ["-O3"]
+    cxx += ["-fdiagnostics-color=always", "-Wno-unknown-pragmas"]
+    macros = []
+    kwargs = {}
+    link = []
+    if "ATen parallel backend: OpenMP" in torch.__config__.parallel_info():
+        # at::parallel_for is an inline template over `#pragma omp parallel`
+        # with this backend: without -fopenmp it silently runs on one thread.
+        # (-fopenmp links libgomp.so.1, which resolves to the copy torch loaded.)
+        cxx += ["-fopenmp"]
+        link += ["-fopenmp"]
+    if with_cuda:
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        macros.append(("IWAE_FUSED_WITH_CUDA", None))
+        nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+        kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": nvcc}
+        ext_cls = cpp_extension.CUDAExtension
+    else:
+        kwargs["extra_compile_args"] = {"cxx": cxx}
+        ext_cls = cpp_extension.CppExtension
+    ext = ext_cls(
+        name="iwae_fused._C",
+        sources=sources,
+        define_macros=macros,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=link,
+        **kwargs,
+    )
+    return ext, with_cuda
+
+
+EXTENSION, WITH_CUDA = _extension()
+
+setup(
+    name="iwae_fused",
+    version=_local_version(WITH_CUDA),
+    description="Fused, dispatcher-registered importance-weighted bounds for PyTorch",
+    long_description=open(os.path.join(ROOT, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["iwae_fused", "iwae_fused.*"]),
+    ext_modules=[EXTENSION],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.9",
+    extras_require={
+        "test": ["pytest", "hypothesis", "numpy"],
+        "bench": ["pytest-benchmark", "matplotlib", "tqdm"],
+    },
+    zip_safe=False,
+)
