@@ -70,8 +70,8 @@ struct IwelboFunction : public torch::autograd::Function<IwelboFunction> {
       torch::autograd::AutogradContext* ctx, const Tensor& log_p,
       const OptTensor& log_q, int64_t dim, bool keepdim) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, lse] = forward_op().call(log_p, log_q, dim, keepdim);
-    ctx->save_for_backward({log_p, log_q.value_or(Tensor()), lse});
+    auto [out, stats] = forward_op().call(log_p, log_q, dim, keepdim);
+    ctx->save_for_backward({log_p, log_q.value_or(Tensor()), stats});
     ctx->saved_data["dim"] = dim;
     ctx->saved_data["keepdim"] = keepdim;
     return out;
@@ -81,12 +81,12 @@ struct IwelboFunction : public torch::autograd::Function<IwelboFunction> {
       torch::autograd::AutogradContext* ctx,
       torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const Tensor &log_p = saved[0], &log_q = saved[1], &lse = saved[2];
+    const Tensor &log_p = saved[0], &log_q = saved[1], &stats = saved[2];
     const bool has_q = log_q.defined();
     const std::array<bool, 2> mask{
         ctx->needs_input_grad(0), has_q && ctx->needs_input_grad(1)};
     auto [gp, gq] = backward_op().call(
-        grads[0], lse, log_p, has_q ? OptTensor(log_q) : std::nullopt,
+        grads[0], stats, log_p, has_q ? OptTensor(log_q) : std::nullopt,
         ctx->saved_data["dim"].toInt(), ctx->saved_data["keepdim"].toBool(),
         mask);
     return {
@@ -100,7 +100,7 @@ Tensor iwelbo_autograd(
   const bool needs_grad = at::GradMode::is_enabled() &&
       (log_p.requires_grad() || (log_q.has_value() && log_q->requires_grad()));
   if (!needs_grad) {
-    // Nothing to record: skip the graph node and the saved lse.
+    // Nothing to record: skip the graph node and the saved stats.
     at::AutoDispatchBelowADInplaceOrView guard;
     return iwelbo_op().call(log_p, log_q, dim, keepdim);
   }

@@ -12,8 +12,8 @@ TORCH_LIBRARY(iwae_fused, m) {
       "iwelbo(Tensor log_p, Tensor? log_q=None, int dim=0, "
       "bool keepdim=False) -> Tensor",
       pt2);
-  // The bound and the per-example log-sum-exp (opmath dtype, dim removed),
-  // which the backward reuses.
+  // The bound and the per-example stats the backward reuses: [2, *bound
+  // shape without keepdim] in opmath, the max shift and log sum exp(x - shift).
   m.def(
       "_iwelbo_forward(Tensor log_p, Tensor? log_q, int dim, bool keepdim) "
       "-> (Tensor, Tensor)",
@@ -22,7 +22,7 @@ TORCH_LIBRARY(iwae_fused, m) {
   // in one pass, full broadcast shape; an output off in output_mask comes
   // back as an empty tensor.
   m.def(
-      "iwelbo_backward(Tensor grad, Tensor lse, Tensor log_p, Tensor? log_q, "
+      "iwelbo_backward(Tensor grad, Tensor stats, Tensor log_p, Tensor? log_q, "
       "int dim, bool keepdim, bool[2] output_mask) -> (Tensor, Tensor)",
       pt2);
   // softmax(log_p - log_q) over `dim`; not differentiable.

@@ -22,18 +22,23 @@ struct ReduceArgs {
   bool vec_k; // rows (sk == 1) or columns (si == 1)
   Strided p, q; // q.data == nullptr: no log_q
   void* out = nullptr; // dtype, [outer * inner]: log(mean exp), or null
-  void* lse = nullptr; // opmath, [outer * inner]: log(sum exp), or null
+  // opmath, [2, outer * inner], or null: per output the shift of the online
+  // state (its max, or 0 if infinite) and log(sum exp(log_w - shift)). Kept
+  // apart because their sum, rounded, loses the weights' precision when
+  // |log_w| is large (1e4 in float32 rounds to 1e-3).
+  void* stats = nullptr;
 };
 
-// Element-wise: w = g * exp(log_w - lse) with the -inf rules of
-// online_lse.h; writes out_p = w and out_q = -w (either may be null).
+// Element-wise: w = g * exp((log_w - shift) - log_sum), from the stats of
+// the reduction, with the -inf rules of online_lse.h; writes out_p = w and
+// out_q = -w (either may be null).
 struct WeightsArgs {
   c10::ScalarType dtype; // of log_p, log_q, g, out_p and out_q
   int64_t outer, K, inner;
   bool vec_k;
   Strided p, q;
   const void* g = nullptr; // dtype, [outer * inner]; null means g = 1
-  const void* lse = nullptr; // opmath, [outer * inner]
+  const void* stats = nullptr; // opmath, [2, outer * inner], see ReduceArgs
   void* out_p = nullptr;
   void* out_q = nullptr;
   int64_t out_so = 0, out_sk = 0, out_si = 0; // shared by out_p and out_q

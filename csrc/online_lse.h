@@ -44,10 +44,13 @@ struct ScalarLaneOps {
   static IWAE_HD T shift(T m) {
     return (m == T(INFINITY) || m == -T(INFINITY)) ? T(0) : m;
   }
-  // exp(x - lse), except that an all -inf slice (lse = -inf) has weight 0
-  // instead of exp(-inf + inf) = NaN.
-  static IWAE_HD T weight(T x, T lse) {
-    return lse == -T(INFINITY) ? T(0) : std::exp(x - lse);
+  // The normalised weight exp(d - log_sum), with d = x - shift(m) and
+  // log_sum = log(s) from the final state; an all -inf slice (log_sum = -inf)
+  // has weight 0 instead of exp(-inf + inf) = NaN. Taking d against the shift
+  // (exact for x near the max) rather than x against a rounded log-sum-exp
+  // keeps full relative precision when |x| is large.
+  static IWAE_HD T weight(T d, T log_sum) {
+    return log_sum == -T(INFINITY) ? T(0) : std::exp(d - log_sum);
   }
 };
 
@@ -85,7 +88,8 @@ IWAE_HD void merge(V& m1, V& s1, V m2, V s2) {
   m1 = m;
 }
 
-// log(sum_k exp(x_k)) from the state.
+// log(sum_k exp(x_k)) from the state. Kernels that keep the result for a
+// backward store its two terms apart, shift(m) and log(s) (the "stats").
 template <typename V>
 IWAE_HD V finalize(V m, V s) {
   return LaneOps<V>::shift(m) + LaneOps<V>::log(s);

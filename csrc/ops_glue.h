@@ -34,40 +34,46 @@ Args geometry_args(const Plan& pl) {
   return a;
 }
 
+inline c10::SmallVector<int64_t, 7> stats_shape(const Plan& pl) {
+  c10::SmallVector<int64_t, 7> s{2};
+  for (int64_t d : pl.out_shape(false)) s.push_back(d);
+  return s;
+}
+
 inline at::TensorOptions opts(const Plan& pl, at::ScalarType dt) {
   return at::TensorOptions().dtype(dt).device(pl.p.tensor.device());
 }
 
-// The bound and, if asked, the per-example log-sum-exp in opmath (what the
-// backward needs; a half-precision bound would be too coarse for it).
+// The bound and, if asked, the per-example stats in opmath: [2, *reduced],
+// the shift and the log-sum (kernel_args.h), which the backward needs.
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor> reduce_op(
     const char* op, const at::Tensor& log_p,
     const std::optional<at::Tensor>& log_q, int64_t dim, bool keepdim,
-    bool want_out, bool want_lse) {
+    bool want_out, bool want_stats) {
   Plan pl = make_plan(op, log_p, log_q, dim);
-  at::Tensor out, lse;
+  at::Tensor out, stats;
   auto a = geometry_args<ReduceArgs>(pl);
   if (want_out) {
     out = at::empty(pl.out_shape(keepdim), opts(pl, pl.dtype));
     a.out = out.mutable_data_ptr();
   }
-  if (want_lse) {
-    lse = at::empty(pl.out_shape(false), opts(pl, opmath_dtype(pl.dtype)));
-    a.lse = lse.mutable_data_ptr();
+  if (want_stats) {
+    stats = at::empty(stats_shape(pl), opts(pl, opmath_dtype(pl.dtype)));
+    a.stats = stats.mutable_data_ptr();
   }
   Kernels::reduce(a);
-  return {out, lse};
+  return {out, stats};
 }
 
 // Runs the element-wise weights kernel on a planned input; outputs are full
 // (broadcast) shape, returned contiguous.
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor> weights_op(
-    const Plan& pl, const at::Tensor& lse, const at::Tensor& g,
+    const Plan& pl, const at::Tensor& stats, const at::Tensor& g,
     std::array<bool, 2> mask) {
   auto a = geometry_args<WeightsArgs>(pl);
-  a.lse = lse.const_data_ptr();
+  a.stats = stats.const_data_ptr();
   a.g = g.defined() ? g.const_data_ptr() : nullptr;
   at::Tensor out_p, out_q;
   if (mask[0]) {
@@ -108,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor> iwelbo_forward(
 
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor> iwelbo_backward(
-    const at::Tensor& grad, const at::Tensor& lse, const at::Tensor& log_p,
+    const at::Tensor& grad, const at::Tensor& stats, const at::Tensor& log_p,
     const std::optional<at::Tensor>& log_q, int64_t dim, bool keepdim,
     std::array<bool, 2> output_mask) {
   const char* op = "iwelbo_backward";
@@ -118,19 +124,19 @@ std::tuple<at::Tensor, at::Tensor> iwelbo_backward(
       grad.sizes() == at::IntArrayRef(out_shape), op,
       "(): expected grad of shape ", at::IntArrayRef(out_shape),
       " (the shape of the bound), but got ", grad.sizes());
-  const auto lse_shape = pl.out_shape(false);
+  const auto st_shape = stats_shape(pl);
   TORCH_CHECK_VALUE(
-      lse.sizes() == at::IntArrayRef(lse_shape) &&
-          lse.scalar_type() == opmath_dtype(pl.dtype),
-      op, "(): expected lse of shape ", at::IntArrayRef(lse_shape),
-      " and dtype ", opmath_dtype(pl.dtype), ", but got ", lse.sizes(),
-      " and ", lse.scalar_type());
+      stats.sizes() == at::IntArrayRef(st_shape) &&
+          stats.scalar_type() == opmath_dtype(pl.dtype),
+      op, "(): expected stats of shape ", at::IntArrayRef(st_shape),
+      " and dtype ", opmath_dtype(pl.dtype), " (from _iwelbo_forward), but got ",
+      stats.sizes(), " and ", stats.scalar_type());
   TORCH_CHECK(
-      grad.device() == log_p.device() && lse.device() == log_p.device(), op,
-      "(): expected grad and lse on ", log_p.device(), ", but got ",
-      grad.device(), " and ", lse.device());
+      grad.device() == log_p.device() && stats.device() == log_p.device(), op,
+      "(): expected grad and stats on ", log_p.device(), ", but got ",
+      grad.device(), " and ", stats.device());
   const at::Tensor g = grad.to(pl.dtype).contiguous();
-  return weights_op<Kernels>(pl, lse.contiguous(), g, output_mask);
+  return weights_op<Kernels>(pl, stats.contiguous(), g, output_mask);
 }
 
 template <class Kernels>
@@ -139,12 +145,12 @@ at::Tensor normalized_weights(
     int64_t dim) {
   const char* op = "normalized_weights";
   Plan pl = make_plan(op, log_p, log_q, dim);
-  const at::Tensor lse =
-      at::empty(pl.out_shape(false), opts(pl, opmath_dtype(pl.dtype)));
+  const at::Tensor stats =
+      at::empty(stats_shape(pl), opts(pl, opmath_dtype(pl.dtype)));
   auto a = geometry_args<ReduceArgs>(pl);
-  a.lse = lse.mutable_data_ptr();
+  a.stats = stats.mutable_data_ptr();
   Kernels::reduce(a);
-  return std::get<0>(weights_op<Kernels>(pl, lse, at::Tensor(), {true, false}));
+  return std::get<0>(weights_op<Kernels>(pl, stats, at::Tensor(), {true, false}));
 }
 
 } // namespace iwae_fused

@@ -167,12 +167,12 @@ def _iwelbo_fake(log_p, log_q=None, dim=0, keepdim=False):
 def _iwelbo_forward_fake(log_p, log_q, dim, keepdim):
     shape, d, dtype = _plan("iwelbo", log_p, log_q, dim)
     out = log_p.new_empty(_reduced(shape, d, keepdim), dtype=dtype)
-    lse = log_p.new_empty(_reduced(shape, d, False), dtype=_opmath(dtype))
-    return out, lse
+    stats = log_p.new_empty([2] + _reduced(shape, d, False), dtype=_opmath(dtype))
+    return out, stats
 
 
 @torch.library.register_fake("iwae_fused::iwelbo_backward")
-def _iwelbo_backward_fake(grad, lse, log_p, log_q, dim, keepdim, output_mask):
+def _iwelbo_backward_fake(grad, stats, log_p, log_q, dim, keepdim, output_mask):
     shape, d, dtype = _plan("iwelbo_backward", log_p, log_q, dim)
     torch._check(
         list(grad.shape) == _reduced(shape, d, keepdim),

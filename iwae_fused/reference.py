@@ -35,6 +35,6 @@ def iwelbo(
 def normalized_weights(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> Tensor:
     """softmax(log w, dim), with weight 0 for slices that are all -inf."""
     log_w = log_weights(log_p, log_q)
-    lse = torch.logsumexp(log_w, dim, keepdim=True)
-    w = torch.exp(log_w - lse)
-    return torch.where(lse == -math.inf, torch.zeros_like(w), w).contiguous()
+    w = torch.softmax(log_w, dim)
+    empty = torch.amax(log_w, dim, keepdim=True) == -math.inf
+    return torch.where(empty, torch.zeros_like(w), w).contiguous()

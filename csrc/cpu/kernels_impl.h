@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "kernel_api.h"
@@ -153,18 +154,24 @@ struct Kernels {
     s_out = S;
   }
 
-  // lse = log(sum exp) and out = lse - log K for n consecutive outputs.
+  // The stats (shift, log sum) and out = shift + log sum - log K for n
+  // consecutive outputs starting at output idx.
   static void finish(
       const ReduceArgs& a, int64_t idx, const opmath_t* m, const opmath_t* s,
       int64_t n) {
     const V log_k(std::log(static_cast<opmath_t>(a.K)));
     auto* out = static_cast<scalar_t*>(a.out);
-    auto* lse = static_cast<opmath_t*>(a.lse);
+    auto* shift = static_cast<opmath_t*>(a.stats);
+    opmath_t* log_sum = shift ? shift + a.outer * a.inner : nullptr;
     for (int64_t j = 0; j < n; j += L) {
       const int64_t c = std::min(L, n - j);
-      const V l = finalize(V::loadu(m + j, c), V::loadu(s + j, c));
-      if (lse) l.store(lse + idx + j, c);
-      if (out) IO::store(out + idx + j, l - log_k, c);
+      const V sh = Lane::shift(V::loadu(m + j, c));
+      const V ls = Lane::log(V::loadu(s + j, c));
+      if (shift) {
+        sh.store(shift + idx + j, c);
+        ls.store(log_sum + idx + j, c);
+      }
+      if (out) IO::store(out + idx + j, sh + (ls - log_k), c);
     }
   }
 
@@ -273,16 +280,17 @@ struct Kernels {
   // ---- element-wise weights -----------------------------------------------
 
   // One contiguous run of n elements: log_w from P (and Q), weights against
-  // the per-element lse and g given by the caller's lambdas.
-  template <bool HAS_Q, typename LseAt, typename GAt>
+  // the per-element stats and g given by the caller's lambdas.
+  template <bool HAS_Q, typename StatsAt, typename GAt>
   static void weights_run(
       const WeightsArgs& a, const scalar_t* P, const scalar_t* Q,
-      scalar_t* OP, scalar_t* OQ, int64_t n, LseAt lse_at, GAt g_at) {
+      scalar_t* OP, scalar_t* OQ, int64_t n, StatsAt stats_at, GAt g_at) {
     for (int64_t j = 0; j < n; j += L) {
       const int64_t c = std::min(L, n - j);
       V x = c == L ? IO::load(P + j) : IO::load(P + j, c);
       if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
-      V w = Lane::weight(x, lse_at(j, c));
+      const auto [sh, ls] = stats_at(j, c);
+      V w = Lane::weight(x - sh, ls);
       if (a.g) w = w * g_at(j, c);
       if (OP) IO::store(OP + j, w, c);
       if (OQ) IO::store(OQ + j, V(0) - w, c);
@@ -293,7 +301,8 @@ struct Kernels {
   static void weights_impl(const WeightsArgs& a) {
     const auto* p = static_cast<const scalar_t*>(a.p.data);
     const auto* q = static_cast<const scalar_t*>(a.q.data);
-    const auto* lse = static_cast<const opmath_t*>(a.lse);
+    const auto* shift = static_cast<const opmath_t*>(a.stats);
+    const opmath_t* log_sum = shift + a.outer * a.inner;
     const auto* g = static_cast<const scalar_t*>(a.g);
     auto* op = static_cast<scalar_t*>(a.out_p);
     auto* oq = static_cast<scalar_t*>(a.out_q);
@@ -301,21 +310,24 @@ struct Kernels {
       return base ? base + off : nullptr;
     };
     if (!a.vec_k) {
-      // Columns: one run per (o, k), the inner axis contiguous; lse and g
+      // Columns: one run per (o, k), the inner axis contiguous; stats and g
       // are vectors over the run.
       const int64_t runs = a.outer * a.K;
       const int64_t grain = std::max<int64_t>(1, kParallelElems / a.inner);
       at::parallel_for(0, runs, grain, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
           const int64_t o = r / a.K, k = r % a.K;
-          const opmath_t* l = lse + o * a.inner;
+          const opmath_t* sh = shift + o * a.inner;
+          const opmath_t* ls = log_sum + o * a.inner;
           const scalar_t* gg = g ? g + o * a.inner : nullptr;
           const int64_t off = o * a.out_so + k * a.out_sk;
           weights_run<HAS_Q>(
               a, p + o * a.p.so + k * a.p.sk,
               HAS_Q ? q + o * a.q.so + k * a.q.sk : nullptr, out_at(op, off),
               out_at(oq, off), a.inner,
-              [&](int64_t j, int64_t c) { return V::loadu(l + j, c); },
+              [&](int64_t j, int64_t c) {
+                return std::make_pair(V::loadu(sh + j, c), V::loadu(ls + j, c));
+              },
               [&](int64_t j, int64_t c) {
                 return c == L ? IO::load(gg + j) : IO::load(gg + j, c);
               });
@@ -323,19 +335,19 @@ struct Kernels {
       });
       return;
     }
-    // Rows: one run per output, K contiguous; lse and g are scalars.
+    // Rows: one run per output, K contiguous; stats and g are scalars.
     const int64_t rows = a.outer * a.inner;
     const int64_t grain = std::max<int64_t>(1, kParallelElems / a.K);
     at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const int64_t o = r / a.inner, i = r % a.inner;
-        const V l(lse[r]);
+        const auto st = std::make_pair(V(shift[r]), V(log_sum[r]));
         const V gv(g ? static_cast<opmath_t>(g[r]) : opmath_t(1));
         const int64_t off = o * a.out_so + i * a.out_si;
         weights_run<HAS_Q>(
             a, p + o * a.p.so + i * a.p.si,
             HAS_Q ? q + o * a.q.so + i * a.q.si : nullptr, out_at(op, off),
-            out_at(oq, off), a.K, [&](int64_t, int64_t) { return l; },
+            out_at(oq, off), a.K, [&](int64_t, int64_t) { return st; },
             [&](int64_t, int64_t) { return gv; });
       }
     });

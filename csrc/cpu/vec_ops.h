@@ -21,8 +21,8 @@ struct LaneOps<at::vec::Vectorized<T>> {
   static V exp(V x) { return x.exp(); }
   static V log(V x) { return x.log(); }
   static V shift(V m) { return V::blendv(m, V(T(0)), m.abs() == V(T(INFINITY))); }
-  static V weight(V x, V lse) {
-    return V::blendv((x - lse).exp(), V(T(0)), lse == V(-T(INFINITY)));
+  static V weight(V d, V log_sum) {
+    return V::blendv((d - log_sum).exp(), V(T(0)), log_sum == V(-T(INFINITY)));
   }
 };
 

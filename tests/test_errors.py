@@ -1,0 +1,94 @@
+"""Every bad input gets a clear error naming the argument, on real tensors
+(the C++ checks) and on meta tensors (the fake implementations)."""
+
+import pytest
+import torch
+
+import iwae_fused
+
+OPS = [iwae_fused.iwelbo, iwae_fused.normalized_weights]
+DEVICES = ["cpu", "meta"]
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dev", DEVICES)
+def test_shapes_that_do_not_broadcast(op, dev):
+    p, q = torch.zeros(5, 3, device=dev), torch.zeros(5, 4, device=dev)
+    with pytest.raises(ValueError, match=r"log_p of shape \[5, 3\] and log_q of shape \[5, 4\] do not broadcast"):
+        op(p, q)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dev", DEVICES)
+def test_empty_sample_dim(op, dev):
+    with pytest.raises(ValueError, match=r"sample dimension dim=0 has size 0.*at least one"):
+        op(torch.zeros(0, 4, device=dev), torch.zeros(0, 4, device=dev))
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dev", DEVICES)
+@pytest.mark.parametrize("dim", [2, -3, 10])
+def test_dim_out_of_range(op, dev, dim):
+    with pytest.raises(IndexError, match=rf"dim={dim} is out of range.*expected dim in \[-2, 1\]"):
+        op(torch.zeros(5, 4, device=dev), None, dim)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dev", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+def test_non_floating_dtype(op, dev, dtype):
+    bad = torch.zeros(5, 4, dtype=dtype, device=dev)
+    good = torch.zeros(5, 4, device=dev)
+    name = str(dtype)
+    with pytest.raises(TypeError, match=rf"expected log_p to be a floating-point tensor.*got {name}"):
+        op(bad, good)
+    with pytest.raises(TypeError, match=rf"expected log_q to be a floating-point tensor.*got {name}"):
+        op(good, bad)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_inputs_on_different_devices(op):
+    with pytest.raises(RuntimeError, match=r"same device.*log_p is on (cpu|meta).*log_q is on (meta|cpu)"):
+        op(torch.zeros(5, 4), torch.zeros(5, 4, device="meta"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("op", OPS)
+def test_inputs_on_cpu_and_cuda(op):
+    with pytest.raises(RuntimeError, match=r"same device"):
+        op(torch.zeros(5, 4, device="cuda"), torch.zeros(5, 4))
+
+
+def test_non_tensor_argument_is_named():
+    with pytest.raises((TypeError, RuntimeError), match="log_p"):
+        iwae_fused.iwelbo([1.0, 2.0])
+
+
+@pytest.mark.parametrize("dev", DEVICES)
+def test_empty_batch_returns_empty(dev):
+    out = iwae_fused.iwelbo(torch.zeros(8, 0, device=dev), torch.zeros(8, 0, device=dev))
+    assert out.shape == (0,)
+    assert iwae_fused.normalized_weights(torch.zeros(8, 0, 3, device=dev)).shape == (8, 0, 3)
+    assert iwae_fused.iwelbo(torch.zeros(0, 8, device=dev), dim=1, keepdim=True).shape == (0, 1)
+
+
+def test_empty_batch_backward():
+    p = torch.zeros(8, 0, requires_grad=True)
+    iwae_fused.iwelbo(p).sum().backward()
+    assert p.grad.shape == (8, 0)
+
+
+def test_backward_op_checks_grad_shape():
+    p = torch.randn(6, 3)
+    _, stats = torch.ops.iwae_fused._iwelbo_forward(p, None, 0, False)
+    with pytest.raises(ValueError, match=r"expected grad of shape \[3\]"):
+        torch.ops.iwae_fused.iwelbo_backward(torch.ones(4), stats, p, None, 0, False, [True, False])
+    with pytest.raises(ValueError, match=r"expected stats of shape \[2, 3\]"):
+        torch.ops.iwae_fused.iwelbo_backward(torch.ones(3), stats[:, :2], p, None, 0, False, [True, False])
+
+
+def test_double_backward_raises_instead_of_silently_wrong():
+    p = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(iwae_fused.iwelbo(p).sum(), p, create_graph=True)
+    with pytest.raises(RuntimeError, match="not implemented"):
+        g.sum().backward()

@@ -1,0 +1,130 @@
+"""The cases where the op is defined to behave better than the eager
+expression: -inf slices and samples, NaN isolation, +inf, huge magnitudes."""
+
+import math
+
+import pytest
+import torch
+
+import iwae_fused
+from iwae_fused import reference as R
+
+from conftest import DTYPES, close
+
+INF = math.inf
+
+
+def grads(p, q, dim=0):
+    p = p.clone().requires_grad_()
+    q = q.clone().requires_grad_()
+    out = iwae_fused.iwelbo(p, q, dim)
+    out.backward(torch.ones_like(out))
+    return out.detach(), p.grad, q.grad
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["rows", "cols"])
+def test_all_neg_inf_slice_gives_neg_inf_and_zero_grad(dtype, layout, device):
+    K, B = 37, 20
+    p = torch.randn(K, B, dtype=dtype, device=device)
+    q = torch.randn(K, B, dtype=dtype, device=device)
+    p[:, 3] = -INF  # example 3 has no sample with positive weight
+    if layout == "rows":
+        p, q = p.t().contiguous(), q.t().contiguous()
+    dim = 0 if layout == "cols" else 1
+    out, gp, gq = grads(p, q, dim)
+    assert out[3].item() == -INF
+    sl = (slice(None), 3) if layout == "cols" else (3, slice(None))
+    assert torch.all(gp[sl] == 0) and torch.all(gq[sl] == 0)
+    assert torch.isfinite(gp).all() and torch.isfinite(gq).all()
+    others = [b for b in range(B) if b != 3]
+    ref = R.iwelbo(p.double(), q.double(), dim)
+    close(out[others], ref[others], dtype, scale=10)
+
+    # What the eager expression does there, which the op improves on.
+    pe = p.double().clone().requires_grad_()
+    R.iwelbo(pe, q.double(), dim).sum().backward()
+    assert torch.isnan(pe.grad[sl]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_neg_inf_sample_has_weight_exactly_zero(dtype, device):
+    p = torch.randn(64, 9, dtype=dtype, device=device)
+    p[:, 2] = torch.where(torch.arange(64, device=device) % 3 == 0, -INF, 0.5).to(dtype)
+    p[5, :] = -INF
+    w = iwae_fused.normalized_weights(p, dim=0)
+    assert torch.all(w[5] == 0)
+    assert torch.all(w[::3, 2] == 0)
+    _, gp, _ = grads(p, torch.zeros_like(p))
+    assert torch.all(gp[5] == 0)
+    close(w.sum(0), torch.ones(9, dtype=torch.float64), dtype, scale=10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", [0, 1])
+def test_nan_stays_in_its_slice(dtype, dim, device):
+    x = torch.randn(300, 300, dtype=dtype, device=device)
+    idx = (17, 4) if dim == 0 else (4, 17)
+    x[idx] = math.nan  # the slice of output 4 holds a NaN
+    out, gp, gq = grads(x, torch.zeros_like(x), dim)
+    assert math.isnan(out[4].item())
+    nan_out = torch.isnan(out)
+    assert nan_out.sum().item() == 1
+    g_slice = gp[:, 4] if dim == 0 else gp[4]
+    assert torch.isnan(g_slice).all()
+    assert torch.isnan(gp).sum().item() == 300
+
+
+def test_nan_in_k_split_reduction_stays_in_its_slice():
+    # Few outputs and many samples: the NaN is found by one thread's piece and
+    # must survive the merge of the pieces.
+    x = torch.randn(200_000, 2, dtype=torch.float64)
+    x[123_456, 1] = math.nan
+    out = iwae_fused.iwelbo(x)
+    assert not math.isnan(out[0].item()) and math.isnan(out[1].item())
+    close(out[0], R.iwelbo(x[:, 0]), torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pos_inf_gives_pos_inf(dtype, device):
+    x = torch.randn(10, 4, dtype=dtype, device=device)
+    x[3, 1] = INF
+    out = iwae_fused.iwelbo(x)
+    assert out[1].item() == INF
+    assert torch.isfinite(out[[0, 2, 3]]).all()
+    assert out[1].item() == R.iwelbo(x)[1].item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("magnitude", [1e4, 1e6, -1e4, -1e6, 1e30])
+def test_large_magnitudes_neither_overflow_nor_lose_accuracy(dtype, magnitude, device):
+    gen = torch.Generator().manual_seed(3)
+    noise = torch.randn(1000, 16, generator=gen, dtype=torch.float64)
+    x = (magnitude + noise).to(dtype).to(device)
+    out = iwae_fused.iwelbo(x)
+    ref = R.iwelbo(x.double())
+    assert torch.isfinite(out).all()
+    # Relative to the magnitude, as float rounding of the inputs allows.
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(
+        out.double().cpu(), ref.cpu(), atol=4 * eps * abs(magnitude) + 1e-4, rtol=0
+    )
+    # The weights keep full relative precision: they are taken against the
+    # max shift, not against a log-sum-exp rounded at the magnitude's ulp.
+    close(iwae_fused.normalized_weights(x), R.normalized_weights(x.double()), dtype)
+    xg = x.clone().requires_grad_()
+    iwae_fused.iwelbo(xg).sum().backward()
+    close(xg.grad, R.normalized_weights(x.double()), dtype)
+
+
+def test_all_neg_inf_normalized_weights_are_zero_not_nan(device):
+    x = torch.full((5, 3), -INF, device=device)
+    w = iwae_fused.normalized_weights(x)
+    assert torch.all(w == 0)
+    assert torch.isnan(torch.softmax(x, 0)).all()  # what softmax gives instead
+
+
+def test_single_sample_is_identity(device):
+    x = torch.randn(1, 7, device=device, dtype=torch.float64)
+    close(iwae_fused.iwelbo(x), x[0], torch.float64)
+    assert torch.all(iwae_fused.normalized_weights(x) == 1)
