@@ -13,7 +13,8 @@
 // of inf - inf:
 //   * all x = -inf: m = -inf, s = 0, and the final log gives -inf;
 //   * some x = +inf: s becomes +inf, and the final value is +inf;
-//   * any NaN: max() propagates it, so the slice (and only that slice) is NaN.
+//   * any NaN: its term exp(NaN - shift) makes s NaN, so the slice's result
+//     (and only that slice's) is NaN; the max may ignore NaN.
 // A finite max shifts as usual, so |x| of 1e4 and more neither overflows nor
 // loses accuracy: s stays in [1, K].
 #pragma once
@@ -36,8 +37,10 @@ struct LaneOps;
 
 template <typename T>
 struct ScalarLaneOps {
-  // max that propagates NaN from either side, like torch.maximum.
-  static IWAE_HD T max(T a, T b) { return (a != a || a > b) ? a : b; }
+  // The max of a new value x and a running max m, ignoring a NaN x: a NaN
+  // reaches the result through the sum instead (exp(NaN - shift) = NaN), so
+  // the running max itself never needs to carry it.
+  static IWAE_HD T max(T x, T m) { return x > m ? x : m; }
   static IWAE_HD T exp(T x) { return std::exp(x); }
   static IWAE_HD T log(T x) { return std::log(x); }
   // 0 for +-inf, the value itself otherwise (NaN stays NaN).

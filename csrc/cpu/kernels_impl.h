@@ -83,13 +83,13 @@ struct Kernels {
           V x = IO::load(pr + v * L);
           if constexpr (HAS_Q) x = x - IO::load(qr + v * L);
           buf[j][v] = x;
-          bmax[v] = Lane::max(bmax[v], x);
+          bmax[v] = Lane::max(x, bmax[v]);
         }
         if (rem) { // lanes past w read 0 and are never stored
           V x = IO::load(pr + full * L, rem);
           if constexpr (HAS_Q) x = x - IO::load(qr + full * L, rem);
           buf[j][full] = x;
-          bmax[full] = Lane::max(bmax[full], x);
+          bmax[full] = Lane::max(x, bmax[full]);
         }
       }
       for (int64_t v = 0; v < nv; ++v) {
@@ -126,14 +126,14 @@ struct Kernels {
         V x = IO::load(P + kb + v * L);
         if constexpr (HAS_Q) x = x - IO::load(Q + kb + v * L);
         buf[v] = x;
-        bmax = Lane::max(bmax, x);
+        bmax = Lane::max(x, bmax);
       }
       if (rem) { // lanes past the row hold -inf: the identity of the state
         V x = IO::load(P + kb + full * L, rem);
         if constexpr (HAS_Q) x = x - IO::load(Q + kb + full * L, rem);
         x = V::set(V(-INFINITY), x, rem);
         buf[full] = x;
-        bmax = Lane::max(bmax, x);
+        bmax = Lane::max(x, bmax);
       }
       const V sh = absorb_max(m, s, bmax);
       V acc(0);

@@ -1,0 +1,184 @@
+"""The side-by-side benchmark table: iwae_fused.iwelbo against the eager
+expression and torch.compile of it, forward and forward+backward.
+
+    python benchmarks/bench.py                      # CPU, the default shapes
+    python benchmarks/bench.py --device cuda --shapes 50x128:0,4096x16384:0
+    python benchmarks/bench.py --markdown benchmarks/RESULTS.md --plot benchmarks/results.png
+
+Times are medians of interleaved runs in one process; GB/s counts the bytes
+that must move (benchmarks/harness.py: bytes_moved) and is set against a
+device copy measured in the same run.
+"""
+
+import argparse
+import csv
+import datetime
+import os
+import platform
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+import iwae_fused  # noqa: E402
+
+DEFAULT_SHAPES = "50x128:0,5000x100:0,1024x16384:0,64x65536:1"
+LABELS = {
+    "50x128:0": "training",
+    "5000x100:0": "evaluation",
+    "1024x16384:0": "large",
+    "64x65536:1": "large, rows",
+}
+
+
+def machine(device):
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    model = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"iwae_fused CPU kernels {iwae_fused._C.cpu_kernels()}"
+    )
+
+
+def run(args):
+    timer = harness.Timer(args.device)
+    dtype = getattr(torch, args.dtype)
+    contenders = {
+        k: v for k, v in harness.CONTENDERS.items() if not (args.no_compile and k == "compile")
+    }
+    copy_bps = harness.copy_bandwidth(args.device, timer)
+    rows = []
+    cases = harness.parse_cases(args.shapes)
+    try:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(cases) * len(args.modes), disable=not sys.stderr.isatty())
+    except ImportError:
+        progress = None
+    for case in cases:
+        for mode in args.modes:
+            steps = {
+                name: harness.make_step(fn, case, mode, dtype, args.device)
+                for name, fn in contenders.items()
+            }
+            med = harness.interleaved_medians(steps, timer, args.repeats)
+            nbytes = harness.bytes_moved(case, mode, dtype.itemsize)
+            ours = med["iwae_fused"]
+            row = dict(
+                shape="x".join(map(str, case.shape)),
+                dim=case.dim,
+                label=LABELS.get(case.label, ""),
+                mode=mode,
+                **{f"{n}_us": med[n] * 1e6 for n in contenders},
+                vs_eager=med["eager"] / ours,
+                gbps=nbytes / ours / 1e9,
+                of_copy=nbytes / ours / copy_bps,
+            )
+            if "compile" in med:
+                row["vs_compile"] = med["compile"] / ours
+            rows.append(row)
+            if progress:
+                progress.update()
+    if progress:
+        progress.close()
+    return rows, copy_bps
+
+
+def to_markdown(rows, copy_bps, args):
+    head = [
+        f"# iwelbo benchmark ({args.device}, {args.dtype})",
+        "",
+        f"- machine: {machine(args.device)}",
+        f"- torch {torch.__version__}, iwae_fused {iwae_fused.__version__}, "
+        f"Python {platform.python_version()}",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- device copy bandwidth (same run): {copy_bps / 1e9:.1f} GB/s (read + write)",
+        f"- medians of {args.repeats} interleaved runs; fwd under no_grad; fwd+bwd is "
+        "`out.backward(g)` with a ready g and gradients reset to None",
+        "",
+    ]
+    has_compile = any("compile_us" in r for r in rows)
+    cols = ["shape", "dim", "", "mode", "iwae_fused", "eager", "vs eager"]
+    if has_compile:
+        cols[6:6] = ["compile"]
+        cols += ["vs compile"]
+    cols += ["GB/s", "of copy"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [f"[{r['shape']}]", str(r["dim"]), r["label"], r["mode"],
+                 _us(r["iwae_fused_us"]), _us(r["eager_us"])]
+        if has_compile:
+            cells.append(_us(r["compile_us"]))
+        cells.append(f"{r['vs_eager']:.2f}x")
+        if has_compile:
+            cells.append(f"{r['vs_compile']:.2f}x")
+        cells += [f"{r['gbps']:.1f}", f"{100 * r['of_copy']:.0f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(head + lines) + "\n"
+
+
+def _us(t):
+    return f"{t / 1e3:.2f} ms" if t >= 1000 else f"{t:.1f} us"
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"[{r['shape']}] d{r['dim']}\n{r['mode']}" for r in rows]
+    keys = [k for k in ("vs_eager", "vs_compile") if k in rows[0]]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
+    width = 0.8 / len(keys)
+    for i, k in enumerate(keys):
+        xs = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(rows))]
+        ax.bar(xs, [r[k] for r in rows], width, label=k.replace("_", " "))
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylabel("speedup of iwae_fused.iwelbo (x)")
+    ax.set_title("iwelbo: time of the alternative / time of iwae_fused")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--shapes", default=DEFAULT_SHAPES,
+                    help="comma-separated KxB:dim items (default: %(default)s)")
+    ap.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--markdown", help="write the table here")
+    ap.add_argument("--csv", help="write the rows here")
+    ap.add_argument("--plot", help="write a PNG of the speedups here")
+    args = ap.parse_args(argv)
+
+    rows, copy_bps = run(args)
+    md = to_markdown(rows, copy_bps, args)
+    print(md)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(md)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    if args.plot:
+        plot(rows, args.plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Timing machinery shared by the benchmark script and the pytest-benchmark
+suite: contenders, interleaved medians, bytes moved, copy bandwidth."""
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+import iwae_fused
+
+
+def eager_iwelbo(log_p, log_q, dim):
+    """What users write today."""
+    return torch.logsumexp(log_p - log_q, dim) - math.log(log_p.shape[dim])
+
+
+def fused_iwelbo(log_p, log_q, dim):
+    return iwae_fused.iwelbo(log_p, log_q, dim)
+
+
+_compiled_eager = None
+
+
+def compiled_iwelbo(log_p, log_q, dim):
+    """torch.compile of the eager expression (shapes specialised)."""
+    global _compiled_eager
+    if _compiled_eager is None:
+        _compiled_eager = torch.compile(eager_iwelbo, dynamic=False)
+    return _compiled_eager(log_p, log_q, dim)
+
+
+CONTENDERS = {
+    "iwae_fused": fused_iwelbo,
+    "eager": eager_iwelbo,
+    "compile": compiled_iwelbo,
+}
+
+
+@dataclass
+class Case:
+    shape: tuple
+    dim: int
+    label: str
+
+    @property
+    def numel(self):
+        return math.prod(self.shape)
+
+    @property
+    def outputs(self):
+        return self.numel // self.shape[self.dim]
+
+
+def parse_cases(text):
+    """'50x128:0,64x65536:1' -> cases."""
+    cases = []
+    for item in text.split(","):
+        dims, _, dim = item.partition(":")
+        shape = tuple(int(s) for s in dims.lower().split("x"))
+        cases.append(Case(shape, int(dim or 0), item))
+    return cases
+
+
+def bytes_moved(case, mode, itemsize):
+    """Bytes that must cross memory: inputs read once, outputs written once.
+
+    fwd: read log_p and log_q, write the bound. fwd+bwd: that, plus the
+    backward's read of log_p and log_q and write of both gradients.
+    """
+    fwd = (2 * case.numel + case.outputs) * itemsize
+    if mode == "fwd":
+        return fwd
+    return fwd + 4 * case.numel * itemsize
+
+
+class Timer:
+    """Wall time on CPU; CUDA events on GPU (synchronising around a batch)."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+
+    def batch(self, fn, n):
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for _ in range(n):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3 / n
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n
+
+
+def make_step(fn, case, mode, dtype, device, seed=0):
+    """A zero-argument callable running one forward (or forward+backward)."""
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.randn(case.shape, generator=gen).to(dtype).to(device)
+    q = torch.randn(case.shape, generator=gen).to(dtype).to(device)
+    if mode == "fwd":
+
+        def step():
+            with torch.no_grad():
+                return fn(p, q, case.dim)
+
+        return step
+    p.requires_grad_()
+    q.requires_grad_()
+    with torch.no_grad():
+        g = torch.randn_like(fn(p, q, case.dim))
+
+    def step():
+        # Gradients set to None first, as zero_grad(set_to_none=True) does, so
+        # every contender writes fresh gradients instead of accumulating.
+        p.grad = None
+        q.grad = None
+        fn(p, q, case.dim).backward(g)
+
+    return step
+
+
+def interleaved_medians(steps, timer, repeats, target_s=0.05):
+    """Median seconds per call of each step, runs of the steps interleaved
+    (rotating their order) so drift and warm caches hit all alike."""
+    names = list(steps)
+    counts = {}
+    for name in names:  # warm up (and compile), then size the batches
+        for _ in range(3):
+            steps[name]()
+        t = timer.batch(steps[name], 1)
+        counts[name] = max(1, min(10_000, int(target_s / max(t, 1e-7))))
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            samples[name].append(timer.batch(steps[name], counts[name]))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def copy_bandwidth(device, timer, nbytes=1 << 28, repeats=7):
+    """Bytes per second of dst.copy_(src): read + write of nbytes each."""
+    n = nbytes // 4
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    med = interleaved_medians({"copy": lambda: dst.copy_(src)}, timer, repeats, 0.2)
+    return 2 * nbytes / med["copy"]
