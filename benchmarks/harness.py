@@ -27,6 +27,12 @@ def compiled_iwelbo(log_p, log_q, dim):
     """torch.compile of the eager expression (shapes specialised)."""
     global _compiled_eager
     if _compiled_eager is None:
+        # One graph per shape and grad mode: allow more than the default 8
+        # before dynamo falls back to eager (which would flatter us).
+        cfg = torch._dynamo.config
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(getattr(cfg, name), 64))
         _compiled_eager = torch.compile(eager_iwelbo, dynamic=False)
     return _compiled_eager(log_p, log_q, dim)
 
