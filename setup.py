@@ -43,32 +43,60 @@ import torch  # noqa: E402
 from torch.utils import cpp_extension  # noqa: E402
 
 
+def _toolkit_ok(home):
+    return bool(home) and os.path.exists(os.path.join(home, "bin", "nvcc")) and os.path.exists(
+        os.path.join(home, "include", "cuda_runtime.h")
+    )
+
+
 def _want_cuda():
     """Never from torch.cuda.is_available(): wheel builders have no GPU."""
     if _env_flag("FORCE_CPU"):
         return False
-    cuda_sources = glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))
+    home = cpp_extension.CUDA_HOME
     if _env_flag("FORCE_CUDA"):
-        if cpp_extension.CUDA_HOME is None or not os.path.exists(
-            os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
-        ):
+        if not _toolkit_ok(home):
             raise RuntimeError(
-                "FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME to "
-                "the toolkit's root (the folder holding bin/nvcc)."
+                "FORCE_CUDA=1 but no CUDA toolkit was found"
+                + (f" at CUDA_HOME={home}" if home else "")
+                + ": set CUDA_HOME to the toolkit's root (the folder holding "
+                "bin/nvcc and include/cuda_runtime.h), e.g. CUDA_HOME=/usr/local/cuda."
             )
         if torch.version.cuda is None:
             raise RuntimeError(
                 f"FORCE_CUDA=1 but the installed torch {torch.__version__} is a "
                 "CPU-only build; install a CUDA build of torch first."
             )
-        return bool(cuda_sources)
-    return (
-        bool(cuda_sources)
-        and torch.version.cuda is not None
-        and cpp_extension.CUDA_HOME is not None
-        and shutil.which("nvcc", path=os.path.join(cpp_extension.CUDA_HOME, "bin"))
-        is not None
-    )
+        return True
+    if torch.version.cuda is None:
+        return False
+    if not _toolkit_ok(home):
+        print(
+            f"iwae_fused: torch {torch.__version__} has CUDA but no CUDA toolkit was "
+            f"found (CUDA_HOME={home}); building the CPU kernels only. Set CUDA_HOME "
+            "to the toolkit's root, or FORCE_CUDA=1 to make this an error."
+        )
+        return False
+    return True
+
+
+def _nvidia_include_dirs():
+    """Headers of torch's nvidia-* wheels (site-packages/nvidia/*/include).
+
+    ATen's CUDA headers include cusparse.h, cublas_v2.h and friends, which the
+    CUDA build of torch carries in its nvidia packages while a bare toolkit
+    may lack them. They go on the -isystem path, searched after the toolkit's
+    own include dir, so only what the toolkit lacks comes from there.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    dirs = []
+    for root in spec.submodule_search_locations:
+        dirs += sorted(glob.glob(os.path.join(root, "*", "include")))
+    return [d for d in dirs if os.path.isdir(d)]
 
 
 def _local_version(with_cuda):
@@ -100,9 +128,20 @@ def _extension():
         cxx += ["-fopenmp"]
         link += ["-fopenmp"]
     if with_cuda:
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        macros.append(("IWAE_FUSED_WITH_CUDA", None))
-        nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+        cu_major, cu_minor = torch.version.cuda.split(".")[:2]
+        macros += [
+            ("IWAE_FUSED_WITH_CUDA", None),
+            ("IWAE_FUSED_CUDA_MAJOR", cu_major),  # torch.version.cuda at build
+            ("IWAE_FUSED_CUDA_MINOR", cu_minor),
+        ]
+        # No --use_fast_math: it would change expf/logf and denormal handling
+        # under the numerical guarantees; the kernels are memory-bound anyway.
+        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+        for d in _nvidia_include_dirs():
+            cxx += ["-isystem", d]
+            nvcc += ["-isystem", d]
         kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": nvcc}
         ext_cls = cpp_extension.CUDAExtension
     else:

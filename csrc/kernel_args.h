@@ -37,7 +37,11 @@ struct WeightsArgs {
   int64_t outer, K, inner;
   bool vec_k;
   Strided p, q;
-  const void* g = nullptr; // dtype, [outer * inner]; null means g = 1
+  // The incoming gradient, dtype, one per output: g[o * g_so + i * g_si]
+  // (g_si is 0 or 1 for columns); null means g = 1. Strided so that the
+  // expanded gradient of a .sum() or .mean() is read in place.
+  const void* g = nullptr;
+  int64_t g_so = 0, g_si = 0;
   const void* stats = nullptr; // opmath, [2, outer * inner], see ReduceArgs
   void* out_p = nullptr;
   void* out_q = nullptr;

@@ -15,8 +15,11 @@ PYBIND11_MODULE(_C, m) {
       TORCH_VERSION_MINOR) "." IWAE_STR(TORCH_VERSION_PATCH);
 #ifdef IWAE_FUSED_WITH_CUDA
   m.attr("with_cuda") = true;
+  m.attr("cuda_version") = // torch.version.cuda at build time
+      IWAE_STR(IWAE_FUSED_CUDA_MAJOR) "." IWAE_STR(IWAE_FUSED_CUDA_MINOR);
 #else
   m.attr("with_cuda") = false;
+  m.attr("cuda_version") = pybind11::none();
 #endif
   m.def(
       "cpu_kernels",

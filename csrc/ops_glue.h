@@ -71,10 +71,12 @@ std::tuple<at::Tensor, at::Tensor> reduce_op(
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor> weights_op(
     const Plan& pl, const at::Tensor& stats, const at::Tensor& g,
-    std::array<bool, 2> mask) {
+    int64_t g_so, int64_t g_si, std::array<bool, 2> mask) {
   auto a = geometry_args<WeightsArgs>(pl);
   a.stats = stats.const_data_ptr();
   a.g = g.defined() ? g.const_data_ptr() : nullptr;
+  a.g_so = g_so;
+  a.g_si = g_si;
   at::Tensor out_p, out_q;
   if (mask[0]) {
     out_p = pl.empty_full(pl.dtype, a.out_so, a.out_sk, a.out_si);
@@ -135,8 +137,17 @@ std::tuple<at::Tensor, at::Tensor> iwelbo_backward(
       grad.device() == log_p.device() && stats.device() == log_p.device(), op,
       "(): expected grad and stats on ", log_p.device(), ", but got ",
       grad.device(), " and ", stats.device());
-  const at::Tensor g = grad.to(pl.dtype).contiguous();
-  return weights_op<Kernels>(pl, stats.contiguous(), g, output_mask);
+  // The gradient is read in place when its strides walk the outputs (a
+  // contiguous one, or the expanded scalar of .sum()/.mean()): no copy and,
+  // on CUDA, no extra launch.
+  at::Tensor g = grad.to(pl.dtype);
+  int64_t g_so = 0, g_si = 0;
+  if (pl.num_outputs() > 0 &&
+      !(pl.output_strides(g, keepdim, g_so, g_si) && (pl.vec_k || g_si <= 1))) {
+    g = g.contiguous();
+    pl.output_strides(g, keepdim, g_so, g_si);
+  }
+  return weights_op<Kernels>(pl, stats.contiguous(), g, g_so, g_si, output_mask);
 }
 
 template <class Kernels>
@@ -150,7 +161,8 @@ at::Tensor normalized_weights(
   auto a = geometry_args<ReduceArgs>(pl);
   a.stats = stats.mutable_data_ptr();
   Kernels::reduce(a);
-  return std::get<0>(weights_op<Kernels>(pl, stats, at::Tensor(), {true, false}));
+  return std::get<0>(
+      weights_op<Kernels>(pl, stats, at::Tensor(), 0, 0, {true, false}));
 }
 
 } // namespace iwae_fused

@@ -161,6 +161,25 @@ at::Tensor Plan::empty_full(
       shape, strides, at::TensorOptions().dtype(dt).device(p.tensor.device()));
 }
 
+bool Plan::output_strides(
+    const at::Tensor& t, bool keepdim, int64_t& so, int64_t& si) const {
+  so = si = 0;
+  if (shape.empty()) return true;
+  const at::Tensor full = keepdim ? t : t.unsqueeze(dim); // size 1 at dim
+  const auto o = collapse(full.sizes(), full.strides(), 0, dim);
+  const auto i = collapse(full.sizes(), full.strides(), dim + 1, full.dim());
+  if (!o || !i) return false;
+  if (swapped) {
+    si = *o; // the tensor's inner dims all have size 1 here
+  } else {
+    so = *o;
+    si = *i;
+  }
+  if (outer == 1) so = 0;
+  if (inner == 1) si = 0;
+  return true;
+}
+
 Plan make_plan(
     const char* op,
     const at::Tensor& log_p,

@@ -42,6 +42,9 @@ struct Plan {
   // stride on the vectorised axis; its geometry strides go to so/sk/si.
   at::Tensor empty_full(
       at::ScalarType dtype, int64_t& so, int64_t& sk, int64_t& si) const;
+  // Strides (so, si) of a tensor of the bound's shape (keepdim or not) over
+  // the geometry's outputs; false if its dims do not collapse.
+  bool output_strides(const at::Tensor& t, bool keepdim, int64_t& so, int64_t& si) const;
 };
 
 // Checks the arguments (naming the op and the argument in every error),

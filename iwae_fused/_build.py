@@ -29,6 +29,12 @@ def _load():
             f"iwae_fused was built for torch {_C.torch_version} but torch "
             f"{running} is running. {_REBUILD}"
         )
+    if _C.with_cuda and torch.version.cuda != _C.cuda_version:
+        raise ImportError(
+            f"iwae_fused was built with CUDA kernels for CUDA {_C.cuda_version}, but "
+            f"the running torch {torch.__version__} has CUDA {torch.version.cuda}. "
+            f"{_REBUILD}"
+        )
     return _C
 
 

@@ -176,14 +176,35 @@ def test_thread_count_does_not_change_result(threads):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_error_at_most_twice_eager(dtype):
+def test_half_error_at_most_twice_eager(dtype, device):
     # The eager expression in half precision rounds the difference, the
     # log-sum-exp and the subtraction of log K; the op rounds once.
     gen = torch.Generator().manual_seed(1)
-    p = log_weights_like((500, 200), dtype, "cpu", gen=gen)
-    q = log_weights_like((500, 200), dtype, "cpu", scale=1.0, gen=gen)
+    p = log_weights_like((500, 200), dtype, device, gen=gen)
+    q = log_weights_like((500, 200), dtype, device, scale=1.0, gen=gen)
     ref = R.iwelbo(p.double(), q.double())
     ours = (iwae_fused.iwelbo(p, q).double() - ref).abs().max()
     eager = (R.iwelbo(p, q).double() - ref).abs().max()
     assert ours <= 2 * eager + 1e-12
     assert math.isfinite(ours.item())
+
+
+@pytest.mark.parametrize("grad_kind", ["contiguous", "expanded", "strided", "keepdim-expanded"])
+@pytest.mark.parametrize("shape,dim", [((40, 33), 0), ((33, 40), 1), ((6, 40, 5), 1)])
+def test_incoming_gradient_layouts(grad_kind, shape, dim, device):
+    # The backward reads the incoming gradient in place when it can (the
+    # expanded scalar of .mean(), a contiguous tensor) and copies otherwise.
+    gen = torch.Generator().manual_seed(7)
+    p = log_weights_like(shape, torch.float64, device, gen=gen).requires_grad_()
+    keepdim = grad_kind == "keepdim-expanded"
+    out = iwae_fused.iwelbo(p, dim=dim, keepdim=keepdim)
+    if grad_kind == "contiguous":
+        g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(device)
+    elif grad_kind == "strided":
+        g = torch.randn(*out.shape[:-1], 2 * out.shape[-1], generator=gen, dtype=torch.float64)
+        g = g[..., ::2].to(device)
+    else:
+        g = torch.tensor(0.37, dtype=torch.float64, device=device).expand(out.shape)
+    out.backward(g)
+    expected = torch.softmax(p.detach(), dim) * (g if keepdim else g.unsqueeze(dim))
+    close(p.grad, expected, torch.float64)

@@ -319,7 +319,7 @@ struct Kernels {
           const int64_t o = r / a.K, k = r % a.K;
           const opmath_t* sh = shift + o * a.inner;
           const opmath_t* ls = log_sum + o * a.inner;
-          const scalar_t* gg = g ? g + o * a.inner : nullptr;
+          const scalar_t* gg = g ? g + o * a.g_so : nullptr;
           const int64_t off = o * a.out_so + k * a.out_sk;
           weights_run<HAS_Q>(
               a, p + o * a.p.so + k * a.p.sk,
@@ -329,6 +329,7 @@ struct Kernels {
                 return std::make_pair(V::loadu(sh + j, c), V::loadu(ls + j, c));
               },
               [&](int64_t j, int64_t c) {
+                if (a.g_si == 0) return V(static_cast<opmath_t>(gg[0]));
                 return c == L ? IO::load(gg + j) : IO::load(gg + j, c);
               });
         }
@@ -342,7 +343,8 @@ struct Kernels {
       for (int64_t r = b; r < e; ++r) {
         const int64_t o = r / a.inner, i = r % a.inner;
         const auto st = std::make_pair(V(shift[r]), V(log_sum[r]));
-        const V gv(g ? static_cast<opmath_t>(g[r]) : opmath_t(1));
+        const V gv(g ? static_cast<opmath_t>(g[o * a.g_so + i * a.g_si])
+                     : opmath_t(1));
         const int64_t off = o * a.out_so + i * a.out_si;
         weights_run<HAS_Q>(
             a, p + o * a.p.so + i * a.p.si,

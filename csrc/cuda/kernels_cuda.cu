@@ -1,0 +1,461 @@
+// The CUDA kernels: reduction (forward, and the lse of normalized_weights)
+// and the element-wise weights pass (backward, normalized_weights).
+//
+// Memory-bound by design: each input is read once per direction, 16-byte
+// vector loads where pointers and strides allow, and the online (max, sum)
+// state and its merge come from ../online_lse.h, shared with the CPU kernels.
+//
+// Reduction layouts (plan.h's geometry [outer, K, inner]):
+//  * rows (sk == 1): a warp per row for short rows, the whole block for long
+//    ones; lanes keep their own state and merge by shuffles (and shared
+//    memory across warps).
+//  * columns (si == 1, e.g. [K, B] over dim 0): a thread owns VEC adjacent
+//    columns, so a warp reads 32 x 16 B of one row; threadIdx.y splits the
+//    rows of the block, merged in shared memory.
+// Either way, when there are too few outputs to fill the GPU (B of 1..64 with
+// K up to 1e6), gridDim.y splits K; each piece writes its (max, sum) state to
+// a workspace and merge_kernel combines them.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "../online_lse.h"
+#include "kernel_api.h"
+
+namespace iwae_fused::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kRowsPerStep = 4; // columns: rows loaded before one rescale
+constexpr int kWarpRowMaxK = 4096; // rows longer than this get a whole block
+
+template <typename scalar_t, int VEC>
+struct alignas(sizeof(scalar_t) * VEC) Pack {
+  scalar_t v[VEC];
+};
+
+// VEC elements of log_w = P - Q (Q optional) at P + off, widened to opmath;
+// positions at or past `limit` read as -inf (the identity of the state).
+template <typename scalar_t, typename opmath_t, int VEC, bool HAS_Q>
+__device__ __forceinline__ void load_log_w(
+    const scalar_t* P, const scalar_t* Q, int64_t poff, int64_t qoff,
+    int64_t avail, opmath_t (&x)[VEC]) {
+  if (VEC > 1 && avail >= VEC) {
+    const auto pv = *reinterpret_cast<const Pack<scalar_t, VEC>*>(P + poff);
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) x[c] = static_cast<opmath_t>(pv.v[c]);
+    if constexpr (HAS_Q) {
+      const auto qv = *reinterpret_cast<const Pack<scalar_t, VEC>*>(Q + qoff);
+#pragma unroll
+      for (int c = 0; c < VEC; ++c) x[c] -= static_cast<opmath_t>(qv.v[c]);
+    }
+    return;
+  }
+#pragma unroll
+  for (int c = 0; c < VEC; ++c) {
+    if (c < avail) {
+      x[c] = static_cast<opmath_t>(P[poff + c]);
+      if constexpr (HAS_Q) x[c] -= static_cast<opmath_t>(Q[qoff + c]);
+    } else {
+      x[c] = opmath_t(-INFINITY);
+    }
+  }
+}
+
+// Fold VEC values into one state: one rescale, VEC exponentials.
+template <typename opmath_t, int VEC>
+__device__ __forceinline__ void absorb(
+    opmath_t& m, opmath_t& s, const opmath_t (&x)[VEC]) {
+  using Lane = LaneOps<opmath_t>;
+  opmath_t block_max = x[0];
+#pragma unroll
+  for (int c = 1; c < VEC; ++c) block_max = Lane::max(x[c], block_max);
+  const opmath_t sh = absorb_max(m, s, block_max);
+#pragma unroll
+  for (int c = 0; c < VEC; ++c) s += Lane::exp(x[c] - sh);
+}
+
+// The final state of output idx: to the workspace of its K piece, or
+// finalised into out (dtype) and stats (shift, log-sum).
+template <typename scalar_t, typename opmath_t>
+__device__ __forceinline__ void emit(
+    const ReduceArgs& a, opmath_t* ws, int64_t piece, int64_t idx, opmath_t m,
+    opmath_t s) {
+  const int64_t n = a.outer * a.inner;
+  if (ws) {
+    const int64_t pieces = gridDim.y;
+    ws[piece * n + idx] = m;
+    ws[(pieces + piece) * n + idx] = s;
+    return;
+  }
+  using Lane = LaneOps<opmath_t>;
+  const opmath_t sh = Lane::shift(m), ls = Lane::log(s);
+  if (a.stats) {
+    auto* st = static_cast<opmath_t*>(a.stats);
+    st[idx] = sh;
+    st[n + idx] = ls;
+  }
+  if (a.out) {
+    static_cast<scalar_t*>(a.out)[idx] = static_cast<scalar_t>(
+        sh + (ls - Lane::log(static_cast<opmath_t>(a.K))));
+  }
+}
+
+// Rows: TPR threads (a warp, or the block) per row, K contiguous.
+template <typename scalar_t, int VEC, int TPR, bool HAS_Q>
+__global__ void __launch_bounds__(kThreads) reduce_rows_kernel(
+    ReduceArgs a, int64_t kchunk, at::opmath_type<scalar_t>* ws) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  constexpr int kGroups = kThreads / TPR;
+  constexpr int kWarps = kThreads / 32;
+  __shared__ opmath_t sm_m[kWarps], sm_s[kWarps];
+  const auto* p = static_cast<const scalar_t*>(a.p.data);
+  const auto* q = static_cast<const scalar_t*>(a.q.data);
+  const int group = threadIdx.x / TPR, lane = threadIdx.x % TPR;
+  const int64_t piece = blockIdx.y;
+  const int64_t k0 = piece * kchunk, k1 = std::min<int64_t>(a.K, k0 + kchunk);
+  const int64_t rows = a.outer * a.inner;
+  // The loop bound is uniform over a group (a warp, or the whole block for
+  // TPR == kThreads), so the shuffles and barriers below are never divergent.
+  for (int64_t r = (int64_t)blockIdx.x * kGroups + group; r < rows;
+       r += (int64_t)gridDim.x * kGroups) {
+    const int64_t o = r / a.inner, i = r - o * a.inner;
+    const int64_t pbase = o * a.p.so + i * a.p.si;
+    const int64_t qbase = HAS_Q ? o * a.q.so + i * a.q.si : 0;
+    opmath_t m = opmath_t(-INFINITY), s = opmath_t(0);
+    for (int64_t k = k0 + (int64_t)lane * VEC; k < k1; k += (int64_t)TPR * VEC) {
+      opmath_t x[VEC];
+      load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(
+          p, q, pbase + k, qbase + k, k1 - k, x);
+      absorb<opmath_t, VEC>(m, s, x);
+    }
+#pragma unroll
+    for (int off = (TPR < 32 ? TPR : 32) / 2; off > 0; off /= 2) {
+      const opmath_t m2 = __shfl_xor_sync(0xffffffffu, m, off);
+      const opmath_t s2 = __shfl_xor_sync(0xffffffffu, s, off);
+      merge(m, s, m2, s2);
+    }
+    if constexpr (TPR > 32) {
+      const int warp = threadIdx.x / 32;
+      if (threadIdx.x % 32 == 0) sm_m[warp] = m, sm_s[warp] = s;
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        for (int w = 1; w < kWarps; ++w) merge(m, s, sm_m[w], sm_s[w]);
+      }
+      __syncthreads(); // sm_* are rewritten by the next row
+    }
+    if (lane == 0) emit<scalar_t>(a, ws, piece, r, m, s);
+  }
+}
+
+// Columns: thread (x, y) owns VEC adjacent columns and every blockDim.y-th
+// step of kRowsPerStep rows of its K piece.
+template <typename scalar_t, int VEC, bool HAS_Q>
+__global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
+    ReduceArgs a, int64_t kchunk, at::opmath_type<scalar_t>* ws) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  __shared__ opmath_t sm_m[kThreads * VEC], sm_s[kThreads * VEC];
+  const auto* p = static_cast<const scalar_t*>(a.p.data);
+  const auto* q = static_cast<const scalar_t*>(a.q.data);
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int TX = blockDim.x, TY = blockDim.y;
+  const int64_t i0 = ((int64_t)blockIdx.x * TX + tx) * VEC;
+  const int64_t piece = blockIdx.y;
+  const int64_t k0 = piece * kchunk, k1 = std::min<int64_t>(a.K, k0 + kchunk);
+  const int slot = (ty * TX + tx) * VEC;
+  for (int64_t o = blockIdx.z; o < a.outer; o += gridDim.z) {
+    opmath_t m[VEC], s[VEC];
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) m[c] = opmath_t(-INFINITY), s[c] = opmath_t(0);
+    if (i0 < a.inner) {
+      const int64_t avail = a.inner - i0;
+      for (int64_t k = k0 + (int64_t)ty * kRowsPerStep; k < k1;
+           k += (int64_t)TY * kRowsPerStep) {
+        opmath_t x[kRowsPerStep][VEC];
+#pragma unroll
+        for (int j = 0; j < kRowsPerStep; ++j) {
+          const int64_t kk = k + j;
+          load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(
+              p, q, o * a.p.so + kk * a.p.sk + i0,
+              HAS_Q ? o * a.q.so + kk * a.q.sk + i0 : 0, kk < k1 ? avail : 0,
+              x[j]);
+        }
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) {
+          opmath_t col[kRowsPerStep];
+#pragma unroll
+          for (int j = 0; j < kRowsPerStep; ++j) col[j] = x[j][c];
+          absorb<opmath_t, kRowsPerStep>(m[c], s[c], col);
+        }
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) sm_m[slot + c] = m[c], sm_s[slot + c] = s[c];
+    __syncthreads();
+    if (ty == 0 && i0 < a.inner) {
+      for (int t = 1; t < TY; ++t) {
+        const int other = (t * TX + tx) * VEC;
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) merge(m[c], s[c], sm_m[other + c], sm_s[other + c]);
+      }
+#pragma unroll
+      for (int c = 0; c < VEC; ++c) {
+        if (i0 + c < a.inner) {
+          emit<scalar_t>(a, ws, piece, o * a.inner + i0 + c, m[c], s[c]);
+        }
+      }
+    }
+    __syncthreads(); // sm_* are rewritten for the next o
+  }
+}
+
+// Combines the K pieces' states of every output and finalises them.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) merge_kernel(
+    ReduceArgs a, const at::opmath_type<scalar_t>* ws, int64_t pieces) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t n = a.outer * a.inner;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    opmath_t m = ws[idx], s = ws[pieces * n + idx];
+    for (int64_t t = 1; t < pieces; ++t) {
+      merge(m, s, ws[t * n + idx], ws[(pieces + t) * n + idx]);
+    }
+    emit<scalar_t>(a, static_cast<opmath_t*>(nullptr), 0, idx, m, s);
+  }
+}
+
+// Element-wise weights over runs of `len` contiguous elements: (o, k) runs
+// of the inner axis for columns, (o, i) runs of K for rows.
+template <typename scalar_t, int VEC, bool HAS_Q, bool COLS>
+__global__ void __launch_bounds__(kThreads) weights_kernel(
+    WeightsArgs a, int64_t runs, int64_t len, int64_t vecs_per_run) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using Lane = LaneOps<opmath_t>;
+  const auto* p = static_cast<const scalar_t*>(a.p.data);
+  const auto* q = static_cast<const scalar_t*>(a.q.data);
+  const auto* g = static_cast<const scalar_t*>(a.g);
+  const auto* shift = static_cast<const opmath_t*>(a.stats);
+  const opmath_t* log_sum = shift + a.outer * a.inner;
+  auto* out_p = static_cast<scalar_t*>(a.out_p);
+  auto* out_q = static_cast<scalar_t*>(a.out_q);
+  const int64_t total = runs * vecs_per_run;
+  for (int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; v < total;
+       v += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t run = v / vecs_per_run;
+    const int64_t j = (v - run * vecs_per_run) * VEC;
+    int64_t poff, qoff, ooff, sidx, gidx;
+    if constexpr (COLS) {
+      const int64_t o = run / a.K, k = run - o * a.K;
+      poff = o * a.p.so + k * a.p.sk + j;
+      qoff = HAS_Q ? o * a.q.so + k * a.q.sk + j : 0;
+      ooff = o * a.out_so + k * a.out_sk + j;
+      sidx = o * a.inner + j; // + c: one output per column
+      gidx = o * a.g_so + j * a.g_si; // + c * g_si
+    } else {
+      const int64_t o = run / a.inner, i = run - o * a.inner;
+      poff = o * a.p.so + i * a.p.si + j;
+      qoff = HAS_Q ? o * a.q.so + i * a.q.si + j : 0;
+      ooff = o * a.out_so + i * a.out_si + j;
+      sidx = run; // one output per row
+      gidx = o * a.g_so + i * a.g_si;
+    }
+    const int64_t avail = len - j;
+    opmath_t x[VEC];
+    load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(p, q, poff, qoff, avail, x);
+    Pack<scalar_t, VEC> wp, wq;
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) {
+      const int64_t si = COLS ? sidx + c : sidx;
+      const bool live = c < avail;
+      opmath_t w = live ? Lane::weight(x[c] - shift[si], log_sum[si]) : opmath_t(0);
+      if (g && live) w *= static_cast<opmath_t>(g[COLS ? gidx + c * a.g_si : gidx]);
+      wp.v[c] = static_cast<scalar_t>(w);
+      wq.v[c] = static_cast<scalar_t>(-w);
+    }
+    if (VEC > 1 && avail >= VEC) {
+      if (out_p) *reinterpret_cast<Pack<scalar_t, VEC>*>(out_p + ooff) = wp;
+      if (out_q) *reinterpret_cast<Pack<scalar_t, VEC>*>(out_q + ooff) = wq;
+    } else {
+#pragma unroll
+      for (int c = 0; c < VEC; ++c) {
+        if (c < avail) {
+          if (out_p) out_p[ooff + c] = wp.v[c];
+          if (out_q) out_q[ooff + c] = wq.v[c];
+        }
+      }
+    }
+  }
+}
+
+// ---- host side --------------------------------------------------------------
+
+int num_sms() {
+  return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+bool aligned(const void* ptr, int64_t bytes) {
+  return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+}
+
+// 16-byte vectors are safe when every run (a row of K, or of the inner axis)
+// starts 16-byte aligned: the base pointer aligned, and the strides that move
+// between runs multiples of VEC (a stride over an axis of size 1 never moves).
+bool runs_aligned(
+    const void* data, int64_t so, int64_t outer, int64_t s2, int64_t n2,
+    int vec) {
+  return aligned(data, 16) && (outer == 1 || so % vec == 0) &&
+      (n2 == 1 || s2 % vec == 0);
+}
+
+// The second stride between runs: along inner for rows, along K for columns.
+template <typename Args>
+bool operand_aligned(const Strided& op, const Args& g, int vec) {
+  return g.vec_k ? runs_aligned(op.data, op.so, g.outer, op.si, g.inner, vec)
+                 : runs_aligned(op.data, op.so, g.outer, op.sk, g.K, vec);
+}
+
+template <typename scalar_t, int VEC, bool HAS_Q>
+void launch_reduce(const ReduceArgs& a) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t n_out = a.outer * a.inner;
+  const int64_t target_blocks = 2 * (int64_t)num_sms();
+  int64_t pieces = 1, kchunk = a.K;
+  dim3 grid, block;
+  if (a.vec_k) {
+    const bool warp_rows = a.K <= kWarpRowMaxK;
+    const int64_t per_block = warp_rows ? kThreads / 32 : 1;
+    const int64_t blocks = ceil_div(n_out, per_block);
+    const int64_t tpr = warp_rows ? 32 : kThreads;
+    if (blocks < target_blocks) {
+      // At least a few vectors per thread in every piece.
+      const int64_t min_chunk = tpr * VEC * 8;
+      pieces = std::clamp<int64_t>(
+          std::min(ceil_div(target_blocks, blocks), a.K / min_chunk), 1, 4096);
+    }
+    kchunk = ceil_div(ceil_div(a.K, pieces), VEC) * VEC; // keeps pieces aligned
+    pieces = ceil_div(a.K, kchunk);
+    grid = dim3(std::min<int64_t>(blocks, 1 << 30), pieces);
+    block = dim3(kThreads);
+  } else {
+    const int64_t vec_cols = ceil_div(a.inner, VEC);
+    int tx = 1;
+    while (tx < 32 && tx < vec_cols) tx *= 2;
+    const int ty = kThreads / tx;
+    const int64_t gx = ceil_div(vec_cols, tx);
+    const int64_t gz = std::min<int64_t>(a.outer, 65535);
+    const int64_t blocks = gx * gz;
+    if (blocks < target_blocks) {
+      const int64_t min_chunk = (int64_t)ty * kRowsPerStep * 4;
+      pieces = std::clamp<int64_t>(
+          std::min(ceil_div(target_blocks, blocks), a.K / min_chunk), 1, 4096);
+    }
+    kchunk = ceil_div(a.K, pieces);
+    pieces = ceil_div(a.K, kchunk);
+    grid = dim3(gx, pieces, gz);
+    block = dim3(tx, ty);
+  }
+  at::Tensor ws;
+  opmath_t* ws_ptr = nullptr;
+  if (pieces > 1) {
+    ws = at::empty(
+        {2 * pieces * n_out},
+        at::TensorOptions()
+            .dtype(c10::CppTypeToScalarType<opmath_t>::value)
+            .device(at::kCUDA, c10::cuda::current_device()));
+    ws_ptr = ws.mutable_data_ptr<opmath_t>();
+  }
+  if (a.vec_k) {
+    if (a.K <= kWarpRowMaxK) {
+      reduce_rows_kernel<scalar_t, VEC, 32, HAS_Q>
+          <<<grid, block, 0, stream>>>(a, kchunk, ws_ptr);
+    } else {
+      reduce_rows_kernel<scalar_t, VEC, kThreads, HAS_Q>
+          <<<grid, block, 0, stream>>>(a, kchunk, ws_ptr);
+    }
+  } else {
+    reduce_cols_kernel<scalar_t, VEC, HAS_Q>
+        <<<grid, block, 0, stream>>>(a, kchunk, ws_ptr);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (pieces > 1) {
+    const int64_t blocks = std::min<int64_t>(ceil_div(n_out, kThreads), 1 << 30);
+    merge_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(a, ws_ptr, pieces);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+template <typename scalar_t, int VEC, bool HAS_Q>
+void launch_weights(const WeightsArgs& a) {
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t runs = a.vec_k ? a.outer * a.inner : a.outer * a.K;
+  const int64_t len = a.vec_k ? a.K : a.inner;
+  const int64_t vecs_per_run = ceil_div(len, VEC);
+  const int64_t total = runs * vecs_per_run;
+  const int64_t blocks =
+      std::min<int64_t>(ceil_div(total, kThreads), (int64_t)num_sms() * 32);
+  if (a.vec_k) {
+    weights_kernel<scalar_t, VEC, HAS_Q, false>
+        <<<blocks, kThreads, 0, stream>>>(a, runs, len, vecs_per_run);
+  } else {
+    weights_kernel<scalar_t, VEC, HAS_Q, true>
+        <<<blocks, kThreads, 0, stream>>>(a, runs, len, vecs_per_run);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+} // namespace
+
+void CudaKernels::reduce(const ReduceArgs& a) {
+  if (a.outer * a.inner == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, a.dtype, "iwae_fused_reduce_cuda", [&] {
+        constexpr int kVec = 16 / sizeof(scalar_t);
+        const bool has_q = a.q.data != nullptr;
+        const bool vec = operand_aligned(a.p, a, kVec) &&
+            (!has_q || operand_aligned(a.q, a, kVec));
+        if (vec) {
+          has_q ? launch_reduce<scalar_t, kVec, true>(a)
+                : launch_reduce<scalar_t, kVec, false>(a);
+        } else {
+          has_q ? launch_reduce<scalar_t, 1, true>(a)
+                : launch_reduce<scalar_t, 1, false>(a);
+        }
+      });
+}
+
+void CudaKernels::weights(const WeightsArgs& a) {
+  if (a.outer * a.inner * a.K == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, a.dtype, "iwae_fused_weights_cuda", [&] {
+        constexpr int kVec = 16 / sizeof(scalar_t);
+        const bool has_q = a.q.data != nullptr;
+        auto out_ok = [&](const void* ptr) {
+          return !ptr ||
+              operand_aligned(Strided{ptr, a.out_so, a.out_sk, a.out_si}, a, kVec);
+        };
+        const bool vec = operand_aligned(a.p, a, kVec) &&
+            (!has_q || operand_aligned(a.q, a, kVec)) && out_ok(a.out_p) &&
+            out_ok(a.out_q);
+        if (vec) {
+          has_q ? launch_weights<scalar_t, kVec, true>(a)
+                : launch_weights<scalar_t, kVec, false>(a);
+        } else {
+          has_q ? launch_weights<scalar_t, 1, true>(a)
+                : launch_weights<scalar_t, 1, false>(a);
+        }
+      });
+}
+
+} // namespace iwae_fused::cuda
