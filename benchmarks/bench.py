@@ -25,11 +25,29 @@ import harness  # noqa: E402
 import iwae_fused  # noqa: E402
 
 DEFAULT_SHAPES = "50x128:0,5000x100:0,1024x16384:0,64x65536:1"
+# The GPU suite: the CPU shapes, bandwidth-scale ones (2^26 to 2^28 elements,
+# both layouts), and few outputs with many samples (split-K).
+GPU_SHAPES = DEFAULT_SHAPES + (
+    ",8192x8192:0,16384x16384:0,4096x65536:0"
+    ",8192x8192:1,16384x16384:1,1024x262144:1"
+    ",1000000x1:0,1000000x8:0,1000000x64:0,64x1000000:1"
+)
+PRESETS = {"cpu": DEFAULT_SHAPES, "gpu": GPU_SHAPES}
 LABELS = {
     "50x128:0": "training",
     "5000x100:0": "evaluation",
     "1024x16384:0": "large",
     "64x65536:1": "large, rows",
+    "8192x8192:0": "2^26",
+    "16384x16384:0": "2^28",
+    "4096x65536:0": "2^28",
+    "8192x8192:1": "2^26, rows",
+    "16384x16384:1": "2^28, rows",
+    "1024x262144:1": "2^28, rows",
+    "1000000x1:0": "B=1, K=1e6",
+    "1000000x8:0": "B=8, K=1e6",
+    "1000000x64:0": "B=64, K=1e6",
+    "64x1000000:1": "B=64, K=1e6, rows",
 }
 
 
@@ -101,8 +119,12 @@ def to_markdown(rows, copy_bps, args):
         f"Python {platform.python_version()}",
         f"- date: {datetime.date.today().isoformat()}",
         f"- device copy bandwidth (same run): {copy_bps / 1e9:.1f} GB/s (read + write)",
-        f"- medians of {args.repeats} interleaved runs; fwd under no_grad; fwd+bwd is "
-        "`out.backward(g)` with a ready g and gradients reset to None",
+        f"- medians of {args.repeats} interleaved runs; fwd under no_grad; fwdbwd is "
+        "the forward and `out.backward(g)` with a ready g, gradients reset to None; bwd "
+        "replays the backward alone (retain_graph)",
+        "- GB/s: bytes that must move (inputs read once, outputs written once) / time; "
+        "'of copy' sets it against the copy above (out of cache: shapes that fit in "
+        "cache can exceed 100%)",
         "",
     ]
     has_compile = any("compile_us" in r for r in rows)
@@ -155,15 +177,22 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--shapes", default=DEFAULT_SHAPES,
-                    help="comma-separated KxB:dim items (default: %(default)s)")
-    ap.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
+    ap.add_argument("--shapes", default=None,
+                    help="comma-separated KxB:dim items (default: the preset's)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                    help="shape suite; default: gpu on a CUDA device, else cpu")
+    ap.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"],
+                    choices=["fwd", "bwd", "fwdbwd"],
+                    help="bwd replays out.backward(g, retain_graph=True) on one forward")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--markdown", help="write the table here")
     ap.add_argument("--csv", help="write the rows here")
     ap.add_argument("--plot", help="write a PNG of the speedups here")
     args = ap.parse_args(argv)
+    if args.shapes is None:
+        preset = args.preset or ("gpu" if torch.device(args.device).type == "cuda" else "cpu")
+        args.shapes = PRESETS[preset]
 
     rows, copy_bps = run(args)
     md = to_markdown(rows, copy_bps, args)
