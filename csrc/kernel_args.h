@@ -23,13 +23,14 @@ struct ReduceArgs {
   Strided p, q; // q.data == nullptr: no log_q
   void* out = nullptr; // dtype, [outer * inner]: log(mean exp), or null
   // opmath, [2, outer * inner], or null: per output the shift of the online
-  // state (its max, or 0 if infinite) and log(sum exp(log_w - shift)). Kept
-  // apart because their sum, rounded, loses the weights' precision when
-  // |log_w| is large (1e4 in float32 rounds to 1e-3).
+  // state (its max, or 0 if infinite) and log_norm = log(sum exp(log_w -
+  // shift)), +inf for an all -inf slice (online_lse.h). Kept apart because
+  // their sum, rounded, loses the weights' precision when |log_w| is large
+  // (1e4 in float32 rounds to 1e-3).
   void* stats = nullptr;
 };
 
-// Element-wise: w = g * exp((log_w - shift) - log_sum), from the stats of
+// Element-wise: w = g * exp((log_w - shift) - log_norm), from the stats of
 // the reduction, with the -inf rules of online_lse.h; writes out_p = w and
 // out_q = -w (either may be null).
 struct WeightsArgs {

@@ -47,14 +47,16 @@ struct ScalarLaneOps {
   static IWAE_HD T shift(T m) {
     return (m == T(INFINITY) || m == -T(INFINITY)) ? T(0) : m;
   }
-  // The normalised weight exp(d - log_sum), with d = x - shift(m) and
-  // log_sum = log(s) from the final state; an all -inf slice (log_sum = -inf)
-  // has weight 0 instead of exp(-inf + inf) = NaN. Taking d against the shift
-  // (exact for x near the max) rather than x against a rounded log-sum-exp
-  // keeps full relative precision when |x| is large.
-  static IWAE_HD T weight(T d, T log_sum) {
-    return log_sum == -T(INFINITY) ? T(0) : std::exp(d - log_sum);
+  // The normaliser a backward keeps: log(s), except +inf for an empty (all
+  // -inf) slice, so that weight() needs no special case there: every
+  // exp(d - inf) is 0, where exp(-inf + inf) would be NaN.
+  static IWAE_HD T log_norm(T s) {
+    return s == T(0) ? T(INFINITY) : std::log(s);
   }
+  // The normalised weight exp(d - log_norm), with d = x - shift(m). Taking d
+  // against the shift (exact for x near the max) rather than x against a
+  // rounded log-sum-exp keeps full relative precision when |x| is large.
+  static IWAE_HD T weight(T d, T log_norm) { return std::exp(d - log_norm); }
 };
 
 template <>
@@ -92,7 +94,7 @@ IWAE_HD void merge(V& m1, V& s1, V m2, V s2) {
 }
 
 // log(sum_k exp(x_k)) from the state. Kernels that keep the result for a
-// backward store its two terms apart, shift(m) and log(s) (the "stats").
+// backward store its two terms apart, shift(m) and log_norm(s) (the "stats").
 template <typename V>
 IWAE_HD V finalize(V m, V s) {
   return LaneOps<V>::shift(m) + LaneOps<V>::log(s);

@@ -162,14 +162,15 @@ struct Kernels {
     const V log_k(std::log(static_cast<opmath_t>(a.K)));
     auto* out = static_cast<scalar_t*>(a.out);
     auto* shift = static_cast<opmath_t*>(a.stats);
-    opmath_t* log_sum = shift ? shift + a.outer * a.inner : nullptr;
+    opmath_t* log_norm = shift ? shift + a.outer * a.inner : nullptr;
     for (int64_t j = 0; j < n; j += L) {
       const int64_t c = std::min(L, n - j);
       const V sh = Lane::shift(V::loadu(m + j, c));
-      const V ls = Lane::log(V::loadu(s + j, c));
+      const V sv = V::loadu(s + j, c);
+      const V ls = Lane::log(sv);
       if (shift) {
         sh.store(shift + idx + j, c);
-        ls.store(log_sum + idx + j, c);
+        Lane::log_norm(sv).store(log_norm + idx + j, c);
       }
       if (out) IO::store(out + idx + j, sh + (ls - log_k), c);
     }
@@ -285,8 +286,9 @@ struct Kernels {
   static void weights_run(
       const WeightsArgs& a, const scalar_t* P, const scalar_t* Q,
       scalar_t* OP, scalar_t* OQ, int64_t n, StatsAt stats_at, GAt g_at) {
-    for (int64_t j = 0; j < n; j += L) {
-      const int64_t c = std::min(L, n - j);
+    // Full vectors, then one partial: with c a constant L in the first loop
+    // the count checks of every load and store fold away.
+    auto step = [&](int64_t j, int64_t c) {
       V x = c == L ? IO::load(P + j) : IO::load(P + j, c);
       if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
       const auto [sh, ls] = stats_at(j, c);
@@ -294,7 +296,10 @@ struct Kernels {
       if (a.g) w = w * g_at(j, c);
       if (OP) IO::store(OP + j, w, c);
       if (OQ) IO::store(OQ + j, V(0) - w, c);
-    }
+    };
+    int64_t j = 0;
+    for (; j + L <= n; j += L) step(j, L);
+    if (j < n) step(j, n - j);
   }
 
   template <bool HAS_Q>
@@ -302,7 +307,7 @@ struct Kernels {
     const auto* p = static_cast<const scalar_t*>(a.p.data);
     const auto* q = static_cast<const scalar_t*>(a.q.data);
     const auto* shift = static_cast<const opmath_t*>(a.stats);
-    const opmath_t* log_sum = shift + a.outer * a.inner;
+    const opmath_t* log_norm = shift + a.outer * a.inner;
     const auto* g = static_cast<const scalar_t*>(a.g);
     auto* op = static_cast<scalar_t*>(a.out_p);
     auto* oq = static_cast<scalar_t*>(a.out_q);
@@ -318,7 +323,7 @@ struct Kernels {
         for (int64_t r = b; r < e; ++r) {
           const int64_t o = r / a.K, k = r % a.K;
           const opmath_t* sh = shift + o * a.inner;
-          const opmath_t* ls = log_sum + o * a.inner;
+          const opmath_t* ls = log_norm + o * a.inner;
           const scalar_t* gg = g ? g + o * a.g_so : nullptr;
           const int64_t off = o * a.out_so + k * a.out_sk;
           weights_run<HAS_Q>(
@@ -342,7 +347,7 @@ struct Kernels {
     at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const int64_t o = r / a.inner, i = r % a.inner;
-        const auto st = std::make_pair(V(shift[r]), V(log_sum[r]));
+        const auto st = std::make_pair(V(shift[r]), V(log_norm[r]));
         const V gv(g ? static_cast<opmath_t>(g[o * a.g_so + i * a.g_si])
                      : opmath_t(1));
         const int64_t off = o * a.out_so + i * a.out_si;

@@ -42,9 +42,10 @@ struct LaneOps<at::vec::Vectorized<T>> {
   }
   static V log(V x) { return x.log(); }
   static V shift(V m) { return V::blendv(m, V(T(0)), m.abs() == V(T(INFINITY))); }
-  static V weight(V d, V log_sum) {
-    return V::blendv((d - log_sum).exp(), V(T(0)), log_sum == V(-T(INFINITY)));
+  static V log_norm(V s) {
+    return V::blendv(s.log(), V(T(INFINITY)), s == V(T(0)));
   }
+  static V weight(V d, V log_norm) { return exp(d - log_norm); }
 };
 
 namespace cpu {

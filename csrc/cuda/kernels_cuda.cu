@@ -99,7 +99,7 @@ __device__ __forceinline__ void emit(
   if (a.stats) {
     auto* st = static_cast<opmath_t*>(a.stats);
     st[idx] = sh;
-    st[n + idx] = ls;
+    st[n + idx] = Lane::log_norm(s);
   }
   if (a.out) {
     static_cast<scalar_t*>(a.out)[idx] = static_cast<scalar_t>(
@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
   const auto* q = static_cast<const scalar_t*>(a.q.data);
   const auto* g = static_cast<const scalar_t*>(a.g);
   const auto* shift = static_cast<const opmath_t*>(a.stats);
-  const opmath_t* log_sum = shift + a.outer * a.inner;
+  const opmath_t* log_norm = shift + a.outer * a.inner;
   auto* out_p = static_cast<scalar_t*>(a.out_p);
   auto* out_q = static_cast<scalar_t*>(a.out_q);
   const int64_t total = runs * vecs_per_run;
@@ -274,7 +274,7 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
     for (int c = 0; c < VEC; ++c) {
       const int64_t si = COLS ? sidx + c : sidx;
       const bool live = c < avail;
-      opmath_t w = live ? Lane::weight(x[c] - shift[si], log_sum[si]) : opmath_t(0);
+      opmath_t w = live ? Lane::weight(x[c] - shift[si], log_norm[si]) : opmath_t(0);
       if (g && live) w *= static_cast<opmath_t>(g[COLS ? gidx + c * a.g_si : gidx]);
       wp.v[c] = static_cast<scalar_t>(w);
       wq.v[c] = static_cast<scalar_t>(-w);
