@@ -27,7 +27,19 @@
 #define IWAE_HD inline
 #endif
 
+// Each CPU instruction set compiles this header in a namespace of its own
+// (iwae_fused::AVX2, ...), as at::vec does, so that the scalar instantiations
+// (absorb_max<float>, ...) of one set can never be linked into another's
+// kernels, and each set inlines them into its own code. Elsewhere (CUDA, the
+// op glue) it is iwae_fused::portable.
+#if defined(CPU_CAPABILITY)
+#define IWAE_ISA CPU_CAPABILITY
+#else
+#define IWAE_ISA portable
+#endif
+
 namespace iwae_fused {
+inline namespace IWAE_ISA {
 
 // ---- primitives, per lane type ---------------------------------------------
 // A class template (rather than overloads) so that the vector specialisations
@@ -100,4 +112,5 @@ IWAE_HD V finalize(V m, V s) {
   return LaneOps<V>::shift(m) + LaneOps<V>::log(s);
 }
 
+} // namespace IWAE_ISA
 } // namespace iwae_fused

@@ -18,5 +18,5 @@
 #include <type_traits>
 #include <vector>
 
-#include "../online_lse.h"
 #include "kernel_api.h"
+// Not ../online_lse.h: it is compiled per instruction set (see there).

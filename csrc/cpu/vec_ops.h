@@ -12,6 +12,7 @@
 #include "../online_lse.h"
 
 namespace iwae_fused {
+inline namespace IWAE_ISA {
 
 template <typename T>
 struct LaneOps<at::vec::Vectorized<T>> {
@@ -47,6 +48,8 @@ struct LaneOps<at::vec::Vectorized<T>> {
   }
   static V weight(V d, V log_norm) { return exp(d - log_norm); }
 };
+
+} // namespace IWAE_ISA
 
 namespace cpu {
 
