@@ -123,6 +123,7 @@ TORCH_LIBRARY_IMPL(iwae_fused, Autograd, m) {
   // Internal pieces: differentiating them (double backward) raises a clear
   // "not implemented" error instead of silently returning no gradient.
   m.impl("_iwelbo_forward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("logsumexp_stats", torch::autograd::autogradNotImplementedFallback());
   m.impl("iwelbo_backward", torch::autograd::autogradNotImplementedFallback());
 }
 

@@ -25,6 +25,12 @@ TORCH_LIBRARY(iwae_fused, m) {
       "iwelbo_backward(Tensor grad, Tensor stats, Tensor log_p, Tensor? log_q, "
       "int dim, bool keepdim, bool[2] output_mask) -> (Tensor, Tensor)",
       pt2);
+  // The mergeable state of the bound over a chunk of samples: [2, *bound
+  // shape] in opmath, the shift and log sum exp(log_w - shift); see
+  // iwae_fused/evaluation.py. Not differentiable.
+  m.def(
+      "logsumexp_stats(Tensor log_p, Tensor? log_q=None, int dim=0) -> Tensor",
+      pt2);
   // softmax(log_p - log_q) over `dim`; not differentiable.
   m.def(
       "normalized_weights(Tensor log_p, Tensor? log_q=None, int dim=0) "

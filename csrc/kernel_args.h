@@ -28,6 +28,10 @@ struct ReduceArgs {
   // their sum, rounded, loses the weights' precision when |log_w| is large
   // (1e4 in float32 rounds to 1e-3).
   void* stats = nullptr;
+  // Store log(s) itself (-inf for an all -inf slice) instead of log_norm:
+  // the mergeable state of logsumexp_stats, where an empty chunk must read
+  // as the identity.
+  bool plain_log_sum = false;
 };
 
 // Element-wise: w = g * exp((log_w - shift) - log_norm), from the stats of

@@ -50,10 +50,11 @@ template <class Kernels>
 std::tuple<at::Tensor, at::Tensor> reduce_op(
     const char* op, const at::Tensor& log_p,
     const std::optional<at::Tensor>& log_q, int64_t dim, bool keepdim,
-    bool want_out, bool want_stats) {
+    bool want_out, bool want_stats, bool plain_log_sum = false) {
   Plan pl = make_plan(op, log_p, log_q, dim);
   at::Tensor out, stats;
   auto a = geometry_args<ReduceArgs>(pl);
+  a.plain_log_sum = plain_log_sum;
   if (want_out) {
     out = at::empty(pl.out_shape(keepdim), opts(pl, pl.dtype));
     a.out = out.mutable_data_ptr();
@@ -112,6 +113,16 @@ std::tuple<at::Tensor, at::Tensor> iwelbo_forward(
     const at::Tensor& log_p, const std::optional<at::Tensor>& log_q,
     int64_t dim, bool keepdim) {
   return reduce_op<Kernels>("iwelbo", log_p, log_q, dim, keepdim, true, true);
+}
+
+// The mergeable state of a chunk of samples: [2, *batch] in opmath, the
+// shift and log sum exp(log_w - shift) (-inf for an all -inf slice).
+template <class Kernels>
+at::Tensor logsumexp_stats(
+    const at::Tensor& log_p, const std::optional<at::Tensor>& log_q,
+    int64_t dim) {
+  return std::get<1>(reduce_op<Kernels>(
+      "iwelbo_state", log_p, log_q, dim, false, false, true, true));
 }
 
 template <class Kernels>

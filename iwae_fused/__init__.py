@@ -10,9 +10,16 @@ in iwae_fused.reference (imported on demand; the ops never use it).
 """
 
 from iwae_fused._build import _C
+from iwae_fused.evaluation import IwelboState, estimate_log_likelihood, iwelbo_state
 from iwae_fused.ops import iwelbo, normalized_weights
 
-__all__ = ["iwelbo", "normalized_weights"]
+__all__ = [
+    "iwelbo",
+    "normalized_weights",
+    "iwelbo_state",
+    "IwelboState",
+    "estimate_log_likelihood",
+]
 __version__ = "0.1.0"
 
 

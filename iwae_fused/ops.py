@@ -184,6 +184,12 @@ def _iwelbo_backward_fake(grad, stats, log_p, log_q, dim, keepdim, output_mask):
     )
 
 
+@torch.library.register_fake("iwae_fused::logsumexp_stats")
+def _logsumexp_stats_fake(log_p, log_q=None, dim=0):
+    shape, d, dtype = _plan("iwelbo_state", log_p, log_q, dim)
+    return log_p.new_empty([2] + _reduced(shape, d, False), dtype=_opmath(dtype))
+
+
 @torch.library.register_fake("iwae_fused::normalized_weights")
 def _normalized_weights_fake(log_p, log_q=None, dim=0):
     shape, _, dtype = _plan("normalized_weights", log_p, log_q, dim)

@@ -20,6 +20,7 @@ TORCH_LIBRARY_IMPL(iwae_fused, CPU, m) {
   m.impl("_iwelbo_forward", &iwelbo_forward<CpuKernels>);
   m.impl("iwelbo_backward", &iwelbo_backward<CpuKernels>);
   m.impl("normalized_weights", &normalized_weights<CpuKernels>);
+  m.impl("logsumexp_stats", &logsumexp_stats<CpuKernels>);
 }
 
 } // namespace iwae_fused

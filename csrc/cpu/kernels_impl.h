@@ -170,7 +170,7 @@ struct Kernels {
       const V ls = Lane::log(sv);
       if (shift) {
         sh.store(shift + idx + j, c);
-        Lane::log_norm(sv).store(log_norm + idx + j, c);
+        (a.plain_log_sum ? ls : Lane::log_norm(sv)).store(log_norm + idx + j, c);
       }
       if (out) IO::store(out + idx + j, sh + (ls - log_k), c);
     }

@@ -40,6 +40,12 @@ at::Tensor normalized_weights_cuda(
   return normalized_weights<CudaKernels>(log_p, log_q, dim);
 }
 
+at::Tensor logsumexp_stats_cuda(
+    const at::Tensor& log_p, const OptTensor& log_q, int64_t dim) {
+  const c10::cuda::CUDAGuard guard(log_p.device());
+  return logsumexp_stats<CudaKernels>(log_p, log_q, dim);
+}
+
 } // namespace
 
 TORCH_LIBRARY_IMPL(iwae_fused, CUDA, m) {
@@ -47,6 +53,7 @@ TORCH_LIBRARY_IMPL(iwae_fused, CUDA, m) {
   m.impl("_iwelbo_forward", &iwelbo_forward_cuda);
   m.impl("iwelbo_backward", &iwelbo_backward_cuda);
   m.impl("normalized_weights", &normalized_weights_cuda);
+  m.impl("logsumexp_stats", &logsumexp_stats_cuda);
 }
 
 } // namespace iwae_fused

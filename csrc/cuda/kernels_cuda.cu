@@ -99,7 +99,7 @@ __device__ __forceinline__ void emit(
   if (a.stats) {
     auto* st = static_cast<opmath_t*>(a.stats);
     st[idx] = sh;
-    st[n + idx] = Lane::log_norm(s);
+    st[n + idx] = a.plain_log_sum ? ls : Lane::log_norm(s);
   }
   if (a.out) {
     static_cast<scalar_t*>(a.out)[idx] = static_cast<scalar_t>(

@@ -1,0 +1,209 @@
+"""Log-likelihood estimation with many importance samples, chunk by chunk and
+across processes, exactly.
+
+Burda et al. (2016) estimate test log-likelihoods with K = 5000 samples per
+data point; with real models the [K, B] log-weights (and the activations
+behind them) do not fit at once. The bound over K samples is
+
+    L_K = log (1/K) sum_k w_k = shift + log sum_k exp(log w_k - shift) - log K,
+
+and the pair (shift, log-sum) of a chunk of samples is a mergeable state:
+two chunks combine exactly, in any order, and an all -inf chunk changes
+nothing. So K can be split into chunks, or across ranks, and the result is
+the one-shot iwelbo up to float rounding.
+"""
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from iwae_fused import ops as _ops  # noqa: F401  (registers the fakes)
+
+__all__ = ["IwelboState", "iwelbo_state", "estimate_log_likelihood"]
+
+_logsumexp_stats = torch.ops.iwae_fused.logsumexp_stats.default
+
+
+@dataclass(frozen=True)
+class IwelboState:
+    """Per-example state of the bound over `count` samples.
+
+    shift:   [*batch] float64, the largest log-weight seen (0 where none is
+             finite: an empty or +inf slice).
+    log_sum: [*batch] float64, log sum_k exp(log w_k - shift); -inf where every
+             log-weight was -inf (the identity of merge()).
+    count:   the number of samples K so far (the same for every example).
+    """
+
+    shift: Tensor
+    log_sum: Tensor
+    count: int
+
+    @staticmethod
+    def empty(batch_shape, device=None) -> "IwelboState":
+        """The identity of merge(): no samples."""
+        zeros = torch.zeros(batch_shape, dtype=torch.float64, device=device)
+        return IwelboState(zeros, torch.full_like(zeros, -math.inf), 0)
+
+    def _max(self) -> Tensor:
+        # The shift of a slice that holds samples; -inf for an empty one, so
+        # it never raises the shift of a merge.
+        return torch.where(self.log_sum == -math.inf, -math.inf, self.shift)
+
+    def merge(self, other: "IwelboState") -> "IwelboState":
+        """The state of both chunks' samples. Associative and commutative up
+        to rounding; an empty (all -inf) chunk is the identity."""
+        if self.shift.shape != other.shift.shape:
+            raise ValueError(
+                f"IwelboState.merge(): states of batch shape {list(self.shift.shape)} and "
+                f"{list(other.shift.shape)} cannot be merged"
+            )
+        top = torch.maximum(self._max(), other._max())
+        top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+        log_sum = torch.logaddexp(
+            self.log_sum + (self.shift - top), other.log_sum + (other.shift - top)
+        )
+        return IwelboState(top, log_sum, self.count + other.count)
+
+    def all_reduce(self, group=None) -> "IwelboState":
+        """Merge this state across the ranks of `group` (torch.distributed):
+        an all-reduce of the max, then of the rescaled sums. Every rank gets
+        the state of all ranks' samples."""
+        import torch.distributed as dist
+
+        top = self._max().clone()
+        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+        top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+        total = torch.exp(self.log_sum + (self.shift - top))
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        count = torch.tensor([self.count], dtype=torch.int64, device=top.device)
+        dist.all_reduce(count, op=dist.ReduceOp.SUM, group=group)
+        return IwelboState(top, torch.log(total), int(count.item()))
+
+    def finalize(self) -> Tensor:
+        """The bound log((1/K) sum_k w_k) per example, float64."""
+        if self.count < 1:
+            raise ValueError("IwelboState.finalize(): the state holds no samples")
+        return self.shift + (self.log_sum - math.log(self.count))
+
+
+def iwelbo_state(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> IwelboState:
+    """The mergeable state of the bound over the samples along `dim`, from the
+    same fused kernel as iwelbo (arguments, broadcasting and errors as there).
+
+    ``iwelbo_state(a).merge(iwelbo_state(b)).finalize()`` equals
+    ``iwelbo(torch.cat([a, b]))`` to float rounding.
+    """
+    stats = _logsumexp_stats(log_p, log_q, dim).double()  # checks the arguments
+    shape = log_p.shape if log_q is None else torch.broadcast_shapes(log_p.shape, log_q.shape)
+    K = shape[dim] if len(shape) else 1
+    return IwelboState(stats[0], stats[1], int(K))
+
+
+def _share(num_samples: int, group) -> int:
+    """This rank's share of the samples (the first ranks take the remainder)."""
+    if group is None:
+        return num_samples
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "estimate_log_likelihood(): a group was given but torch.distributed is "
+            "not initialized (call torch.distributed.init_process_group first)"
+        )
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    if num_samples < world:
+        raise ValueError(
+            f"estimate_log_likelihood(): num_samples={num_samples} is fewer than the "
+            f"{world} ranks of the group; every rank needs at least one sample"
+        )
+    return num_samples // world + (1 if rank < num_samples % world else 0)
+
+
+def _progress_bar(total: int, progress: Optional[bool], group):
+    if progress is False:
+        return None
+    if group is not None:
+        import torch.distributed as dist
+
+        if dist.get_rank(group) != 0:
+            return None
+    if progress is None and not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    # Auto mode shows the bar only once a run has lasted two seconds.
+    return tqdm(total=total, unit="sample", desc="log-likelihood",
+                delay=0.0 if progress else 2.0, leave=False)
+
+
+def estimate_log_likelihood(
+    log_weight_fn: Callable[[int], Tensor],
+    num_samples: int,
+    chunk_size: Optional[int] = None,
+    progress: Optional[bool] = None,
+    group=None,
+) -> Tensor:
+    """Estimate log p(x) per example with `num_samples` importance samples.
+
+    Args:
+        log_weight_fn: ``log_weight_fn(n)`` returns log-weights ``[n, *batch]``
+            (log p(x, z) - log q(z | x) for n fresh samples z ~ q(z | x); sample
+            dim 0). Called under ``torch.no_grad()`` with n <= chunk_size.
+        num_samples: K, the total number of samples (Burda et al. use 5000).
+        chunk_size: the most samples drawn at once (default: all); memory is
+            bounded by one chunk. The last chunk may be smaller.
+        progress: a tqdm bar: None shows one on runs longer than two seconds
+            when stderr is a terminal, True always, False never.
+        group: a torch.distributed process group (e.g.
+            ``torch.distributed.group.WORLD``) to split the samples across its
+            ranks; states merge by all-reduce, so every rank returns the
+            estimate of all num_samples samples. None: this process only.
+
+    Returns:
+        The estimate L_K = log((1/K) sum_k w_k), ``[*batch]`` float64. By
+        Jensen's inequality E[L_K] <= log p(x), and L_K rises to log p(x) as
+        K grows (Burda et al. 2016, Theorem 1).
+    """
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(
+            f"estimate_log_likelihood(): num_samples must be a positive int, got {num_samples!r}"
+        )
+    if chunk_size is None:
+        chunk_size = num_samples
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(
+            f"estimate_log_likelihood(): chunk_size must be a positive int, got {chunk_size!r}"
+        )
+    local = _share(num_samples, group)
+    bar = _progress_bar(local, progress, group)
+    state = None
+    done = 0
+    try:
+        with torch.no_grad():
+            while done < local:
+                n = min(chunk_size, local - done)
+                log_w = log_weight_fn(n)
+                if not isinstance(log_w, Tensor) or log_w.dim() < 1 or log_w.shape[0] != n:
+                    got = tuple(log_w.shape) if isinstance(log_w, Tensor) else type(log_w).__name__
+                    raise ValueError(
+                        f"estimate_log_likelihood(): log_weight_fn({n}) must return "
+                        f"log-weights of shape [{n}, *batch], but returned {got}"
+                    )
+                chunk = iwelbo_state(log_w, dim=0)
+                state = chunk if state is None else state.merge(chunk)
+                done += n
+                if bar is not None:
+                    bar.update(n)
+    finally:
+        if bar is not None:
+            bar.close()
+    if group is not None:
+        state = state.all_reduce(group)
+    return state.finalize()
