@@ -18,7 +18,8 @@ PY="${PYTHON:-python3}"
 # An installed 2.13.0 (CPU or CUDA) satisfies the pin and nothing is fetched.
 "$PY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
 "$PY" -m pip install -q --disable-pip-version-check \
-    setuptools wheel ninja pybind11 numpy pytest hypothesis pytest-benchmark tqdm matplotlib
+    setuptools wheel ninja pybind11 numpy pytest hypothesis pytest-benchmark tqdm matplotlib \
+    scikit-learn
 # --no-build-isolation: build against the torch above, not a freshly fetched one.
 MAX_JOBS="${MAX_JOBS:-2}" "$PY" -m pip install -q --disable-pip-version-check \
     --no-build-isolation --no-deps -e .
