@@ -30,17 +30,49 @@ struct LaneOps<at::vec::Vectorized<T>> {
 #endif
     return V::blendv(m, x, x > m); // max_ps's rule: m unless x > m
   }
-  static V exp(V x) {
+  C10_ALWAYS_INLINE static V exp(V x) {
     if constexpr (std::is_same_v<T, float>) {
+#if defined(CPU_CAPABILITY_AVX512)
+      return exp_avx512(x);
+#else
       // exp_u20, the inline polynomial ATen's CPU flash attention uses for
       // the same online softmax, costs a fraction of the Sleef u10 call
       // (relative error <= 20 ulp, 2.4e-6). It saturates at +inf and loses
       // NaN; the blend restores exp(NaN) = NaN and exp(+inf) = +inf.
       return V::blendv(x, x.exp_u20(), x < V(T(INFINITY)));
+#endif
     } else {
       return x.exp();
     }
   }
+
+#if defined(CPU_CAPABILITY_AVX512)
+  // exp for float lanes in 15 instructions, <= 1.01 ulp over the normal range
+  // (checked against double exp on 1e7 points of [-110, 90]): Cody-Waite
+  // reduction x = n ln2 + r with ln2 in two parts, Cephes' minimax
+  // polynomial for e^r on [-ln2/2, ln2/2], and vscalefps for the 2^n, which
+  // also gives the special values with no fix-up: the clamp keeps NaN
+  // (max/min return their second operand then), -inf -> -104 -> 0 and
+  // +inf -> 89 -> +inf. Cheaper and more accurate than exp_u20's ~20
+  // instructions plus the fix-up blend, on the kernels' hottest line.
+  C10_ALWAYS_INLINE static V exp_avx512(V v) {
+    __m512 x = _mm512_max_ps(_mm512_set1_ps(-104.f), v);
+    x = _mm512_min_ps(_mm512_set1_ps(89.f), x);
+    const __m512 n = _mm512_roundscale_ps(
+        _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    return _mm512_scalef_ps(_mm512_add_ps(p, _mm512_set1_ps(1.f)), n);
+  }
+#endif
   static V log(V x) { return x.log(); }
   static V shift(V m) { return V::blendv(m, V(T(0)), m.abs() == V(T(INFINITY))); }
   static V log_norm(V s) {
