@@ -13,35 +13,36 @@ namespace {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-c10::TypedOperatorHandle<Tensor(const Tensor&, const OptTensor&, int64_t, bool)>&
+c10::TypedOperatorHandle<Tensor(const Tensor&, const OptTensor&, int64_t, bool, double)>&
 iwelbo_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("iwae_fused::iwelbo", "")
-                       .typed<Tensor(const Tensor&, const OptTensor&, int64_t, bool)>();
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("iwae_fused::iwelbo", "")
+          .typed<Tensor(const Tensor&, const OptTensor&, int64_t, bool, double)>();
   return op;
 }
 
 c10::TypedOperatorHandle<std::tuple<Tensor, Tensor>(
-    const Tensor&, const OptTensor&, int64_t, bool)>&
+    const Tensor&, const OptTensor&, int64_t, bool, double)>&
 forward_op() {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("iwae_fused::_iwelbo_forward", "")
           .typed<std::tuple<Tensor, Tensor>(
-              const Tensor&, const OptTensor&, int64_t, bool)>();
+              const Tensor&, const OptTensor&, int64_t, bool, double)>();
   return op;
 }
 
 c10::TypedOperatorHandle<std::tuple<Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const OptTensor&, int64_t,
-    bool, std::array<bool, 2>)>&
+    bool, double, std::array<bool, 2>)>&
 backward_op() {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("iwae_fused::iwelbo_backward", "")
           .typed<std::tuple<Tensor, Tensor>(
               const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-              int64_t, bool, std::array<bool, 2>)>();
+              int64_t, bool, double, std::array<bool, 2>)>();
   return op;
 }
 
@@ -68,12 +69,13 @@ Tensor to_input(Tensor grad, const Tensor& input) {
 struct IwelboFunction : public torch::autograd::Function<IwelboFunction> {
   static Tensor forward(
       torch::autograd::AutogradContext* ctx, const Tensor& log_p,
-      const OptTensor& log_q, int64_t dim, bool keepdim) {
+      const OptTensor& log_q, int64_t dim, bool keepdim, double alpha) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, stats] = forward_op().call(log_p, log_q, dim, keepdim);
+    auto [out, stats] = forward_op().call(log_p, log_q, dim, keepdim, alpha);
     ctx->save_for_backward({log_p, log_q.value_or(Tensor()), stats});
     ctx->saved_data["dim"] = dim;
     ctx->saved_data["keepdim"] = keepdim;
+    ctx->saved_data["alpha"] = alpha;
     return out;
   }
 
@@ -88,23 +90,24 @@ struct IwelboFunction : public torch::autograd::Function<IwelboFunction> {
     auto [gp, gq] = backward_op().call(
         grads[0], stats, log_p, has_q ? OptTensor(log_q) : std::nullopt,
         ctx->saved_data["dim"].toInt(), ctx->saved_data["keepdim"].toBool(),
-        mask);
+        ctx->saved_data["alpha"].toDouble(), mask);
     return {
         mask[0] ? to_input(gp, log_p) : Tensor(),
-        mask[1] ? to_input(gq, log_q) : Tensor(), Tensor(), Tensor()};
+        mask[1] ? to_input(gq, log_q) : Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 Tensor iwelbo_autograd(
-    const Tensor& log_p, const OptTensor& log_q, int64_t dim, bool keepdim) {
+    const Tensor& log_p, const OptTensor& log_q, int64_t dim, bool keepdim,
+    double alpha) {
   const bool needs_grad = at::GradMode::is_enabled() &&
       (log_p.requires_grad() || (log_q.has_value() && log_q->requires_grad()));
   if (!needs_grad) {
     // Nothing to record: skip the graph node and the saved stats.
     at::AutoDispatchBelowADInplaceOrView guard;
-    return iwelbo_op().call(log_p, log_q, dim, keepdim);
+    return iwelbo_op().call(log_p, log_q, dim, keepdim, alpha);
   }
-  return IwelboFunction::apply(log_p, log_q, dim, keepdim);
+  return IwelboFunction::apply(log_p, log_q, dim, keepdim, alpha);
 }
 
 // The weights are returned as constants (no graph), as reweighted wake-sleep

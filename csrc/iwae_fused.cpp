@@ -7,23 +7,24 @@ TORCH_LIBRARY(iwae_fused, m) {
   // Where the fake (meta) implementations live, for torch.compile/export.
   m.set_python_module("iwae_fused.ops");
   const std::vector<at::Tag> pt2{at::Tag::pt2_compliant_tag};
-  // log((1/K) sum_k exp(log_p - log_q)) over `dim`.
+  // log((1/K) sum_k exp(log_p - log_q)) over `dim`; with alpha, the Renyi
+  // bound (1/(1-alpha)) [log sum exp((1-alpha) log w) - log K].
   m.def(
       "iwelbo(Tensor log_p, Tensor? log_q=None, int dim=0, "
-      "bool keepdim=False) -> Tensor",
+      "bool keepdim=False, float alpha=0.0) -> Tensor",
       pt2);
   // The bound and the per-example stats the backward reuses: [2, *bound
   // shape without keepdim] in opmath, the max shift and log sum exp(x - shift).
   m.def(
-      "_iwelbo_forward(Tensor log_p, Tensor? log_q, int dim, bool keepdim) "
-      "-> (Tensor, Tensor)",
+      "_iwelbo_forward(Tensor log_p, Tensor? log_q, int dim, bool keepdim, "
+      "float alpha=0.0) -> (Tensor, Tensor)",
       pt2);
-  // grad_log_p = g * w and grad_log_q = -g * w, w = softmax(log_p - log_q),
+  // grad_log_p = g * w and grad_log_q = -g * w, w = softmax((1-alpha) log w),
   // in one pass, full broadcast shape; an output off in output_mask comes
   // back as an empty tensor.
   m.def(
       "iwelbo_backward(Tensor grad, Tensor stats, Tensor log_p, Tensor? log_q, "
-      "int dim, bool keepdim, bool[2] output_mask) -> (Tensor, Tensor)",
+      "int dim, bool keepdim, float alpha, bool[2] output_mask) -> (Tensor, Tensor)",
       pt2);
   // The mergeable state of the bound over a chunk of samples: [2, *bound
   // shape] in opmath, the shift and log sum exp(log_w - shift); see

@@ -15,12 +15,15 @@ struct Strided {
   int64_t so = 0, sk = 0, si = 0;
 };
 
-// log_w = log_p - log_q (log_q absent: log_w = log_p), reduced over K.
+// log_w = beta * (log_p - log_q) (log_q absent: beta * log_p), reduced over
+// K; out = (log(sum exp) - log K) / beta. beta = 1 - alpha of the Renyi bound
+// (1 for IWAE; never 0, which the op glue handles without these kernels).
 struct ReduceArgs {
   c10::ScalarType dtype; // of log_p, log_q and out
   int64_t outer, K, inner;
   bool vec_k; // rows (sk == 1) or columns (si == 1)
   Strided p, q; // q.data == nullptr: no log_q
+  double beta = 1.0;
   void* out = nullptr; // dtype, [outer * inner]: log(mean exp), or null
   // opmath, [2, outer * inner], or null: per output the shift of the online
   // state (its max, or 0 if infinite) and log_norm = log(sum exp(log_w -
@@ -42,6 +45,7 @@ struct WeightsArgs {
   int64_t outer, K, inner;
   bool vec_k;
   Strided p, q;
+  double beta = 1.0; // log_w = beta * (log_p - log_q), as in ReduceArgs
   // The incoming gradient, dtype, one per output: g[o * g_so + i * g_si]
   // (g_si is 0 or 1 for columns); null means g = 1. Strided so that the
   // expanded gradient of a .sum() or .mean() is read in place.

@@ -8,6 +8,13 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/div.h>
+#include <ATen/ops/mean.h>
+#include <ATen/ops/neg.h>
+#include <ATen/ops/sub.h>
+#include <ATen/ops/zeros.h>
+
+#include <cmath>
 
 #include <array>
 #include <optional>
@@ -45,17 +52,41 @@ inline at::TensorOptions opts(const Plan& pl, at::ScalarType dt) {
   return at::TensorOptions().dtype(dt).device(pl.p.tensor.device());
 }
 
+// beta = 1 - alpha of the Renyi bound, checked.
+inline double renyi_beta(const char* op, double alpha) {
+  TORCH_CHECK_VALUE(
+      std::isfinite(alpha), op, "(): expected a finite alpha, but got ", alpha);
+  return 1.0 - alpha;
+}
+
+// alpha = 1 (beta = 0) is the ELBO, mean(log w), taken exactly rather than as
+// the limit of the Renyi formula: a plain mean, whose gradient is the
+// uniform weight 1/K.
+inline at::Tensor elbo(const Plan& pl, const at::Tensor& log_p,
+                       const std::optional<at::Tensor>& log_q, bool keepdim) {
+  const at::Tensor log_w =
+      pl.has_q ? at::sub(log_p.to(pl.dtype), log_q->to(pl.dtype)) : log_p;
+  return log_w.dim() == 0 ? log_w.clone() : at::mean(log_w, pl.dim, keepdim);
+}
+
 // The bound and, if asked, the per-example stats in opmath: [2, *reduced],
 // the shift and the log-sum (kernel_args.h), which the backward needs.
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor> reduce_op(
     const char* op, const at::Tensor& log_p,
     const std::optional<at::Tensor>& log_q, int64_t dim, bool keepdim,
-    bool want_out, bool want_stats, bool plain_log_sum = false) {
+    bool want_out, bool want_stats, bool plain_log_sum = false,
+    double beta = 1.0) {
   Plan pl = make_plan(op, log_p, log_q, dim);
+  if (beta == 0.0) { // the ELBO; its backward needs no stats
+    return {want_out ? elbo(pl, log_p, log_q, keepdim) : at::Tensor(),
+            want_stats ? at::zeros(stats_shape(pl), opts(pl, opmath_dtype(pl.dtype)))
+                       : at::Tensor()};
+  }
   at::Tensor out, stats;
   auto a = geometry_args<ReduceArgs>(pl);
   a.plain_log_sum = plain_log_sum;
+  a.beta = beta;
   if (want_out) {
     out = at::empty(pl.out_shape(keepdim), opts(pl, pl.dtype));
     a.out = out.mutable_data_ptr();
@@ -73,8 +104,9 @@ std::tuple<at::Tensor, at::Tensor> reduce_op(
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor> weights_op(
     const Plan& pl, const at::Tensor& stats, const at::Tensor& g,
-    int64_t g_so, int64_t g_si, std::array<bool, 2> mask) {
+    int64_t g_so, int64_t g_si, std::array<bool, 2> mask, double beta = 1.0) {
   auto a = geometry_args<WeightsArgs>(pl);
+  a.beta = beta;
   a.stats = stats.const_data_ptr();
   a.g = g.defined() ? g.const_data_ptr() : nullptr;
   a.g_so = g_so;
@@ -106,16 +138,19 @@ std::tuple<at::Tensor, at::Tensor> weights_op(
 template <class Kernels>
 at::Tensor iwelbo(
     const at::Tensor& log_p, const std::optional<at::Tensor>& log_q,
-    int64_t dim, bool keepdim) {
-  return std::get<0>(
-      reduce_op<Kernels>("iwelbo", log_p, log_q, dim, keepdim, true, false));
+    int64_t dim, bool keepdim, double alpha) {
+  return std::get<0>(reduce_op<Kernels>(
+      "iwelbo", log_p, log_q, dim, keepdim, true, false, false,
+      renyi_beta("iwelbo", alpha)));
 }
 
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor> iwelbo_forward(
     const at::Tensor& log_p, const std::optional<at::Tensor>& log_q,
-    int64_t dim, bool keepdim) {
-  return reduce_op<Kernels>("iwelbo", log_p, log_q, dim, keepdim, true, true);
+    int64_t dim, bool keepdim, double alpha) {
+  return reduce_op<Kernels>(
+      "iwelbo", log_p, log_q, dim, keepdim, true, true, false,
+      renyi_beta("iwelbo", alpha));
 }
 
 // The mergeable state of a chunk of samples: [2, *batch] in opmath, the
@@ -132,8 +167,9 @@ template <class Kernels>
 std::tuple<at::Tensor, at::Tensor> iwelbo_backward(
     const at::Tensor& grad, const at::Tensor& stats, const at::Tensor& log_p,
     const std::optional<at::Tensor>& log_q, int64_t dim, bool keepdim,
-    std::array<bool, 2> output_mask) {
+    double alpha, std::array<bool, 2> output_mask) {
   const char* op = "iwelbo_backward";
+  const double beta = renyi_beta(op, alpha);
   Plan pl = make_plan(op, log_p, log_q, dim);
   const auto out_shape = pl.out_shape(keepdim);
   TORCH_CHECK_VALUE(
@@ -151,6 +187,13 @@ std::tuple<at::Tensor, at::Tensor> iwelbo_backward(
       grad.device() == log_p.device() && stats.device() == log_p.device(), op,
       "(): expected grad and stats on ", log_p.device(), ", but got ",
       grad.device(), " and ", stats.device());
+  if (beta == 0.0) { // the ELBO: every sample has weight 1/K
+    const at::Tensor g = keepdim || pl.shape.empty() ? grad : grad.unsqueeze(pl.dim);
+    const at::Tensor w =
+        at::div(g.to(pl.dtype), static_cast<double>(pl.K)).expand(pl.shape).contiguous();
+    return {output_mask[0] ? w : at::empty({0}, opts(pl, pl.dtype)),
+            output_mask[1] ? at::neg(w) : at::empty({0}, opts(pl, pl.dtype))};
+  }
   // The gradient is read in place when its strides walk the outputs (a
   // contiguous one, or the expanded scalar of .sum()/.mean()): no copy and,
   // on CUDA, no extra launch.
@@ -161,7 +204,8 @@ std::tuple<at::Tensor, at::Tensor> iwelbo_backward(
     g = g.contiguous();
     pl.output_strides(g, keepdim, g_so, g_si);
   }
-  return weights_op<Kernels>(pl, stats.contiguous(), g, g_so, g_si, output_mask);
+  return weights_op<Kernels>(
+      pl, stats.contiguous(), g, g_so, g_si, output_mask, beta);
 }
 
 template <class Kernels>

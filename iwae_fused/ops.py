@@ -7,6 +7,7 @@ mirror plan.cpp's checks and shapes for meta and fake tensors (torch.compile,
 torch.export), with the same error messages.
 """
 
+import math
 from typing import Optional
 
 import torch
@@ -21,12 +22,28 @@ _normalized_weights = torch.ops.iwae_fused.normalized_weights.default
 
 
 def iwelbo(
-    log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0, keepdim: bool = False
+    log_p: Tensor,
+    log_q: Optional[Tensor] = None,
+    dim: int = 0,
+    keepdim: bool = False,
+    alpha: float = 0.0,
 ) -> Tensor:
     r"""The importance-weighted bound (IWAE, Burda et al. 2016) along ``dim``.
 
     .. math::
         \mathcal{L}_K = \log \frac{1}{K} \sum_{k=1}^{K} \exp(\log p_k - \log q_k)
+
+    With ``alpha``, the Renyi (variational Renyi, VR) bound of Li & Turner
+    (2016), with log w_k = log p_k - log q_k:
+
+    .. math::
+        \mathcal{L}_\alpha = \frac{1}{1-\alpha}\Big[\log \sum_k
+            \exp\big((1-\alpha)\log w_k\big) - \log K\Big]
+
+    whose gradient with respect to log w is softmax((1 - alpha) log w).
+    alpha = 0 is IWAE; alpha = 1 is the ELBO, mean_k(log w_k), taken exactly
+    (uniform weights 1/K); negative alpha is allowed (alpha -> -inf tends to
+    the max). For alpha > 1 a sample at log w = -inf makes the bound -inf.
 
     with ``K = log_p.shape[dim]``. A drop-in for
     ``torch.logsumexp(log_p - log_q, dim, keepdim) - math.log(K)``: the same
@@ -40,6 +57,7 @@ def iwelbo(
         log_q: log q(z_k | x), broadcastable against ``log_p``; or None.
         dim: the sample dimension, reduced away (any dim, negative allowed).
         keepdim: keep ``dim`` as size 1.
+        alpha: the Renyi order (finite), 0 by default.
 
     Returns:
         The bound per example: ``log_p``'s broadcast shape without ``dim``.
@@ -67,7 +85,7 @@ def iwelbo(
     inputs on different devices (RuntimeError). An empty batch gives an empty
     result.
     """
-    return _iwelbo(log_p, log_q, dim, keepdim)
+    return _iwelbo(log_p, log_q, dim, keepdim, alpha)
 
 
 def normalized_weights(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> Tensor:
@@ -99,6 +117,11 @@ def _check_input(op, name, t):
             f"{op}(): expected {name} to be a floating-point tensor (torch.float32, "
             f"torch.float64, torch.float16 or torch.bfloat16), but got {t.dtype}"
         )
+
+
+def _check_alpha(op, alpha):
+    if not math.isfinite(alpha):
+        raise ValueError(f"{op}(): expected a finite alpha, but got {alpha}")
 
 
 def _broadcast(op, a, b):
@@ -158,13 +181,15 @@ def _opmath(dtype):
 
 
 @torch.library.register_fake("iwae_fused::iwelbo")
-def _iwelbo_fake(log_p, log_q=None, dim=0, keepdim=False):
+def _iwelbo_fake(log_p, log_q=None, dim=0, keepdim=False, alpha=0.0):
+    _check_alpha("iwelbo", alpha)
     shape, d, dtype = _plan("iwelbo", log_p, log_q, dim)
     return log_p.new_empty(_reduced(shape, d, keepdim), dtype=dtype)
 
 
 @torch.library.register_fake("iwae_fused::_iwelbo_forward")
-def _iwelbo_forward_fake(log_p, log_q, dim, keepdim):
+def _iwelbo_forward_fake(log_p, log_q, dim, keepdim, alpha=0.0):
+    _check_alpha("iwelbo", alpha)
     shape, d, dtype = _plan("iwelbo", log_p, log_q, dim)
     out = log_p.new_empty(_reduced(shape, d, keepdim), dtype=dtype)
     stats = log_p.new_empty([2] + _reduced(shape, d, False), dtype=_opmath(dtype))
@@ -172,7 +197,8 @@ def _iwelbo_forward_fake(log_p, log_q, dim, keepdim):
 
 
 @torch.library.register_fake("iwae_fused::iwelbo_backward")
-def _iwelbo_backward_fake(grad, stats, log_p, log_q, dim, keepdim, output_mask):
+def _iwelbo_backward_fake(grad, stats, log_p, log_q, dim, keepdim, alpha, output_mask):
+    _check_alpha("iwelbo_backward", alpha)
     shape, d, dtype = _plan("iwelbo_backward", log_p, log_q, dim)
     torch._check(
         list(grad.shape) == _reduced(shape, d, keepdim),

@@ -25,11 +25,23 @@ def _num_samples(log_w: Tensor, dim: int) -> int:
 
 
 def iwelbo(
-    log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0, keepdim: bool = False
+    log_p: Tensor,
+    log_q: Optional[Tensor] = None,
+    dim: int = 0,
+    keepdim: bool = False,
+    alpha: float = 0.0,
 ) -> Tensor:
-    """log((1/K) sum_k exp(log w_k)) along dim: the eager expression users write."""
+    """log((1/K) sum_k exp(log w_k)) along dim: the eager expression users write.
+
+    With alpha, the Renyi bound (1/(1-alpha)) [logsumexp((1-alpha) log w) - log K]
+    (Li & Turner 2016); alpha = 1 is the ELBO, mean(log w).
+    """
     log_w = log_weights(log_p, log_q)
-    return torch.logsumexp(log_w, dim, keepdim=keepdim) - math.log(_num_samples(log_w, dim))
+    K = _num_samples(log_w, dim)
+    if alpha == 1.0:
+        return log_w.mean(dim, keepdim=keepdim) if log_w.dim() else log_w.clone()
+    beta = 1.0 - alpha
+    return (torch.logsumexp(beta * log_w, dim, keepdim=keepdim) - math.log(K)) / beta
 
 
 def normalized_weights(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> Tensor:

@@ -53,6 +53,8 @@ def cases(draw):
         q_layout=draw(st.sampled_from(LAYOUTS)),
         seed=draw(st.integers(0, 2**31 - 1)),
         device=draw(st.sampled_from(DEVICES)),
+        # Renyi orders: IWAE (most often), between, the exact ELBO, beyond.
+        alpha=draw(st.sampled_from([0.0, 0.0, 0.0, 0.5, 0.99, 1.0, -1.0, 2.0])),
     )
 
 
@@ -80,25 +82,27 @@ def as64(t):
 @given(cases())
 def test_iwelbo_values(c):
     p, q = make_inputs(c)
-    out = iwae_fused.iwelbo(p, q, dim=c["dim"], keepdim=c["keepdim"])
-    ref = R.iwelbo(as64(p), as64(q), dim=c["dim"], keepdim=c["keepdim"])
+    out = iwae_fused.iwelbo(p, q, dim=c["dim"], keepdim=c["keepdim"], alpha=c["alpha"])
+    ref = R.iwelbo(as64(p), as64(q), dim=c["dim"], keepdim=c["keepdim"], alpha=c["alpha"])
     assert out.shape == ref.shape
     assert out.dtype == (p.dtype if q is None else torch.result_type(p, q))
     assert out.device == p.device
-    close(out, ref, c["dtype"], scale=1 + ref.abs().max().item())
+    # 1/(1 - alpha) amplifies the rounding of the scaled log-sum-exp.
+    amp = 1.0 if c["alpha"] == 1.0 else max(1.0, 1.0 / abs(1.0 - c["alpha"]))
+    close(out, ref, c["dtype"], scale=amp * (1 + ref.abs().max().item()))
 
 
 @SETTINGS
 @given(cases())
 def test_iwelbo_gradients(c):
     p, q = make_inputs(c, requires_grad=True)
-    out = iwae_fused.iwelbo(p, q, dim=c["dim"], keepdim=c["keepdim"])
+    out = iwae_fused.iwelbo(p, q, dim=c["dim"], keepdim=c["keepdim"], alpha=c["alpha"])
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(c["seed"] + 1))
     out.backward(g.to(out.dtype).to(out.device))
 
     p64 = as64(p).requires_grad_()
     q64 = as64(q).requires_grad_() if q is not None else None
-    R.iwelbo(p64, q64, dim=c["dim"], keepdim=c["keepdim"]).backward(
+    R.iwelbo(p64, q64, dim=c["dim"], keepdim=c["keepdim"], alpha=c["alpha"]).backward(
         g.to(out.dtype).double()
     )
     assert p.grad.shape == p.shape and p.grad.dtype == p.dtype
@@ -208,3 +212,25 @@ def test_incoming_gradient_layouts(grad_kind, shape, dim, device):
     out.backward(g)
     expected = torch.softmax(p.detach(), dim) * (g if keepdim else g.unsqueeze(dim))
     close(p.grad, expected, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_renyi_alpha_one_is_the_elbo_exactly(dtype, device):
+    gen = torch.Generator().manual_seed(3)
+    p = log_weights_like((40, 9), dtype, device, gen=gen).requires_grad_()
+    q = log_weights_like((40, 9), dtype, device, scale=1.0, gen=gen)
+    out = iwae_fused.iwelbo(p, q, alpha=1.0)
+    close(out, (p.double() - q.double()).mean(0), dtype, scale=10)
+    out.sum().backward()
+    assert torch.all(p.grad == torch.tensor(1 / 40, dtype=dtype))
+
+
+@pytest.mark.parametrize("alpha", [-3.0, -1.0, 0.0, 0.5, 0.9])
+def test_renyi_bounds_are_ordered_in_alpha(alpha):
+    # L_alpha decreases in alpha (Li & Turner 2016, Theorem 1): between the
+    # ELBO (alpha = 1) and the max (alpha -> -inf).
+    x = torch.randn(64, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2
+    lo = iwae_fused.iwelbo(x, alpha=alpha + 0.05)
+    hi = iwae_fused.iwelbo(x, alpha=alpha)
+    assert torch.all(hi >= lo - 1e-12)
+    assert torch.all(iwae_fused.iwelbo(x, alpha=1.0) <= lo + 1e-12)

@@ -82,9 +82,16 @@ def test_backward_op_checks_grad_shape():
     p = torch.randn(6, 3)
     _, stats = torch.ops.iwae_fused._iwelbo_forward(p, None, 0, False)
     with pytest.raises(ValueError, match=r"expected grad of shape \[3\]"):
-        torch.ops.iwae_fused.iwelbo_backward(torch.ones(4), stats, p, None, 0, False, [True, False])
+        torch.ops.iwae_fused.iwelbo_backward(torch.ones(4), stats, p, None, 0, False, 0.0, [True, False])
     with pytest.raises(ValueError, match=r"expected stats of shape \[2, 3\]"):
-        torch.ops.iwae_fused.iwelbo_backward(torch.ones(3), stats[:, :2], p, None, 0, False, [True, False])
+        torch.ops.iwae_fused.iwelbo_backward(torch.ones(3), stats[:, :2], p, None, 0, False, 0.0, [True, False])
+
+
+@pytest.mark.parametrize("dev", DEVICES)
+@pytest.mark.parametrize("alpha", [float("inf"), float("-inf"), float("nan")])
+def test_alpha_must_be_finite(dev, alpha):
+    with pytest.raises(ValueError, match="expected a finite alpha"):
+        iwae_fused.iwelbo(torch.zeros(5, 4, device=dev), alpha=alpha)
 
 
 def test_double_backward_raises_instead_of_silently_wrong():

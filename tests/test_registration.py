@@ -40,7 +40,8 @@ def sample_inputs(device, requires_grad):
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_opcheck_iwelbo(device, requires_grad):
     for p, q, dim, keepdim in sample_inputs(device, requires_grad):
-        torch.library.opcheck(ops.iwelbo.default, (p, q, dim, keepdim))
+        for alpha in (0.0, 0.5, 1.0, -1.0):
+            torch.library.opcheck(ops.iwelbo.default, (p, q, dim, keepdim, alpha))
 
 
 def test_opcheck_internal_forward(device):
@@ -48,7 +49,8 @@ def test_opcheck_internal_forward(device):
     # it is differentiated through iwelbo, so it is checked without grad
     # (differentiating it directly raises "not implemented").
     for p, q, dim, keepdim in sample_inputs(device, False):
-        torch.library.opcheck(ops._iwelbo_forward.default, (p, q, dim, keepdim))
+        torch.library.opcheck(ops._iwelbo_forward.default, (p, q, dim, keepdim, 0.0))
+        torch.library.opcheck(ops._iwelbo_forward.default, (p, q, dim, keepdim, 0.5))
 
 
 @pytest.mark.parametrize("requires_grad", [False, True])
@@ -59,14 +61,16 @@ def test_opcheck_normalized_weights(device, requires_grad):
 
 def test_opcheck_backward(device):
     for p, q, dim, keepdim in sample_inputs(device, False):
-        out, lse = ops._iwelbo_forward(p, q, dim, keepdim)
-        grad = torch.randn_like(out)
-        for mask in ([True, True], [True, False], [False, True]):
-            if q is None:
-                mask = [mask[0], False]
-            torch.library.opcheck(
-                ops.iwelbo_backward.default, (grad, lse, p, q, dim, keepdim, mask)
-            )
+        for alpha in (0.0, 0.5, 1.0):
+            out, stats = ops._iwelbo_forward(p, q, dim, keepdim, alpha)
+            grad = torch.randn_like(out)
+            for mask in ([True, True], [True, False], [False, True]):
+                if q is None:
+                    mask = [mask[0], False]
+                torch.library.opcheck(
+                    ops.iwelbo_backward.default,
+                    (grad, stats, p, q, dim, keepdim, alpha, mask),
+                )
 
 
 def test_gradcheck():
@@ -82,8 +86,9 @@ def test_gradcheck():
         (t(6, 1), t(6, 4), 0, False),  # broadcast log_p
     ]
     for p, q, dim, keepdim in cases:
-        fn = lambda p, q: iwae_fused.iwelbo(p, q, dim, keepdim)  # noqa: E731
-        assert torch.autograd.gradcheck(fn, (p, q))
+        for alpha in (0.0, 0.5, 1.0, -2.0):
+            fn = lambda p, q: iwae_fused.iwelbo(p, q, dim, keepdim, alpha)  # noqa: E731
+            assert torch.autograd.gradcheck(fn, (p, q))
 
 
 def test_meta_tensors():

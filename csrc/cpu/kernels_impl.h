@@ -70,6 +70,7 @@ struct Kernels {
     const auto* Q = HAS_Q
         ? static_cast<const scalar_t*>(a.q.data) + o * a.q.so + i0
         : nullptr;
+    const V beta(static_cast<opmath_t>(a.beta));
     V m[kTileVecs], s[kTileVecs], bmax[kTileVecs];
     V buf[kBlock][kTileVecs];
     for (int64_t v = 0; v < nv; ++v) m[v] = V(-INFINITY), s[v] = V(0);
@@ -82,12 +83,14 @@ struct Kernels {
         for (int64_t v = 0; v < full; ++v) {
           V x = IO::load(pr + v * L);
           if constexpr (HAS_Q) x = x - IO::load(qr + v * L);
+          x = x * beta;
           buf[j][v] = x;
           bmax[v] = Lane::max(x, bmax[v]);
         }
         if (rem) { // lanes past w read 0 and are never stored
           V x = IO::load(pr + full * L, rem);
           if constexpr (HAS_Q) x = x - IO::load(qr + full * L, rem);
+          x = x * beta;
           buf[j][full] = x;
           bmax[full] = Lane::max(x, bmax[full]);
         }
@@ -117,6 +120,7 @@ struct Kernels {
         ? static_cast<const scalar_t*>(a.q.data) + o * a.q.so + i * a.q.si
         : nullptr;
     constexpr int64_t C = kBlock * L;
+    const V beta(static_cast<opmath_t>(a.beta));
     V m(-INFINITY), s(0);
     V buf[kBlock];
     for (int64_t kb = k0; kb < k1; kb += C) {
@@ -125,13 +129,14 @@ struct Kernels {
       for (int64_t v = 0; v < full; ++v) {
         V x = IO::load(P + kb + v * L);
         if constexpr (HAS_Q) x = x - IO::load(Q + kb + v * L);
+        x = x * beta;
         buf[v] = x;
         bmax = Lane::max(x, bmax);
       }
       if (rem) { // lanes past the row hold -inf: the identity of the state
         V x = IO::load(P + kb + full * L, rem);
         if constexpr (HAS_Q) x = x - IO::load(Q + kb + full * L, rem);
-        x = V::set(V(-INFINITY), x, rem);
+        x = V::set(V(-INFINITY), x * beta, rem); // pad after scaling
         buf[full] = x;
         bmax = Lane::max(x, bmax);
       }
@@ -160,6 +165,7 @@ struct Kernels {
       const ReduceArgs& a, int64_t idx, const opmath_t* m, const opmath_t* s,
       int64_t n) {
     const V log_k(std::log(static_cast<opmath_t>(a.K)));
+    const V beta(static_cast<opmath_t>(a.beta));
     auto* out = static_cast<scalar_t*>(a.out);
     auto* shift = static_cast<opmath_t*>(a.stats);
     opmath_t* log_norm = shift ? shift + a.outer * a.inner : nullptr;
@@ -172,7 +178,7 @@ struct Kernels {
         sh.store(shift + idx + j, c);
         (a.plain_log_sum ? ls : Lane::log_norm(sv)).store(log_norm + idx + j, c);
       }
-      if (out) IO::store(out + idx + j, sh + (ls - log_k), c);
+      if (out) IO::store(out + idx + j, (sh + (ls - log_k)) / beta, c);
     }
   }
 
@@ -288,9 +294,11 @@ struct Kernels {
       scalar_t* OP, scalar_t* OQ, int64_t n, StatsAt stats_at, GAt g_at) {
     // Full vectors, then one partial: with c a constant L in the first loop
     // the count checks of every load and store fold away.
+    const V beta(static_cast<opmath_t>(a.beta));
     auto step = [&](int64_t j, int64_t c) {
       V x = c == L ? IO::load(P + j) : IO::load(P + j, c);
       if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
+      x = x * beta;
       const auto [sh, ls] = stats_at(j, c);
       V w = Lane::weight(x - sh, ls);
       if (a.g) w = w * g_at(j, c);

@@ -14,24 +14,26 @@ using cuda::CudaKernels;
 using OptTensor = std::optional<at::Tensor>;
 
 at::Tensor iwelbo_cuda(
-    const at::Tensor& log_p, const OptTensor& log_q, int64_t dim, bool keepdim) {
+    const at::Tensor& log_p, const OptTensor& log_q, int64_t dim, bool keepdim,
+    double alpha) {
   const c10::cuda::CUDAGuard guard(log_p.device());
-  return iwelbo<CudaKernels>(log_p, log_q, dim, keepdim);
+  return iwelbo<CudaKernels>(log_p, log_q, dim, keepdim, alpha);
 }
 
 std::tuple<at::Tensor, at::Tensor> iwelbo_forward_cuda(
-    const at::Tensor& log_p, const OptTensor& log_q, int64_t dim, bool keepdim) {
+    const at::Tensor& log_p, const OptTensor& log_q, int64_t dim, bool keepdim,
+    double alpha) {
   const c10::cuda::CUDAGuard guard(log_p.device());
-  return iwelbo_forward<CudaKernels>(log_p, log_q, dim, keepdim);
+  return iwelbo_forward<CudaKernels>(log_p, log_q, dim, keepdim, alpha);
 }
 
 std::tuple<at::Tensor, at::Tensor> iwelbo_backward_cuda(
     const at::Tensor& grad, const at::Tensor& stats, const at::Tensor& log_p,
-    const OptTensor& log_q, int64_t dim, bool keepdim,
+    const OptTensor& log_q, int64_t dim, bool keepdim, double alpha,
     std::array<bool, 2> output_mask) {
   const c10::cuda::CUDAGuard guard(log_p.device());
   return iwelbo_backward<CudaKernels>(
-      grad, stats, log_p, log_q, dim, keepdim, output_mask);
+      grad, stats, log_p, log_q, dim, keepdim, alpha, output_mask);
 }
 
 at::Tensor normalized_weights_cuda(

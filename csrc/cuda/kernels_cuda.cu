@@ -40,12 +40,13 @@ struct alignas(sizeof(scalar_t) * VEC) Pack {
   scalar_t v[VEC];
 };
 
-// VEC elements of log_w = P - Q (Q optional) at P + off, widened to opmath;
-// positions at or past `limit` read as -inf (the identity of the state).
+// VEC elements of log_w = beta * (P - Q) (Q optional) at P + off, widened to
+// opmath; positions at or past `avail` read as -inf (the identity of the
+// state; set after scaling, so a negative beta cannot flip them).
 template <typename scalar_t, typename opmath_t, int VEC, bool HAS_Q>
 __device__ __forceinline__ void load_log_w(
     const scalar_t* P, const scalar_t* Q, int64_t poff, int64_t qoff,
-    int64_t avail, opmath_t (&x)[VEC]) {
+    int64_t avail, opmath_t beta, opmath_t (&x)[VEC]) {
   if (VEC > 1 && avail >= VEC) {
     const auto pv = *reinterpret_cast<const Pack<scalar_t, VEC>*>(P + poff);
 #pragma unroll
@@ -55,6 +56,8 @@ __device__ __forceinline__ void load_log_w(
 #pragma unroll
       for (int c = 0; c < VEC; ++c) x[c] -= static_cast<opmath_t>(qv.v[c]);
     }
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) x[c] *= beta;
     return;
   }
 #pragma unroll
@@ -62,6 +65,7 @@ __device__ __forceinline__ void load_log_w(
     if (c < avail) {
       x[c] = static_cast<opmath_t>(P[poff + c]);
       if constexpr (HAS_Q) x[c] -= static_cast<opmath_t>(Q[qoff + c]);
+      x[c] *= beta;
     } else {
       x[c] = opmath_t(-INFINITY);
     }
@@ -103,7 +107,8 @@ __device__ __forceinline__ void emit(
   }
   if (a.out) {
     static_cast<scalar_t*>(a.out)[idx] = static_cast<scalar_t>(
-        sh + (ls - Lane::log(static_cast<opmath_t>(a.K))));
+        (sh + (ls - Lane::log(static_cast<opmath_t>(a.K)))) /
+        static_cast<opmath_t>(a.beta));
   }
 }
 
@@ -117,6 +122,7 @@ __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(
   __shared__ opmath_t sm_m[kWarps], sm_s[kWarps];
   const auto* p = static_cast<const scalar_t*>(a.p.data);
   const auto* q = static_cast<const scalar_t*>(a.q.data);
+  const opmath_t beta = static_cast<opmath_t>(a.beta);
   const int group = threadIdx.x / TPR, lane = threadIdx.x % TPR;
   const int64_t piece = blockIdx.y;
   const int64_t k0 = piece * kchunk, k1 = std::min<int64_t>(a.K, k0 + kchunk);
@@ -132,7 +138,7 @@ __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(
     for (int64_t k = k0 + (int64_t)lane * VEC; k < k1; k += (int64_t)TPR * VEC) {
       opmath_t x[VEC];
       load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(
-          p, q, pbase + k, qbase + k, k1 - k, x);
+          p, q, pbase + k, qbase + k, k1 - k, beta, x);
       absorb<opmath_t, VEC>(m, s, x);
     }
 #pragma unroll
@@ -163,6 +169,7 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
   __shared__ opmath_t sm_m[kThreads * VEC], sm_s[kThreads * VEC];
   const auto* p = static_cast<const scalar_t*>(a.p.data);
   const auto* q = static_cast<const scalar_t*>(a.q.data);
+  const opmath_t beta = static_cast<opmath_t>(a.beta);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int TX = blockDim.x, TY = blockDim.y;
   const int64_t i0 = ((int64_t)blockIdx.x * TX + tx) * VEC;
@@ -184,7 +191,7 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
           load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(
               p, q, o * a.p.so + kk * a.p.sk + i0,
               HAS_Q ? o * a.q.so + kk * a.q.sk + i0 : 0, kk < k1 ? avail : 0,
-              x[j]);
+              beta, x[j]);
         }
 #pragma unroll
         for (int c = 0; c < VEC; ++c) {
@@ -245,6 +252,7 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
   const opmath_t* log_norm = shift + a.outer * a.inner;
   auto* out_p = static_cast<scalar_t*>(a.out_p);
   auto* out_q = static_cast<scalar_t*>(a.out_q);
+  const opmath_t beta = static_cast<opmath_t>(a.beta);
   const int64_t total = runs * vecs_per_run;
   for (int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; v < total;
        v += (int64_t)gridDim.x * blockDim.x) {
@@ -268,7 +276,7 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
     }
     const int64_t avail = len - j;
     opmath_t x[VEC];
-    load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(p, q, poff, qoff, avail, x);
+    load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(p, q, poff, qoff, avail, beta, x);
     Pack<scalar_t, VEC> wp, wq;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
