@@ -53,7 +53,8 @@ def _want_cuda():
     """Never from torch.cuda.is_available(): wheel builders have no GPU."""
     if _env_flag("FORCE_CPU"):
         return False
-    home = cpp_extension.CUDA_HOME
+    # torch drops a CUDA_HOME that does not exist; keep it for the message.
+    home = cpp_extension.CUDA_HOME or os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if _env_flag("FORCE_CUDA"):
         if not _toolkit_ok(home):
             raise RuntimeError(
