@@ -46,6 +46,15 @@ backward_op() {
   return op;
 }
 
+c10::TypedOperatorHandle<std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, int64_t)>&
+diagnostics_op() {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("iwae_fused::weight_diagnostics", "")
+          .typed<std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, int64_t)>();
+  return op;
+}
+
 c10::TypedOperatorHandle<Tensor(const Tensor&, const OptTensor&, int64_t)>&
 weights_op() {
   static auto op = c10::Dispatcher::singleton()
@@ -118,11 +127,19 @@ Tensor normalized_weights_autograd(
   return weights_op().call(log_p, log_q, dim);
 }
 
+// Diagnostics are constants too.
+std::tuple<Tensor, Tensor> weight_diagnostics_autograd(
+    const Tensor& log_p, const OptTensor& log_q, int64_t dim) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return diagnostics_op().call(log_p, log_q, dim);
+}
+
 } // namespace
 
 TORCH_LIBRARY_IMPL(iwae_fused, Autograd, m) {
   m.impl("iwelbo", &iwelbo_autograd);
   m.impl("normalized_weights", &normalized_weights_autograd);
+  m.impl("weight_diagnostics", &weight_diagnostics_autograd);
   // Internal pieces: differentiating them (double backward) raises a clear
   // "not implemented" error instead of silently returning no gradient.
   m.impl("_iwelbo_forward", torch::autograd::autogradNotImplementedFallback());

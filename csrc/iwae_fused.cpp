@@ -32,6 +32,12 @@ TORCH_LIBRARY(iwae_fused, m) {
   m.def(
       "logsumexp_stats(Tensor log_p, Tensor? log_q=None, int dim=0) -> Tensor",
       pt2);
+  // Effective sample size and the largest normalised weight per example,
+  // from one pass; not differentiable.
+  m.def(
+      "weight_diagnostics(Tensor log_p, Tensor? log_q=None, int dim=0) "
+      "-> (Tensor, Tensor)",
+      pt2);
   // softmax(log_p - log_q) over `dim`; not differentiable.
   m.def(
       "normalized_weights(Tensor log_p, Tensor? log_q=None, int dim=0) "

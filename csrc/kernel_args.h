@@ -35,6 +35,11 @@ struct ReduceArgs {
   // the mergeable state of logsumexp_stats, where an empty chunk must read
   // as the identity.
   bool plain_log_sum = false;
+  // dtype, [outer * inner], or null: weight diagnostics from the same pass,
+  // the effective sample size (sum w)^2 / sum w^2 and the largest normalised
+  // weight (online_lse.h: diagnostics).
+  void* ess = nullptr;
+  void* max_w = nullptr;
 };
 
 // Element-wise: w = g * exp((log_w - shift) - log_norm), from the stats of

@@ -105,6 +105,43 @@ IWAE_HD void merge(V& m1, V& s1, V m2, V s2) {
   m1 = m;
 }
 
+// The same with the second moment t = sum exp(2 (x - shift(m))) of the
+// weights, for diagnostics: it rescales by the square of s's factor.
+template <typename V>
+IWAE_HD V absorb_max2(V& m, V& s, V& t, V block_max) {
+  V m_new = LaneOps<V>::max(m, block_max);
+  const V r = rescale(m, m_new);
+  s = s * r;
+  t = t * (r * r);
+  m = m_new;
+  return LaneOps<V>::shift(m_new);
+}
+
+template <typename V>
+IWAE_HD void merge2(V& m1, V& s1, V& t1, V m2, V s2, V t2) {
+  V m = LaneOps<V>::max(m1, m2);
+  const V r1 = rescale(m1, m), r2 = rescale(m2, m);
+  s1 = s1 * r1 + s2 * r2;
+  t1 = t1 * (r1 * r1) + t2 * (r2 * r2);
+  m1 = m;
+}
+
+// Effective sample size (sum w)^2 / sum w^2 = s^2 / t, and the largest
+// normalised weight exp(m - shift(m)) / s (the max sample's term is
+// exp(0) = 1 when the max is finite), from one final state. An all -inf
+// slice has no weight to spread: ESS 0, largest weight 0. NaN propagates;
+// a +inf sample gives NaN.
+template <typename T>
+IWAE_HD void diagnostics(T m, T s, T t, T& ess, T& max_w) {
+  if (s == T(0)) {
+    ess = T(0);
+    max_w = T(0);
+    return;
+  }
+  ess = s * s / t;
+  max_w = LaneOps<T>::exp(m - LaneOps<T>::shift(m)) / s;
+}
+
 // log(sum_k exp(x_k)) from the state. Kernels that keep the result for a
 // backward store its two terms apart, shift(m) and log_norm(s) (the "stats").
 template <typename V>

@@ -208,6 +208,23 @@ std::tuple<at::Tensor, at::Tensor> iwelbo_backward(
       pl, stats.contiguous(), g, g_so, g_si, output_mask, beta);
 }
 
+// The effective sample size 1 / sum w^2 = (sum w)^2 / sum w^2 and the largest
+// normalised weight per example, from one pass (kernel_args.h).
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor> weight_diagnostics(
+    const at::Tensor& log_p, const std::optional<at::Tensor>& log_q,
+    int64_t dim) {
+  Plan pl = make_plan("effective_sample_size", log_p, log_q, dim);
+  const auto shape = pl.out_shape(false);
+  at::Tensor ess = at::empty(shape, opts(pl, pl.dtype));
+  at::Tensor max_w = at::empty(shape, opts(pl, pl.dtype));
+  auto a = geometry_args<ReduceArgs>(pl);
+  a.ess = ess.mutable_data_ptr();
+  a.max_w = max_w.mutable_data_ptr();
+  Kernels::reduce(a);
+  return {ess, max_w};
+}
+
 template <class Kernels>
 at::Tensor normalized_weights(
     const at::Tensor& log_p, const std::optional<at::Tensor>& log_q,

@@ -8,17 +8,18 @@ torch.export), with the same error messages.
 """
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from iwae_fused._build import _C  # noqa: F401  (registers torch.ops.iwae_fused)
 
-__all__ = ["iwelbo", "normalized_weights"]
+__all__ = ["iwelbo", "normalized_weights", "effective_sample_size", "weight_diagnostics"]
 
 _iwelbo = torch.ops.iwae_fused.iwelbo.default
 _normalized_weights = torch.ops.iwae_fused.normalized_weights.default
+_weight_diagnostics = torch.ops.iwae_fused.weight_diagnostics.default
 
 
 def iwelbo(
@@ -104,6 +105,35 @@ def normalized_weights(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int =
     whose log-weights are all ``-inf`` gets weights 0 (softmax gives NaN).
     """
     return _normalized_weights(log_p, log_q, dim)
+
+
+def weight_diagnostics(
+    log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0
+) -> Tuple[Tensor, Tensor]:
+    r"""Importance-weight diagnostics per example, from one fused pass.
+
+    Returns ``(ess, max_weight)``, both of the bound's shape (``dim`` removed):
+
+    .. math::
+        \mathrm{ESS} = \frac{1}{\sum_k \tilde w_k^2}
+            = \frac{(\sum_k w_k)^2}{\sum_k w_k^2}, \qquad
+        \max_k \tilde w_k,
+
+    with w_k = exp(log p_k - log q_k) and normalized weights w~ (Kong 1992;
+    see Owen, "Monte Carlo theory, methods and examples", ch. 9). ESS runs from
+    1 (one sample carries all the weight) to K (all equal); the largest weight
+    from 1/K to 1. Both are computed from the online state (max, sum, sum of
+    squares) of one read of the inputs, in float32 for half types, and are
+    constants (no gradient). An all -inf slice gives 0 and 0; NaN stays in its
+    slice. Arguments, broadcasting and errors as :func:`iwelbo`.
+    """
+    return _weight_diagnostics(log_p, log_q, dim)
+
+
+def effective_sample_size(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> Tensor:
+    """The effective sample size 1 / sum_k w~_k^2 per example; see
+    :func:`weight_diagnostics`, which also gives the largest weight."""
+    return _weight_diagnostics(log_p, log_q, dim)[0]
 
 
 # ---- fake implementations (mirror csrc/plan.cpp) -----------------------------
@@ -214,6 +244,13 @@ def _iwelbo_backward_fake(grad, stats, log_p, log_q, dim, keepdim, alpha, output
 def _logsumexp_stats_fake(log_p, log_q=None, dim=0):
     shape, d, dtype = _plan("iwelbo_state", log_p, log_q, dim)
     return log_p.new_empty([2] + _reduced(shape, d, False), dtype=_opmath(dtype))
+
+
+@torch.library.register_fake("iwae_fused::weight_diagnostics")
+def _weight_diagnostics_fake(log_p, log_q=None, dim=0):
+    shape, d, dtype = _plan("effective_sample_size", log_p, log_q, dim)
+    out = _reduced(shape, d, False)
+    return log_p.new_empty(out, dtype=dtype), log_p.new_empty(out, dtype=dtype)
 
 
 @torch.library.register_fake("iwae_fused::normalized_weights")

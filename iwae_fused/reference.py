@@ -12,7 +12,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["log_weights", "iwelbo", "normalized_weights"]
+__all__ = [
+    "log_weights",
+    "iwelbo",
+    "normalized_weights",
+    "effective_sample_size",
+    "weight_diagnostics",
+]
 
 
 def log_weights(log_p: Tensor, log_q: Optional[Tensor] = None) -> Tensor:
@@ -50,3 +56,17 @@ def normalized_weights(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int =
     w = torch.softmax(log_w, dim)
     empty = torch.amax(log_w, dim, keepdim=True) == -math.inf
     return torch.where(empty, torch.zeros_like(w), w).contiguous()
+
+
+def weight_diagnostics(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0):
+    """(1 / sum w~^2, max w~) along dim; (0, 0) for slices that are all -inf."""
+    w = normalized_weights(log_p, log_q, dim)
+    if w.dim() == 0:
+        return w.clone(), w.clone()
+    sq = (w * w).sum(dim)
+    ess = torch.where(sq == 0, torch.zeros_like(sq), 1.0 / sq)
+    return ess, w.amax(dim)
+
+
+def effective_sample_size(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> Tensor:
+    return weight_diagnostics(log_p, log_q, dim)[0]

@@ -25,6 +25,7 @@ TORCH_LIBRARY_IMPL(iwae_fused, CPU, m) {
   m.impl("iwelbo_backward", &iwelbo_backward<CpuKernels>);
   m.impl("normalized_weights", &normalized_weights<CpuKernels>);
   m.impl("logsumexp_stats", &logsumexp_stats<CpuKernels>);
+  m.impl("weight_diagnostics", &weight_diagnostics<CpuKernels>);
 }
 
 } // namespace iwae_fused

@@ -60,20 +60,24 @@ struct Kernels {
   // ---- reduction ----------------------------------------------------------
 
   // States of the w <= W column outputs (o, i0 .. i0 + w) over samples
-  // [k0, k1), into m[0..w) and s[0..w).
-  template <bool HAS_Q>
+  // [k0, k1), into m[0..w) and s[0..w) (and the second moment t[0..w) with
+  // DIAG).
+  template <bool HAS_Q, bool DIAG>
   static void cols_state(
       const ReduceArgs& a, int64_t o, int64_t i0, int64_t w, int64_t k0,
-      int64_t k1, opmath_t* m_out, opmath_t* s_out) {
+      int64_t k1, opmath_t* m_out, opmath_t* s_out, opmath_t* t_out) {
     const int64_t full = w / L, rem = w % L, nv = ceil_div(w, L);
     const auto* P = static_cast<const scalar_t*>(a.p.data) + o * a.p.so + i0;
     const auto* Q = HAS_Q
         ? static_cast<const scalar_t*>(a.q.data) + o * a.q.so + i0
         : nullptr;
     const V beta(static_cast<opmath_t>(a.beta));
-    V m[kTileVecs], s[kTileVecs], bmax[kTileVecs];
+    V m[kTileVecs], s[kTileVecs], t[DIAG ? kTileVecs : 1], bmax[kTileVecs];
     V buf[kBlock][kTileVecs];
     for (int64_t v = 0; v < nv; ++v) m[v] = V(-INFINITY), s[v] = V(0);
+    if constexpr (DIAG) {
+      for (int64_t v = 0; v < nv; ++v) t[v] = V(0);
+    }
     for (int64_t kb = k0; kb < k1; kb += kBlock) {
       const int64_t r = std::min(kBlock, k1 - kb);
       for (int64_t v = 0; v < nv; ++v) bmax[v] = V(-INFINITY);
@@ -96,24 +100,37 @@ struct Kernels {
         }
       }
       for (int64_t v = 0; v < nv; ++v) {
-        const V sh = absorb_max(m[v], s[v], bmax[v]);
-        V acc(0);
-        for (int64_t j = 0; j < r; ++j) acc = acc + Lane::exp(buf[j][v] - sh);
-        s[v] = s[v] + acc;
+        if constexpr (DIAG) {
+          const V sh = absorb_max2(m[v], s[v], t[v], bmax[v]);
+          V acc(0), acc2(0);
+          for (int64_t j = 0; j < r; ++j) {
+            const V e = Lane::exp(buf[j][v] - sh);
+            acc = acc + e;
+            acc2 = acc2 + e * e;
+          }
+          s[v] = s[v] + acc;
+          t[v] = t[v] + acc2;
+        } else {
+          const V sh = absorb_max(m[v], s[v], bmax[v]);
+          V acc(0);
+          for (int64_t j = 0; j < r; ++j) acc = acc + Lane::exp(buf[j][v] - sh);
+          s[v] = s[v] + acc;
+        }
       }
     }
     for (int64_t v = 0; v < nv; ++v) {
       const int64_t n = std::min(L, w - v * L);
       m[v].store(m_out + v * L, n);
       s[v].store(s_out + v * L, n);
+      if constexpr (DIAG) t[v].store(t_out + v * L, n);
     }
   }
 
   // State of row output (o, i) over samples [k0, k1), contiguous in memory.
-  template <bool HAS_Q>
+  template <bool HAS_Q, bool DIAG>
   static void row_state(
       const ReduceArgs& a, int64_t o, int64_t i, int64_t k0, int64_t k1,
-      opmath_t& m_out, opmath_t& s_out) {
+      opmath_t& m_out, opmath_t& s_out, opmath_t& t_out) {
     const auto* P =
         static_cast<const scalar_t*>(a.p.data) + o * a.p.so + i * a.p.si;
     const auto* Q = HAS_Q
@@ -121,7 +138,7 @@ struct Kernels {
         : nullptr;
     constexpr int64_t C = kBlock * L;
     const V beta(static_cast<opmath_t>(a.beta));
-    V m(-INFINITY), s(0);
+    V m(-INFINITY), s(0), t(0);
     V buf[kBlock];
     for (int64_t kb = k0; kb < k1; kb += C) {
       const int64_t c = std::min(C, k1 - kb), full = c / L, rem = c % L;
@@ -140,30 +157,59 @@ struct Kernels {
         buf[full] = x;
         bmax = Lane::max(x, bmax);
       }
-      const V sh = absorb_max(m, s, bmax);
-      V acc(0);
-      for (int64_t v = 0; v < full + (rem > 0); ++v) {
-        acc = acc + Lane::exp(buf[v] - sh);
+      if constexpr (DIAG) {
+        const V sh = absorb_max2(m, s, t, bmax);
+        V acc(0), acc2(0);
+        for (int64_t v = 0; v < full + (rem > 0); ++v) {
+          const V e = Lane::exp(buf[v] - sh);
+          acc = acc + e;
+          acc2 = acc2 + e * e;
+        }
+        s = s + acc;
+        t = t + acc2;
+      } else {
+        const V sh = absorb_max(m, s, bmax);
+        V acc(0);
+        for (int64_t v = 0; v < full + (rem > 0); ++v) {
+          acc = acc + Lane::exp(buf[v] - sh);
+        }
+        s = s + acc;
       }
-      s = s + acc;
     }
     // Merge the lanes: the common max first, then one vector rescale.
     opmath_t lanes[L];
     m.store(lanes);
     opmath_t M = lanes[0];
     for (int64_t j = 1; j < L; ++j) M = LaneOps<opmath_t>::max(M, lanes[j]);
-    (s * rescale(m, V(M))).store(lanes);
+    const V r = rescale(m, V(M));
+    (s * r).store(lanes);
     opmath_t S = 0;
     for (int64_t j = 0; j < L; ++j) S += lanes[j];
     m_out = M;
     s_out = S;
+    if constexpr (DIAG) {
+      (t * (r * r)).store(lanes);
+      opmath_t T2 = 0;
+      for (int64_t j = 0; j < L; ++j) T2 += lanes[j];
+      t_out = T2;
+    }
   }
 
   // The stats (shift, log sum) and out = shift + log sum - log K for n
   // consecutive outputs starting at output idx.
   static void finish(
       const ReduceArgs& a, int64_t idx, const opmath_t* m, const opmath_t* s,
-      int64_t n) {
+      const opmath_t* t, int64_t n) {
+    if (a.ess) { // diagnostics: a few scalars per output
+      auto* ess = static_cast<scalar_t*>(a.ess);
+      auto* max_w = static_cast<scalar_t*>(a.max_w);
+      for (int64_t j = 0; j < n; ++j) {
+        opmath_t e, mw;
+        diagnostics(m[j], s[j], t[j], e, mw);
+        ess[idx + j] = static_cast<scalar_t>(e);
+        max_w[idx + j] = static_cast<scalar_t>(mw);
+      }
+    }
     const V log_k(std::log(static_cast<opmath_t>(a.K)));
     const V beta(static_cast<opmath_t>(a.beta));
     auto* out = static_cast<scalar_t*>(a.out);
@@ -183,16 +229,22 @@ struct Kernels {
   }
 
   // Merge `pieces` partial states laid out [piece][output] into the first.
+  template <bool DIAG>
   static void merge_pieces(
-      opmath_t* m, opmath_t* s, int64_t pieces, int64_t n_out) {
-    for (int64_t t = 1; t < pieces; ++t) {
+      opmath_t* m, opmath_t* s, opmath_t* t, int64_t pieces, int64_t n_out) {
+    for (int64_t p = 1; p < pieces; ++p) {
       for (int64_t j = 0; j < n_out; ++j) {
-        merge(m[j], s[j], m[t * n_out + j], s[t * n_out + j]);
+        const int64_t at = p * n_out + j;
+        if constexpr (DIAG) {
+          merge2(m[j], s[j], t[j], m[at], s[at], t[at]);
+        } else {
+          merge(m[j], s[j], m[at], s[at]);
+        }
       }
     }
   }
 
-  template <bool HAS_Q>
+  template <bool HAS_Q, bool DIAG>
   static void reduce_cols(const ReduceArgs& a) {
     const int64_t ntiles = ceil_div(a.inner, W);
     const int64_t items = a.outer * ntiles;
@@ -202,19 +254,20 @@ struct Kernels {
     if (pieces == 1) {
       const int64_t grain = std::max<int64_t>(1, kParallelElems / (a.K * width));
       at::parallel_for(0, items, grain, [&](int64_t b, int64_t e) {
-        opmath_t m[W], s[W];
+        opmath_t m[W], s[W], t[DIAG ? W : 1];
         for (int64_t it = b; it < e; ++it) {
           const int64_t o = it / ntiles, i0 = (it % ntiles) * W;
           const int64_t w = std::min(W, a.inner - i0);
-          cols_state<HAS_Q>(a, o, i0, w, 0, a.K, m, s);
-          finish(a, o * a.inner + i0, m, s, w);
+          cols_state<HAS_Q, DIAG>(a, o, i0, w, 0, a.K, m, s, t);
+          finish(a, o * a.inner + i0, m, s, t, w);
         }
       });
       return;
     }
     // Few outputs, many samples: split K, then merge the pieces' states.
     const int64_t n_out = a.outer * a.inner;
-    std::vector<opmath_t> m(pieces * n_out), s(pieces * n_out);
+    std::vector<opmath_t> m(pieces * n_out), s(pieces * n_out),
+        t(DIAG ? pieces * n_out : 1);
     at::parallel_for(0, items * pieces, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t piece = it / items, tile = it % items;
@@ -222,19 +275,22 @@ struct Kernels {
         const int64_t w = std::min(W, a.inner - i0);
         const int64_t k0 = piece * kchunk, k1 = std::min(a.K, k0 + kchunk);
         const int64_t base = piece * n_out + o * a.inner + i0;
+        opmath_t* tt = DIAG ? t.data() + base : nullptr;
         if (k0 >= k1) {
           std::fill_n(m.data() + base, w, opmath_t(-INFINITY));
           std::fill_n(s.data() + base, w, opmath_t(0));
+          if constexpr (DIAG) std::fill_n(tt, w, opmath_t(0));
           continue;
         }
-        cols_state<HAS_Q>(a, o, i0, w, k0, k1, m.data() + base, s.data() + base);
+        cols_state<HAS_Q, DIAG>(
+            a, o, i0, w, k0, k1, m.data() + base, s.data() + base, tt);
       }
     });
-    merge_pieces(m.data(), s.data(), pieces, n_out);
-    finish(a, 0, m.data(), s.data(), n_out);
+    merge_pieces<DIAG>(m.data(), s.data(), t.data(), pieces, n_out);
+    finish(a, 0, m.data(), s.data(), t.data(), n_out);
   }
 
-  template <bool HAS_Q>
+  template <bool HAS_Q, bool DIAG>
   static void reduce_rows(const ReduceArgs& a) {
     const int64_t rows = a.outer * a.inner;
     const int64_t pieces = choose_ksplit(rows, a.K, 1);
@@ -243,44 +299,51 @@ struct Kernels {
       at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
         // Finish in batches so the final log and stores are vectorised.
         constexpr int64_t kBatch = 64;
-        opmath_t m[kBatch], s[kBatch];
+        opmath_t m[kBatch], s[kBatch], t[kBatch];
         for (int64_t r0 = b; r0 < e; r0 += kBatch) {
           const int64_t n = std::min(kBatch, e - r0);
           for (int64_t j = 0; j < n; ++j) {
             const int64_t r = r0 + j;
-            row_state<HAS_Q>(a, r / a.inner, r % a.inner, 0, a.K, m[j], s[j]);
+            row_state<HAS_Q, DIAG>(
+                a, r / a.inner, r % a.inner, 0, a.K, m[j], s[j], t[j]);
           }
-          finish(a, r0, m, s, n);
+          finish(a, r0, m, s, t, n);
         }
       });
       return;
     }
     const int64_t kchunk = ceil_div(a.K, pieces);
-    std::vector<opmath_t> m(pieces * rows), s(pieces * rows);
+    std::vector<opmath_t> m(pieces * rows), s(pieces * rows), t(pieces * rows);
     at::parallel_for(0, rows * pieces, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t piece = it / rows, r = it % rows;
         const int64_t k0 = piece * kchunk, k1 = std::min(a.K, k0 + kchunk);
         opmath_t& mm = m[piece * rows + r];
         opmath_t& ss = s[piece * rows + r];
+        opmath_t& tt = t[piece * rows + r];
         if (k0 >= k1) {
-          mm = -INFINITY, ss = 0;
+          mm = -INFINITY, ss = 0, tt = 0;
           continue;
         }
-        row_state<HAS_Q>(a, r / a.inner, r % a.inner, k0, k1, mm, ss);
+        row_state<HAS_Q, DIAG>(a, r / a.inner, r % a.inner, k0, k1, mm, ss, tt);
       }
     });
-    merge_pieces(m.data(), s.data(), pieces, rows);
-    finish(a, 0, m.data(), s.data(), rows);
+    merge_pieces<DIAG>(m.data(), s.data(), t.data(), pieces, rows);
+    finish(a, 0, m.data(), s.data(), t.data(), rows);
   }
 
   static void reduce(const ReduceArgs& a) {
     if (a.outer * a.inner == 0) return;
     const bool q = a.q.data != nullptr;
+    if (a.ess) { // diagnostics are rare: one instantiation, log_q read as given
+      a.vec_k ? (q ? reduce_rows<true, true>(a) : reduce_rows<false, true>(a))
+              : (q ? reduce_cols<true, true>(a) : reduce_cols<false, true>(a));
+      return;
+    }
     if (a.vec_k) {
-      q ? reduce_rows<true>(a) : reduce_rows<false>(a);
+      q ? reduce_rows<true, false>(a) : reduce_rows<false, false>(a);
     } else {
-      q ? reduce_cols<true>(a) : reduce_cols<false>(a);
+      q ? reduce_cols<true, false>(a) : reduce_cols<false, false>(a);
     }
   }
 

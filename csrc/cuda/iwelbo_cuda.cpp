@@ -48,6 +48,12 @@ at::Tensor logsumexp_stats_cuda(
   return logsumexp_stats<CudaKernels>(log_p, log_q, dim);
 }
 
+std::tuple<at::Tensor, at::Tensor> weight_diagnostics_cuda(
+    const at::Tensor& log_p, const OptTensor& log_q, int64_t dim) {
+  const c10::cuda::CUDAGuard guard(log_p.device());
+  return weight_diagnostics<CudaKernels>(log_p, log_q, dim);
+}
+
 } // namespace
 
 TORCH_LIBRARY_IMPL(iwae_fused, CUDA, m) {
@@ -56,6 +62,7 @@ TORCH_LIBRARY_IMPL(iwae_fused, CUDA, m) {
   m.impl("iwelbo_backward", &iwelbo_backward_cuda);
   m.impl("normalized_weights", &normalized_weights_cuda);
   m.impl("logsumexp_stats", &logsumexp_stats_cuda);
+  m.impl("weight_diagnostics", &weight_diagnostics_cuda);
 }
 
 } // namespace iwae_fused

@@ -72,33 +72,47 @@ __device__ __forceinline__ void load_log_w(
   }
 }
 
-// Fold VEC values into one state: one rescale, VEC exponentials.
+// Fold VEC values into one state (m, s, t): one rescale, VEC exponentials.
+// t, the weights' second moment, serves the diagnostics only; it costs one
+// fma per element, nothing next to the loads of a memory-bound kernel.
 template <typename opmath_t, int VEC>
 __device__ __forceinline__ void absorb(
-    opmath_t& m, opmath_t& s, const opmath_t (&x)[VEC]) {
+    opmath_t& m, opmath_t& s, opmath_t& t, const opmath_t (&x)[VEC]) {
   using Lane = LaneOps<opmath_t>;
   opmath_t block_max = x[0];
 #pragma unroll
   for (int c = 1; c < VEC; ++c) block_max = Lane::max(x[c], block_max);
-  const opmath_t sh = absorb_max(m, s, block_max);
+  const opmath_t sh = absorb_max2(m, s, t, block_max);
 #pragma unroll
-  for (int c = 0; c < VEC; ++c) s += Lane::exp(x[c] - sh);
+  for (int c = 0; c < VEC; ++c) {
+    const opmath_t e = Lane::exp(x[c] - sh);
+    s += e;
+    t += e * e;
+  }
 }
 
-// The final state of output idx: to the workspace of its K piece, or
-// finalised into out (dtype) and stats (shift, log-sum).
+// The final state of output idx: to the workspace of its K piece
+// ([3][pieces][outputs]: m, s, t), or finalised into out (dtype), stats
+// (shift, log-sum) and the diagnostics, whichever are asked for.
 template <typename scalar_t, typename opmath_t>
 __device__ __forceinline__ void emit(
     const ReduceArgs& a, opmath_t* ws, int64_t piece, int64_t idx, opmath_t m,
-    opmath_t s) {
+    opmath_t s, opmath_t t) {
   const int64_t n = a.outer * a.inner;
   if (ws) {
     const int64_t pieces = gridDim.y;
     ws[piece * n + idx] = m;
     ws[(pieces + piece) * n + idx] = s;
+    ws[(2 * pieces + piece) * n + idx] = t;
     return;
   }
   using Lane = LaneOps<opmath_t>;
+  if (a.ess) {
+    opmath_t e, mw;
+    diagnostics(m, s, t, e, mw);
+    static_cast<scalar_t*>(a.ess)[idx] = static_cast<scalar_t>(e);
+    static_cast<scalar_t*>(a.max_w)[idx] = static_cast<scalar_t>(mw);
+  }
   const opmath_t sh = Lane::shift(m), ls = Lane::log(s);
   if (a.stats) {
     auto* st = static_cast<opmath_t*>(a.stats);
@@ -119,7 +133,7 @@ __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(
   using opmath_t = at::opmath_type<scalar_t>;
   constexpr int kGroups = kThreads / TPR;
   constexpr int kWarps = kThreads / 32;
-  __shared__ opmath_t sm_m[kWarps], sm_s[kWarps];
+  __shared__ opmath_t sm_m[kWarps], sm_s[kWarps], sm_t[kWarps];
   const auto* p = static_cast<const scalar_t*>(a.p.data);
   const auto* q = static_cast<const scalar_t*>(a.q.data);
   const opmath_t beta = static_cast<opmath_t>(a.beta);
@@ -134,29 +148,30 @@ __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(
     const int64_t o = r / a.inner, i = r - o * a.inner;
     const int64_t pbase = o * a.p.so + i * a.p.si;
     const int64_t qbase = HAS_Q ? o * a.q.so + i * a.q.si : 0;
-    opmath_t m = opmath_t(-INFINITY), s = opmath_t(0);
+    opmath_t m = opmath_t(-INFINITY), s = opmath_t(0), t = opmath_t(0);
     for (int64_t k = k0 + (int64_t)lane * VEC; k < k1; k += (int64_t)TPR * VEC) {
       opmath_t x[VEC];
       load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(
           p, q, pbase + k, qbase + k, k1 - k, beta, x);
-      absorb<opmath_t, VEC>(m, s, x);
+      absorb<opmath_t, VEC>(m, s, t, x);
     }
 #pragma unroll
     for (int off = (TPR < 32 ? TPR : 32) / 2; off > 0; off /= 2) {
       const opmath_t m2 = __shfl_xor_sync(0xffffffffu, m, off);
       const opmath_t s2 = __shfl_xor_sync(0xffffffffu, s, off);
-      merge(m, s, m2, s2);
+      const opmath_t t2 = __shfl_xor_sync(0xffffffffu, t, off);
+      merge2(m, s, t, m2, s2, t2);
     }
     if constexpr (TPR > 32) {
       const int warp = threadIdx.x / 32;
-      if (threadIdx.x % 32 == 0) sm_m[warp] = m, sm_s[warp] = s;
+      if (threadIdx.x % 32 == 0) sm_m[warp] = m, sm_s[warp] = s, sm_t[warp] = t;
       __syncthreads();
       if (threadIdx.x == 0) {
-        for (int w = 1; w < kWarps; ++w) merge(m, s, sm_m[w], sm_s[w]);
+        for (int w = 1; w < kWarps; ++w) merge2(m, s, t, sm_m[w], sm_s[w], sm_t[w]);
       }
       __syncthreads(); // sm_* are rewritten by the next row
     }
-    if (lane == 0) emit<scalar_t>(a, ws, piece, r, m, s);
+    if (lane == 0) emit<scalar_t>(a, ws, piece, r, m, s, t);
   }
 }
 
@@ -166,7 +181,8 @@ template <typename scalar_t, int VEC, bool HAS_Q>
 __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
     ReduceArgs a, int64_t kchunk, at::opmath_type<scalar_t>* ws) {
   using opmath_t = at::opmath_type<scalar_t>;
-  __shared__ opmath_t sm_m[kThreads * VEC], sm_s[kThreads * VEC];
+  __shared__ opmath_t sm_m[kThreads * VEC], sm_s[kThreads * VEC],
+      sm_t[kThreads * VEC];
   const auto* p = static_cast<const scalar_t*>(a.p.data);
   const auto* q = static_cast<const scalar_t*>(a.q.data);
   const opmath_t beta = static_cast<opmath_t>(a.beta);
@@ -177,9 +193,11 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
   const int64_t k0 = piece * kchunk, k1 = std::min<int64_t>(a.K, k0 + kchunk);
   const int slot = (ty * TX + tx) * VEC;
   for (int64_t o = blockIdx.z; o < a.outer; o += gridDim.z) {
-    opmath_t m[VEC], s[VEC];
+    opmath_t m[VEC], s[VEC], t[VEC];
 #pragma unroll
-    for (int c = 0; c < VEC; ++c) m[c] = opmath_t(-INFINITY), s[c] = opmath_t(0);
+    for (int c = 0; c < VEC; ++c) {
+      m[c] = opmath_t(-INFINITY), s[c] = opmath_t(0), t[c] = opmath_t(0);
+    }
     if (i0 < a.inner) {
       const int64_t avail = a.inner - i0;
       for (int64_t k = k0 + (int64_t)ty * kRowsPerStep; k < k1;
@@ -198,23 +216,27 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
           opmath_t col[kRowsPerStep];
 #pragma unroll
           for (int j = 0; j < kRowsPerStep; ++j) col[j] = x[j][c];
-          absorb<opmath_t, kRowsPerStep>(m[c], s[c], col);
+          absorb<opmath_t, kRowsPerStep>(m[c], s[c], t[c], col);
         }
       }
     }
 #pragma unroll
-    for (int c = 0; c < VEC; ++c) sm_m[slot + c] = m[c], sm_s[slot + c] = s[c];
+    for (int c = 0; c < VEC; ++c) {
+      sm_m[slot + c] = m[c], sm_s[slot + c] = s[c], sm_t[slot + c] = t[c];
+    }
     __syncthreads();
     if (ty == 0 && i0 < a.inner) {
-      for (int t = 1; t < TY; ++t) {
-        const int other = (t * TX + tx) * VEC;
+      for (int y = 1; y < TY; ++y) {
+        const int other = (y * TX + tx) * VEC;
 #pragma unroll
-        for (int c = 0; c < VEC; ++c) merge(m[c], s[c], sm_m[other + c], sm_s[other + c]);
+        for (int c = 0; c < VEC; ++c) {
+          merge2(m[c], s[c], t[c], sm_m[other + c], sm_s[other + c], sm_t[other + c]);
+        }
       }
 #pragma unroll
       for (int c = 0; c < VEC; ++c) {
         if (i0 + c < a.inner) {
-          emit<scalar_t>(a, ws, piece, o * a.inner + i0 + c, m[c], s[c]);
+          emit<scalar_t>(a, ws, piece, o * a.inner + i0 + c, m[c], s[c], t[c]);
         }
       }
     }
@@ -230,11 +252,12 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(
   const int64_t n = a.outer * a.inner;
   for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
        idx += (int64_t)gridDim.x * blockDim.x) {
-    opmath_t m = ws[idx], s = ws[pieces * n + idx];
-    for (int64_t t = 1; t < pieces; ++t) {
-      merge(m, s, ws[t * n + idx], ws[(pieces + t) * n + idx]);
+    opmath_t m = ws[idx], s = ws[pieces * n + idx], t = ws[2 * pieces * n + idx];
+    for (int64_t j = 1; j < pieces; ++j) {
+      merge2(m, s, t, ws[j * n + idx], ws[(pieces + j) * n + idx],
+             ws[(2 * pieces + j) * n + idx]);
     }
-    emit<scalar_t>(a, static_cast<opmath_t*>(nullptr), 0, idx, m, s);
+    emit<scalar_t>(a, static_cast<opmath_t*>(nullptr), 0, idx, m, s, t);
   }
 }
 
@@ -378,7 +401,7 @@ void launch_reduce(const ReduceArgs& a) {
   opmath_t* ws_ptr = nullptr;
   if (pieces > 1) {
     ws = at::empty(
-        {2 * pieces * n_out},
+        {3 * pieces * n_out},
         at::TensorOptions()
             .dtype(c10::CppTypeToScalarType<opmath_t>::value)
             .device(at::kCUDA, c10::cuda::current_device()));
