@@ -69,20 +69,21 @@ def machine(device):
 def run(args):
     timer = harness.Timer(args.device)
     dtype = getattr(torch, args.dtype)
-    contenders = {
-        k: v for k, v in harness.CONTENDERS.items() if not (args.no_compile and k == "compile")
-    }
+    modes = [m for m in args.modes if m == "fwd" or harness.OPS[args.op]["grad"]]
     copy_bps = harness.copy_bandwidth(args.device, timer)
     rows = []
     cases = harness.parse_cases(args.shapes)
     try:
         from tqdm import tqdm
 
-        progress = tqdm(total=len(cases) * len(args.modes), disable=not sys.stderr.isatty())
+        progress = tqdm(total=len(cases) * len(modes), disable=not sys.stderr.isatty())
     except ImportError:
         progress = None
     for case in cases:
-        for mode in args.modes:
+        for mode in modes:
+            contenders = harness.contenders(
+                args.op, compile=not args.no_compile, replayable=mode == "bwd"
+            )
             steps = {
                 name: harness.make_step(fn, case, mode, dtype, args.device)
                 for name, fn in contenders.items()
@@ -96,6 +97,7 @@ def run(args):
                 label=LABELS.get(case.label, ""),
                 mode=mode,
                 **{f"{n}_us": med[n] * 1e6 for n in contenders},
+                op=args.op,
                 vs_eager=med["eager"] / ours,
                 gbps=nbytes / ours / 1e9,
                 of_copy=nbytes / ours / copy_bps,
@@ -112,7 +114,7 @@ def run(args):
 
 def to_markdown(rows, copy_bps, args):
     head = [
-        f"# iwelbo benchmark ({args.device}, {args.dtype})",
+        f"# {args.op} benchmark ({args.device}, {args.dtype})",
         "",
         f"- machine: {machine(args.device)}",
         f"- torch {torch.__version__}, iwae_fused {iwae_fused.__version__}, "
@@ -166,8 +168,8 @@ def plot(rows, path):
         ax.bar(xs, [r[k] for r in rows], width, label=k.replace("_", " "))
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
-    ax.set_ylabel("speedup of iwae_fused.iwelbo (x)")
-    ax.set_title("iwelbo: time of the alternative / time of iwae_fused")
+    ax.set_ylabel("speedup of iwae_fused (x)")
+    ax.set_title(f"{rows[0]['op']}: time of the alternative / time of iwae_fused")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -175,6 +177,8 @@ def plot(rows, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--op", default="iwelbo", choices=sorted(harness.OPS),
+                    help="iwelbo, renyi (alpha = 0.5) or ess (forward only)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--shapes", default=None,

@@ -4,11 +4,13 @@ suite: contenders, interleaved medians, bytes moved, copy bandwidth."""
 import math
 import statistics
 import time
+import types
 from dataclasses import dataclass
 
 import torch
 
 import iwae_fused
+from iwae_fused import reference
 
 
 def eager_iwelbo(log_p, log_q, dim):
@@ -16,50 +18,74 @@ def eager_iwelbo(log_p, log_q, dim):
     return torch.logsumexp(log_p - log_q, dim) - math.log(log_p.shape[dim])
 
 
-def fused_iwelbo(log_p, log_q, dim):
-    return iwae_fused.iwelbo(log_p, log_q, dim)
+def _renyi_reference(log_p, log_q, dim):
+    return reference.iwelbo(log_p, log_q, dim, alpha=0.5)
 
 
-_compiled_eager = None
+# Each op: the fused call, its pure-PyTorch reference (the "eager" contender,
+# and what torch.compile compiles), and whether it has a backward.
+OPS = {
+    "iwelbo": dict(
+        fused=lambda p, q, d: iwae_fused.iwelbo(p, q, d),
+        reference=eager_iwelbo,
+        grad=True,
+    ),
+    "renyi": dict(  # the VR bound at alpha = 0.5
+        fused=lambda p, q, d: iwae_fused.iwelbo(p, q, d, alpha=0.5),
+        reference=_renyi_reference,
+        grad=True,
+    ),
+    "ess": dict(
+        fused=lambda p, q, d: iwae_fused.effective_sample_size(p, q, d),
+        reference=reference.effective_sample_size,
+        grad=False,
+    ),
+}
+
+_compiled = {}
 
 
-def compiled_iwelbo(log_p, log_q, dim):
-    """torch.compile of the eager expression (shapes specialised)."""
-    global _compiled_eager
-    if _compiled_eager is None:
-        # One graph per shape and grad mode: allow more than the default 8
-        # before dynamo falls back to eager (which would flatter us).
+def _compiled_reference(op, replayable):
+    """torch.compile of the op's reference, shapes specialised. The replayable
+    variant (for the bwd mode's retain_graph replay) compiles a copy of the
+    function under its own code object without donated buffers."""
+    key = (op, replayable)
+    if key not in _compiled:
         cfg = torch._dynamo.config
         for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(cfg, name):
+            if hasattr(cfg, name):  # one graph per shape and grad mode
                 setattr(cfg, name, max(getattr(cfg, name), 64))
-        _compiled_eager = torch.compile(eager_iwelbo, dynamic=False)
-    return _compiled_eager(log_p, log_q, dim)
+        fn = OPS[op]["reference"]
+        if replayable:
+            fn = types.FunctionType(
+                fn.__code__.replace(), fn.__globals__, fn.__name__ + "_replayable"
+            )
+        compiled = torch.compile(fn, dynamic=False)
+        if replayable:
+            inner = compiled
+
+            def compiled(*args):
+                with torch._functorch.config.patch(donated_buffer=False):
+                    return inner(*args)
+
+        _compiled[key] = compiled
+    return _compiled[key]
 
 
-def _eager_iwelbo_replayable(log_p, log_q, dim):
-    # The same expression under its own code object, so torch.compile caches
-    # its graphs apart: the bwd mode compiles them without donated buffers,
-    # which forbid the retain_graph replay.
-    return torch.logsumexp(log_p - log_q, dim) - math.log(log_p.shape[dim])
+def contenders(op="iwelbo", compile=True, replayable=False):
+    """name -> fn(log_p, log_q, dim) for the op: iwae_fused, eager, compile."""
+    out = {"iwae_fused": OPS[op]["fused"], "eager": OPS[op]["reference"]}
+    if compile:
+        c = None
 
+        def compiled(p, q, d):
+            nonlocal c
+            if c is None:
+                c = _compiled_reference(op, replayable)
+            return c(p, q, d)
 
-_compiled_replayable = None
-
-
-def compiled_iwelbo_replayable(log_p, log_q, dim):
-    global _compiled_replayable
-    if _compiled_replayable is None:
-        _compiled_replayable = torch.compile(_eager_iwelbo_replayable, dynamic=False)
-    with torch._functorch.config.patch(donated_buffer=False):
-        return _compiled_replayable(log_p, log_q, dim)
-
-
-CONTENDERS = {
-    "iwae_fused": fused_iwelbo,
-    "eager": eager_iwelbo,
-    "compile": compiled_iwelbo,
-}
+        out["compile"] = compiled
+    return out
 
 
 @dataclass
@@ -138,8 +164,6 @@ def make_step(fn, case, mode, dtype, device, seed=0):
     with torch.no_grad():
         g = torch.randn_like(fn(p, q, case.dim))
     if mode == "bwd":
-        if fn is compiled_iwelbo:
-            fn = compiled_iwelbo_replayable
         out = fn(p, q, case.dim)  # one graph, backward replayed on it
 
         def step():
