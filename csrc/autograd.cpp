@@ -127,6 +127,73 @@ Tensor normalized_weights_autograd(
   return weights_op().call(log_p, log_q, dim);
 }
 
+c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, int64_t, bool)>&
+vimco_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("iwae_fused::vimco", "")
+                       .typed<Tensor(const Tensor&, const Tensor&, int64_t, bool)>();
+  return op;
+}
+
+c10::TypedOperatorHandle<std::tuple<Tensor, Tensor>(
+    const Tensor&, const Tensor&, int64_t, bool)>&
+vimco_forward_op() {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("iwae_fused::_vimco_forward", "")
+          .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, int64_t, bool)>();
+  return op;
+}
+
+c10::TypedOperatorHandle<std::tuple<Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, bool,
+    std::array<bool, 2>)>&
+vimco_backward_op() {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("iwae_fused::vimco_backward", "")
+          .typed<std::tuple<Tensor, Tensor>(
+              const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t,
+              bool, std::array<bool, 2>)>();
+  return op;
+}
+
+// VIMCO's backward is not the derivative of its value for log_q: it is the
+// estimator (the leave-one-out signal), so it is its own Function.
+struct VimcoFunction : public torch::autograd::Function<VimcoFunction> {
+  static Tensor forward(
+      torch::autograd::AutogradContext* ctx, const Tensor& log_p,
+      const Tensor& log_q, int64_t dim, bool keepdim) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, state] = vimco_forward_op().call(log_p, log_q, dim, keepdim);
+    ctx->save_for_backward({log_p, log_q, state});
+    ctx->saved_data["dim"] = dim;
+    ctx->saved_data["keepdim"] = keepdim;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(
+      torch::autograd::AutogradContext* ctx,
+      torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const std::array<bool, 2> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    auto [gp, gq] = vimco_backward_op().call(
+        grads[0], saved[2], saved[0], saved[1], ctx->saved_data["dim"].toInt(),
+        ctx->saved_data["keepdim"].toBool(), mask);
+    return {
+        mask[0] ? to_input(gp, saved[0]) : Tensor(),
+        mask[1] ? to_input(gq, saved[1]) : Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Tensor vimco_autograd(const Tensor& log_p, const Tensor& log_q, int64_t dim, bool keepdim) {
+  if (!(at::GradMode::is_enabled() && (log_p.requires_grad() || log_q.requires_grad()))) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return vimco_op().call(log_p, log_q, dim, keepdim);
+  }
+  return VimcoFunction::apply(log_p, log_q, dim, keepdim);
+}
+
 // Diagnostics are constants too.
 std::tuple<Tensor, Tensor> weight_diagnostics_autograd(
     const Tensor& log_p, const OptTensor& log_q, int64_t dim) {
@@ -140,6 +207,9 @@ TORCH_LIBRARY_IMPL(iwae_fused, Autograd, m) {
   m.impl("iwelbo", &iwelbo_autograd);
   m.impl("normalized_weights", &normalized_weights_autograd);
   m.impl("weight_diagnostics", &weight_diagnostics_autograd);
+  m.impl("vimco", &vimco_autograd);
+  m.impl("_vimco_forward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("vimco_backward", torch::autograd::autogradNotImplementedFallback());
   // Internal pieces: differentiating them (double backward) raises a clear
   // "not implemented" error instead of silently returning no gradient.
   m.impl("_iwelbo_forward", torch::autograd::autogradNotImplementedFallback());

@@ -32,6 +32,19 @@ TORCH_LIBRARY(iwae_fused, m) {
   m.def(
       "logsumexp_stats(Tensor log_p, Tensor? log_q=None, int dim=0) -> Tensor",
       pt2);
+  // VIMCO (Mnih & Rezende 2016): the IWAE bound, whose backward gives log_p
+  // the weights w and log_q the leave-one-out signal (L - L_-j) - w_j.
+  m.def(
+      "vimco(Tensor log_p, Tensor log_q, int dim=0, bool keepdim=False) -> Tensor",
+      pt2);
+  m.def(
+      "_vimco_forward(Tensor log_p, Tensor log_q, int dim, bool keepdim) "
+      "-> (Tensor, Tensor)",
+      pt2);
+  m.def(
+      "vimco_backward(Tensor grad, Tensor state, Tensor log_p, Tensor log_q, "
+      "int dim, bool keepdim, bool[2] output_mask) -> (Tensor, Tensor)",
+      pt2);
   // Effective sample size and the largest normalised weight per example,
   // from one pass; not differentiable.
   m.def(

@@ -63,3 +63,24 @@ struct WeightsArgs {
 };
 
 } // namespace iwae_fused
+
+namespace iwae_fused {
+
+// VIMCO (vimco_math.h): the forward writes the bound and a [kStateSize,
+// outer * inner] double state; the backward reads it and writes
+// out_p = g * w and out_q = g * (signal - w) per sample. General strides:
+// the per-example work is a loop over K.
+struct VimcoArgs {
+  c10::ScalarType dtype;
+  int64_t outer, K, inner;
+  Strided p, q;
+  void* out = nullptr;
+  double* state = nullptr; // forward writes, backward reads
+  const void* g = nullptr;
+  int64_t g_so = 0, g_si = 0;
+  void* out_p = nullptr;
+  void* out_q = nullptr;
+  int64_t out_so = 0, out_sk = 0, out_si = 0;
+};
+
+} // namespace iwae_fused

@@ -11,13 +11,20 @@ in iwae_fused.reference (imported on demand; the ops never use it).
 
 from iwae_fused._build import _C
 from iwae_fused.evaluation import IwelboState, estimate_log_likelihood, iwelbo_state
-from iwae_fused.ops import effective_sample_size, iwelbo, normalized_weights, weight_diagnostics
+from iwae_fused.ops import (
+    effective_sample_size,
+    iwelbo,
+    normalized_weights,
+    vimco,
+    weight_diagnostics,
+)
 
 __all__ = [
     "iwelbo",
     "normalized_weights",
     "effective_sample_size",
     "weight_diagnostics",
+    "vimco",
     "iwelbo_state",
     "IwelboState",
     "estimate_log_likelihood",

@@ -18,6 +18,8 @@ __all__ = [
     "normalized_weights",
     "effective_sample_size",
     "weight_diagnostics",
+    "vimco",
+    "vimco_signals",
 ]
 
 
@@ -70,3 +72,27 @@ def weight_diagnostics(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int =
 
 def effective_sample_size(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> Tensor:
     return weight_diagnostics(log_p, log_q, dim)[0]
+
+
+def vimco_signals(log_p: Tensor, log_q: Tensor, dim: int = 0) -> Tensor:
+    """L - L_-j for every sample j, the O(K^2) way: L_-j is the bound with
+    log w_j replaced by the mean of the other log-weights (Mnih & Rezende 2016)."""
+    log_w = torch.movedim(log_weights(log_p, log_q), dim, 0)
+    K = log_w.shape[0]
+    bound = torch.logsumexp(log_w, 0) - math.log(K)
+    out = []
+    for j in range(K):
+        others = torch.cat([log_w[:j], log_w[j + 1 :]])
+        swapped = torch.cat([log_w[:j], others.mean(0, keepdim=True), log_w[j + 1 :]])
+        out.append(bound - (torch.logsumexp(swapped, 0) - math.log(K)))
+    return torch.movedim(torch.stack(out), 0, dim)
+
+
+def vimco(log_p: Tensor, log_q: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
+    """The IWAE bound whose gradient is VIMCO's: w on log_p, (L - L_-j) - w_j on
+    log_q (a surrogate that adds the leave-one-out signal as a constant times
+    log_q, whose value is 0)."""
+    bound = iwelbo(log_p, log_q, dim, keepdim)
+    signal = vimco_signals(log_p.detach(), log_q.detach(), dim)
+    extra = (signal * (log_q - log_q.detach())).sum(dim, keepdim=keepdim)
+    return bound + extra

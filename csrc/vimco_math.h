@@ -1,0 +1,118 @@
+// VIMCO's per-example math (Mnih & Rezende 2016), shared by the CPU and CUDA
+// kernels: one pass over the K log-weights of an example builds a state, from
+// which the bound and every sample's leave-one-out learning signal follow in
+// O(1) each, so all K signals cost O(K).
+//
+// The leave-one-out bound replaces sample j by the geometric mean of the
+// others, log f_-j = mean_{i != j} log w_i:
+//   L_-j = log((1/K) (sum_{i != j} w_i + f_-j)).
+// Computed naively, sum_{i != j} w_i = sum_i w_i - w_j cancels catastrophically
+// when w_j dominates (a sample 60 nats above the rest leaves nothing of the
+// others in float32). The state instead keeps the sum *excluding the first
+// argmax* (s_excl, against the max m): for j = argmax it is exactly the sum of
+// the others; for any other j the others' sum is 1 + (s_excl - e_j), which is
+// at least 1 (the max's own term), so its rounding is relative. The finite
+// log-weights' sum (for the geometric means) and all of the arithmetic are in
+// double, whatever the input dtype.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define VIMCO_HD __host__ __device__ __forceinline__
+#else
+#define VIMCO_HD inline
+#endif
+
+namespace iwae_fused::vimco_math {
+
+// Saved between forward and backward as kStateSize doubles per example.
+constexpr int kStateSize = 5;
+
+struct State {
+  double m = -INFINITY; // max log-weight (NaN once a NaN was seen)
+  double s_excl = 0; // sum of exp(x - m) over all samples but the first argmax
+  double argmax = -1; // its index
+  double fsum = 0; // sum of the finite log-weights
+  double n_ninf = 0; // how many log-weights are -inf
+};
+
+VIMCO_HD void absorb(State& st, double x, int64_t k) {
+  if (x != x || st.m != st.m) {
+    st.m = NAN;
+    return;
+  }
+  if (x == -INFINITY) {
+    st.n_ninf += 1;
+    return;
+  }
+  st.fsum += x;
+  if (x > st.m) { // a new (first) argmax: the old one joins the others
+    st.s_excl = st.m == -INFINITY ? 0.0 : (st.s_excl + 1.0) * ::exp(st.m - x);
+    st.m = x;
+    st.argmax = static_cast<double>(k);
+  } else {
+    st.s_excl += ::exp(x - st.m);
+  }
+}
+
+// The IWAE bound log((1/K) sum_k w_k); -inf when no weight is positive.
+VIMCO_HD double bound(const State& st, int64_t K) {
+  if (st.m == -INFINITY) return -INFINITY;
+  return st.m + ::log1p(st.s_excl) - ::log(static_cast<double>(K));
+}
+
+// For sample j with log-weight x: its normalised weight w and its learning
+// signal L - L_-j. An example with no positive weight gives 0 and 0; a NaN
+// gives NaN.
+VIMCO_HD void signal(
+    const State& st, int64_t K, double x, int64_t j, double& w, double& sig) {
+  if (st.m != st.m || x != x) {
+    w = sig = NAN;
+    return;
+  }
+  if (st.m == -INFINITY) {
+    w = sig = 0.0;
+    return;
+  }
+  const double S = 1.0 + st.s_excl; // sum_k exp(x_k - m)
+  const double e = x == -INFINITY ? 0.0 : ::exp(x - st.m);
+  w = e / S;
+  double f = 0.0; // the geometric mean of the others' weights, / exp(m)
+  if (st.n_ninf - (x == -INFINITY ? 1.0 : 0.0) == 0.0) {
+    const double mean =
+        (st.fsum - (x == -INFINITY ? 0.0 : x)) / static_cast<double>(K - 1);
+    f = ::exp(mean - st.m);
+  }
+  if (static_cast<double>(j) == st.argmax) {
+    // The others' sum is s_excl itself: L - L_-j = log S - log(s_excl + f).
+    sig = ::log(S) - ::log(st.s_excl + f);
+  } else {
+    // L_-j's sum is S - e + f, S >= 1 + e: the signal is -log1p((f - e) / S)
+    // with (f - e) / S >= -1/2, which keeps the signal's relative precision
+    // even when it is 1e-14 next to bounds of 60 nats (the difference of two
+    // logs would keep only its absolute precision).
+    sig = -::log1p((f - e) / S);
+  }
+}
+
+VIMCO_HD void store(const State& st, double* base, int64_t n, int64_t idx) {
+  base[idx] = st.m;
+  base[n + idx] = st.s_excl;
+  base[2 * n + idx] = st.argmax;
+  base[3 * n + idx] = st.fsum;
+  base[4 * n + idx] = st.n_ninf;
+}
+
+VIMCO_HD State load(const double* base, int64_t n, int64_t idx) {
+  State st;
+  st.m = base[idx];
+  st.s_excl = base[n + idx];
+  st.argmax = base[2 * n + idx];
+  st.fsum = base[3 * n + idx];
+  st.n_ninf = base[4 * n + idx];
+  return st;
+}
+
+} // namespace iwae_fused::vimco_math
