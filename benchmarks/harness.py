@@ -35,6 +35,11 @@ OPS = {
         reference=_renyi_reference,
         grad=True,
     ),
+    "vimco": dict(  # value and the estimator's gradients
+        fused=lambda p, q, d: iwae_fused.vimco(p, q, d),
+        reference=reference.vimco,
+        grad=True,
+    ),
     "ess": dict(
         fused=lambda p, q, d: iwae_fused.effective_sample_size(p, q, d),
         reference=reference.effective_sample_size,
