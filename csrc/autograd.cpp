@@ -194,6 +194,99 @@ Tensor vimco_autograd(const Tensor& log_p, const Tensor& log_q, int64_t dim, boo
   return VimcoFunction::apply(log_p, log_q, dim, keepdim);
 }
 
+c10::TypedOperatorHandle<Tensor(
+    const Tensor&, const Tensor&, const Tensor&, int64_t, std::string)>&
+dreg_op() {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("iwae_fused::dreg", "")
+          .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, std::string)>();
+  return op;
+}
+
+c10::TypedOperatorHandle<std::tuple<Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, std::string)>&
+dreg_backward_op() {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("iwae_fused::dreg_backward", "")
+          .typed<std::tuple<Tensor, Tensor>(
+              const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t,
+              std::string)>();
+  return op;
+}
+
+// DReG: log_p's direct path (the generative parameters) must see g w, while
+// the samples z (and through them the inference network) must see g t(w)
+// times d log w / dz, with t(w) = w^2 (or w - w^2, or w for STL). log_p and
+// log_q both depend on z, so the usual backward (g w into log_p, -g w into
+// log_q) already gives z g w d log w/dz; the backward adds the difference
+// g (t(w) - w) d log w / dz, a vector-Jacobian product through the saved
+// log_p and log_q graphs (a reentrant autograd::grad, as checkpointing does).
+struct DregFunction : public torch::autograd::Function<DregFunction> {
+  static Tensor forward(
+      torch::autograd::AutogradContext* ctx, const Tensor& log_p,
+      const Tensor& log_q, const Tensor& z, int64_t dim, std::string z_weight) {
+    TORCH_CHECK_VALUE(
+        z_weight == "dreg" || z_weight == "stl" || z_weight == "rws",
+        "dreg(): expected z_weight to be 'dreg', 'stl' or 'rws', but got '", z_weight, "'");
+    TORCH_CHECK(
+        z.device() == log_p.device(), "dreg(): expected z on ", log_p.device(),
+        " like log_p, but got ", z.device());
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, stats] = forward_op().call(log_p, log_q, dim, false, 0.0);
+    ctx->save_for_backward({log_p, log_q, z, stats});
+    ctx->saved_data["dim"] = dim;
+    ctx->saved_data["z_weight"] = z_weight;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(
+      torch::autograd::AutogradContext* ctx,
+      torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &log_p = saved[0], &log_q = saved[1], &z = saved[2];
+    const int64_t dim = ctx->saved_data["dim"].toInt();
+    const std::string z_weight = ctx->saved_data["z_weight"].toStringRef();
+    Tensor gp, corr;
+    if (z_weight == "stl") { // the plain path is STL's: no correction
+      auto [p, q] = backward_op().call(
+          grads[0], saved[3], log_p, log_q, dim, false, 0.0, {true, false});
+      gp = p;
+    } else {
+      std::tie(gp, corr) =
+          dreg_backward_op().call(grads[0], saved[3], log_p, log_q, dim, z_weight);
+    }
+    Tensor gz;
+    if (corr.defined() && z.requires_grad() &&
+        (log_p.requires_grad() || log_q.requires_grad())) {
+      at::AutoGradMode enable(true);
+      std::vector<Tensor> outs, gouts;
+      if (log_p.requires_grad()) outs.push_back(log_p), gouts.push_back(corr);
+      if (log_q.requires_grad()) outs.push_back(log_q), gouts.push_back(-corr);
+      auto res = torch::autograd::grad(
+          outs, {z}, gouts, /*retain_graph=*/true, /*create_graph=*/false,
+          /*allow_unused=*/true);
+      gz = res[0];
+    }
+    return {
+        ctx->needs_input_grad(0) ? to_input(gp, log_p) : Tensor(),
+        ctx->needs_input_grad(1) ? to_input(-gp, log_q) : Tensor(),
+        ctx->needs_input_grad(2) ? gz : Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Tensor dreg_autograd(
+    const Tensor& log_p, const Tensor& log_q, const Tensor& z, int64_t dim,
+    std::string z_weight) {
+  const bool any = log_p.requires_grad() || log_q.requires_grad() || z.requires_grad();
+  if (!(at::GradMode::is_enabled() && any)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return dreg_op().call(log_p, log_q, z, dim, std::move(z_weight));
+  }
+  return DregFunction::apply(log_p, log_q, z, dim, std::move(z_weight));
+}
+
 // Diagnostics are constants too.
 std::tuple<Tensor, Tensor> weight_diagnostics_autograd(
     const Tensor& log_p, const OptTensor& log_q, int64_t dim) {
@@ -208,6 +301,8 @@ TORCH_LIBRARY_IMPL(iwae_fused, Autograd, m) {
   m.impl("normalized_weights", &normalized_weights_autograd);
   m.impl("weight_diagnostics", &weight_diagnostics_autograd);
   m.impl("vimco", &vimco_autograd);
+  m.impl("dreg", &dreg_autograd);
+  m.impl("dreg_backward", torch::autograd::autogradNotImplementedFallback());
   m.impl("_vimco_forward", torch::autograd::autogradNotImplementedFallback());
   m.impl("vimco_backward", torch::autograd::autogradNotImplementedFallback());
   // Internal pieces: differentiating them (double backward) raises a clear

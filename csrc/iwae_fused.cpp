@@ -32,6 +32,18 @@ TORCH_LIBRARY(iwae_fused, m) {
   m.def(
       "logsumexp_stats(Tensor log_p, Tensor? log_q=None, int dim=0) -> Tensor",
       pt2);
+  // DReG (Tucker et al. 2018): the IWAE bound; log_q computed with q's
+  // parameters detached, z the reparameterized samples both came from. The
+  // backward gives log_p g w and z the w^2-weighted path (z_weight "dreg"),
+  // w - w^2 ("rws") or w ("stl").
+  m.def(
+      "dreg(Tensor log_p, Tensor log_q, Tensor z, int dim=0, str z_weight=\"dreg\") "
+      "-> Tensor",
+      pt2);
+  m.def(
+      "dreg_backward(Tensor grad, Tensor stats, Tensor log_p, Tensor log_q, int dim, "
+      "str z_weight) -> (Tensor, Tensor)",
+      pt2);
   // VIMCO (Mnih & Rezende 2016): the IWAE bound, whose backward gives log_p
   // the weights w and log_q the leave-one-out signal (L - L_-j) - w_j.
   m.def(

@@ -9,6 +9,9 @@
 
 namespace iwae_fused {
 
+// WeightsArgs::mode values.
+enum WeightsMode : int { kNegWeight = 0, kDregSquare = 1, kDregRws = 2 };
+
 // An operand in the [outer, K, inner] geometry; strides in elements.
 struct Strided {
   const void* data = nullptr;
@@ -51,6 +54,10 @@ struct WeightsArgs {
   bool vec_k;
   Strided p, q;
   double beta = 1.0; // log_w = beta * (log_p - log_q), as in ReduceArgs
+  // What out_q holds, with w the normalised weight: kNegWeight: -g w (the
+  // gradient for log_q); DReG's z-path corrections g (t(w) - w) for
+  // kDregSquare (t = w^2, IWAE-DReG) and kDregRws (t = w - w^2, RWS-DReG).
+  int mode = 0;
   // The incoming gradient, dtype, one per output: g[o * g_so + i * g_si]
   // (g_si is 0 or 1 for columns); null means g = 1. Strided so that the
   // expanded gradient of a .sum() or .mean() is read in place.

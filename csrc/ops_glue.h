@@ -18,6 +18,7 @@
 
 #include <array>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "kernel_args.h"
@@ -104,9 +105,11 @@ std::tuple<at::Tensor, at::Tensor> reduce_op(
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor> weights_op(
     const Plan& pl, const at::Tensor& stats, const at::Tensor& g,
-    int64_t g_so, int64_t g_si, std::array<bool, 2> mask, double beta = 1.0) {
+    int64_t g_so, int64_t g_si, std::array<bool, 2> mask, double beta = 1.0,
+    int mode = kNegWeight) {
   auto a = geometry_args<WeightsArgs>(pl);
   a.beta = beta;
+  a.mode = mode;
   a.stats = stats.const_data_ptr();
   a.g = g.defined() ? g.const_data_ptr() : nullptr;
   a.g_so = g_so;
@@ -223,6 +226,56 @@ std::tuple<at::Tensor, at::Tensor> weight_diagnostics(
   a.max_w = max_w.mutable_data_ptr();
   Kernels::reduce(a);
   return {ess, max_w};
+}
+
+// DReG's backward (Tucker et al. 2018): g * w for log_p and the z-path
+// correction g * (t(w) - w) (t = w^2 for "dreg", w - w^2 for "rws"), in one
+// pass; autograd.cpp turns the correction into the z gradient.
+inline int dreg_mode(const std::string& z_weight) {
+  if (z_weight == "dreg") return kDregSquare;
+  if (z_weight == "rws") return kDregRws;
+  TORCH_CHECK_VALUE(
+      false, "dreg(): expected z_weight to be 'dreg', 'stl' or 'rws', but got '",
+      z_weight, "'");
+  return kNegWeight;
+}
+
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor> dreg_backward(
+    const at::Tensor& grad, const at::Tensor& stats, const at::Tensor& log_p,
+    const at::Tensor& log_q, int64_t dim, std::string z_weight) {
+  const int mode = dreg_mode(z_weight);
+  const char* op = "dreg_backward";
+  Plan pl = make_plan(op, log_p, log_q, dim);
+  const auto out_shape = pl.out_shape(false);
+  TORCH_CHECK_VALUE(
+      grad.sizes() == at::IntArrayRef(out_shape), op, "(): expected grad of shape ",
+      at::IntArrayRef(out_shape), ", but got ", grad.sizes());
+  TORCH_CHECK_VALUE(
+      stats.sizes() == at::IntArrayRef(stats_shape(pl)) &&
+          stats.scalar_type() == opmath_dtype(pl.dtype),
+      op, "(): expected stats from _iwelbo_forward, but got ", stats.sizes(), " and ",
+      stats.scalar_type());
+  at::Tensor g = grad.to(pl.dtype);
+  int64_t g_so = 0, g_si = 0;
+  if (pl.num_outputs() > 0 &&
+      !(pl.output_strides(g, false, g_so, g_si) && (pl.vec_k || g_si <= 1))) {
+    g = g.contiguous();
+    pl.output_strides(g, false, g_so, g_si);
+  }
+  return weights_op<Kernels>(
+      pl, stats.contiguous(), g, g_so, g_si, {true, true}, 1.0, mode);
+}
+
+template <class Kernels>
+at::Tensor dreg_value(
+    const at::Tensor& log_p, const at::Tensor& log_q, const at::Tensor& z,
+    int64_t dim, std::string z_weight) {
+  if (z_weight != "stl") dreg_mode(z_weight); // checks the name
+  TORCH_CHECK(
+      z.device() == log_p.device(), "dreg(): expected z on ", log_p.device(),
+      " like log_p, but got ", z.device());
+  return iwelbo<Kernels>(log_p, log_q, dim, false, 0.0);
 }
 
 template <class Kernels>

@@ -12,6 +12,7 @@ in iwae_fused.reference (imported on demand; the ops never use it).
 from iwae_fused._build import _C
 from iwae_fused.evaluation import IwelboState, estimate_log_likelihood, iwelbo_state
 from iwae_fused.ops import (
+    dreg,
     effective_sample_size,
     iwelbo,
     normalized_weights,
@@ -25,6 +26,7 @@ __all__ = [
     "effective_sample_size",
     "weight_diagnostics",
     "vimco",
+    "dreg",
     "iwelbo_state",
     "IwelboState",
     "estimate_log_likelihood",

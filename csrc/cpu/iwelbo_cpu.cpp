@@ -26,6 +26,8 @@ TORCH_LIBRARY_IMPL(iwae_fused, CPU, m) {
   m.impl("normalized_weights", &normalized_weights<CpuKernels>);
   m.impl("logsumexp_stats", &logsumexp_stats<CpuKernels>);
   m.impl("weight_diagnostics", &weight_diagnostics<CpuKernels>);
+  m.impl("dreg", &dreg_value<CpuKernels>);
+  m.impl("dreg_backward", &dreg_backward<CpuKernels>);
 }
 
 } // namespace iwae_fused

@@ -363,10 +363,16 @@ struct Kernels {
       if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
       x = x * beta;
       const auto [sh, ls] = stats_at(j, c);
-      V w = Lane::weight(x - sh, ls);
-      if (a.g) w = w * g_at(j, c);
+      const V wn = Lane::weight(x - sh, ls);
+      const V w = a.g ? wn * g_at(j, c) : wn;
       if (OP) IO::store(OP + j, w, c);
-      if (OQ) IO::store(OQ + j, V(0) - w, c);
+      if (OQ) {
+        // -g w; g (w^2 - w) = g w (w - 1); g (w - w^2 - w) = -g w w.
+        const V oq = a.mode == kNegWeight ? V(0) - w
+            : a.mode == kDregSquare       ? w * (wn - V(1))
+                                          : V(0) - w * wn;
+        IO::store(OQ + j, oq, c);
+      }
     };
     int64_t j = 0;
     for (; j + L <= n; j += L) step(j, L);

@@ -54,6 +54,20 @@ std::tuple<at::Tensor, at::Tensor> weight_diagnostics_cuda(
   return weight_diagnostics<CudaKernels>(log_p, log_q, dim);
 }
 
+at::Tensor dreg_cuda(
+    const at::Tensor& log_p, const at::Tensor& log_q, const at::Tensor& z,
+    int64_t dim, std::string z_weight) {
+  const c10::cuda::CUDAGuard guard(log_p.device());
+  return dreg_value<CudaKernels>(log_p, log_q, z, dim, std::move(z_weight));
+}
+
+std::tuple<at::Tensor, at::Tensor> dreg_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& stats, const at::Tensor& log_p,
+    const at::Tensor& log_q, int64_t dim, std::string z_weight) {
+  const c10::cuda::CUDAGuard guard(log_p.device());
+  return dreg_backward<CudaKernels>(grad, stats, log_p, log_q, dim, std::move(z_weight));
+}
+
 } // namespace
 
 TORCH_LIBRARY_IMPL(iwae_fused, CUDA, m) {
@@ -63,6 +77,8 @@ TORCH_LIBRARY_IMPL(iwae_fused, CUDA, m) {
   m.impl("normalized_weights", &normalized_weights_cuda);
   m.impl("logsumexp_stats", &logsumexp_stats_cuda);
   m.impl("weight_diagnostics", &weight_diagnostics_cuda);
+  m.impl("dreg", &dreg_cuda);
+  m.impl("dreg_backward", &dreg_backward_cuda);
 }
 
 } // namespace iwae_fused

@@ -305,10 +305,16 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
     for (int c = 0; c < VEC; ++c) {
       const int64_t si = COLS ? sidx + c : sidx;
       const bool live = c < avail;
-      opmath_t w = live ? Lane::weight(x[c] - shift[si], log_norm[si]) : opmath_t(0);
+      const opmath_t wn =
+          live ? Lane::weight(x[c] - shift[si], log_norm[si]) : opmath_t(0);
+      opmath_t w = wn;
       if (g && live) w *= static_cast<opmath_t>(g[COLS ? gidx + c * a.g_si : gidx]);
       wp.v[c] = static_cast<scalar_t>(w);
-      wq.v[c] = static_cast<scalar_t>(-w);
+      // -g w; DReG's z-path corrections g w (w - 1) and -g w w (kernel_args.h).
+      wq.v[c] = static_cast<scalar_t>(
+          a.mode == kNegWeight ? -w
+              : a.mode == kDregSquare ? w * (wn - opmath_t(1))
+                                      : -w * wn);
     }
     if (VEC > 1 && avail >= VEC) {
       if (out_p) *reinterpret_cast<Pack<scalar_t, VEC>*>(out_p + ooff) = wp;
