@@ -178,7 +178,7 @@ def plot(rows, path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--op", default="iwelbo", choices=sorted(harness.OPS),
-                    help="iwelbo, renyi (alpha = 0.5), vimco or ess (forward only)")
+                    help="iwelbo, renyi (alpha = 0.5), vimco, dreg or ess (forward only)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--shapes", default=None,

@@ -40,6 +40,13 @@ OPS = {
         reference=reference.vimco,
         grad=True,
     ),
+    # DReG with z = log_p itself (log_p an identity of the samples), so the
+    # backward's z-path product is cheap and the bound's own cost shows.
+    "dreg": dict(
+        fused=lambda p, q, d: iwae_fused.dreg(p, q, p, d),
+        reference=lambda p, q, d: reference.dreg(p, q, p, d),
+        grad=True,
+    ),
     "ess": dict(
         fused=lambda p, q, d: iwae_fused.effective_sample_size(p, q, d),
         reference=reference.effective_sample_size,

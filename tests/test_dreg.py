@@ -40,9 +40,11 @@ def setup(dtype, device, K=6, B=5, seed=0):
 
 
 @pytest.mark.parametrize("z_weight", ["dreg", "rws", "stl"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("sample_dim", [0, 1])
 def test_dreg_matches_reference(z_weight, dtype, sample_dim, device):
+    if dtype in (torch.float16, torch.bfloat16) and device == "cpu":
+        pytest.skip("half-precision Linear layers are CPU-slow; the kernels' half path is below")
     model, x, eps = setup(dtype, device)
     params = list(model.parameters())
     out = iwae_fused.dreg(*model.parts(x, eps, sample_dim), dim=sample_dim, z_weight=z_weight)
@@ -85,3 +87,21 @@ def test_dreg_errors_and_registration():
         torch.library.opcheck(ops.dreg_backward.default, (torch.randn_like(out), stats, p.detach(), q, 0, zw))
     with torch.no_grad():
         close(iwae_fused.dreg(p, q, z), iwae_fused.iwelbo(p, q), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("z_weight", ["dreg", "rws"])
+def test_dreg_backward_half_precision(dtype, z_weight, device):
+    # The fused backward in half types (float32 inside): g w and the z-path
+    # correction against float64 on the same rounded inputs.
+    g = torch.Generator().manual_seed(2)
+    p = (torch.randn(40, 6, generator=g, dtype=torch.float64) * 2).to(dtype).to(device)
+    q = torch.randn(40, 6, generator=g, dtype=torch.float64).to(dtype).to(device)
+    out, stats = ops._iwelbo_forward(p, q, 0, False, 0.0)
+    grad = torch.randn(6, generator=g, dtype=torch.float64).to(dtype).to(device)
+    gw, corr = ops.dreg_backward(grad, stats, p, q, 0, z_weight)
+    w = torch.softmax(p.double() - q.double(), 0).cpu()
+    g64 = grad.double().cpu()
+    close(gw, g64 * w, dtype)
+    target = w * w if z_weight == "dreg" else w - w * w
+    close(corr, g64 * (target - w), dtype)
