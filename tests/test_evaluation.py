@@ -132,6 +132,7 @@ def test_estimate_errors():
 
 
 def test_progress_bar_off_without_tty_and_on_when_asked(capsys):
+    pytest.importorskip("tqdm")  # the bar is optional: no tqdm, no bar
     fn, _ = serve(torch.zeros(100, 2))
     estimate_log_likelihood(fn, 100, chunk_size=10)
     assert "log-likelihood" not in capsys.readouterr().err
