@@ -53,6 +53,37 @@ inline at::TensorOptions opts(const Plan& pl, at::ScalarType dt) {
   return at::TensorOptions().dtype(dt).device(pl.p.tensor.device());
 }
 
+// The incoming gradient of the bound, read in place when its strides walk
+// the outputs (a contiguous one, or the expanded scalar of .sum()/.mean():
+// no copy and, on CUDA, no extra launch); copied otherwise. The vectorised
+// column kernels need unit or zero stride along the outputs (need_unit).
+struct IncomingGrad {
+  at::Tensor g;
+  int64_t so = 0, si = 0;
+};
+
+inline IncomingGrad incoming_grad(
+    const Plan& pl, const at::Tensor& grad, bool keepdim, bool need_unit) {
+  IncomingGrad r{grad.to(pl.dtype)};
+  if (pl.num_outputs() > 0 &&
+      !(pl.output_strides(r.g, keepdim, r.so, r.si) && (!need_unit || r.si <= 1))) {
+    r.g = r.g.contiguous();
+    pl.output_strides(r.g, keepdim, r.so, r.si);
+  }
+  return r;
+}
+
+// Full-size outputs come back contiguous (a copy only for transposed or
+// permuted geometries), and a masked-off one as an empty tensor, so that the
+// fake implementations' metadata is simple and exact.
+inline void canonical_output(const Plan& pl, at::Tensor& t) {
+  if (!t.defined()) {
+    t = at::empty({0}, opts(pl, pl.dtype));
+  } else if (!t.is_contiguous()) {
+    t = t.contiguous();
+  }
+}
+
 // beta = 1 - alpha of the Renyi bound, checked.
 inline double renyi_beta(const char* op, double alpha) {
   TORCH_CHECK_VALUE(
@@ -126,15 +157,8 @@ std::tuple<at::Tensor, at::Tensor> weights_op(
     a.out_q = out_q.mutable_data_ptr();
   }
   Kernels::weights(a);
-  // The geometry's layout is contiguous except for transposed or permuted
-  // inputs; a copy there keeps outputs predictable (and equal to the fake
-  // implementations' metadata).
-  auto canonical = [&](at::Tensor& t) {
-    if (!t.defined()) t = at::empty({0}, opts(pl, pl.dtype));
-    else if (!t.is_contiguous()) t = t.contiguous();
-  };
-  canonical(out_p);
-  canonical(out_q);
+  canonical_output(pl, out_p);
+  canonical_output(pl, out_q);
   return {out_p, out_q};
 }
 
@@ -197,18 +221,9 @@ std::tuple<at::Tensor, at::Tensor> iwelbo_backward(
     return {output_mask[0] ? w : at::empty({0}, opts(pl, pl.dtype)),
             output_mask[1] ? at::neg(w) : at::empty({0}, opts(pl, pl.dtype))};
   }
-  // The gradient is read in place when its strides walk the outputs (a
-  // contiguous one, or the expanded scalar of .sum()/.mean()): no copy and,
-  // on CUDA, no extra launch.
-  at::Tensor g = grad.to(pl.dtype);
-  int64_t g_so = 0, g_si = 0;
-  if (pl.num_outputs() > 0 &&
-      !(pl.output_strides(g, keepdim, g_so, g_si) && (pl.vec_k || g_si <= 1))) {
-    g = g.contiguous();
-    pl.output_strides(g, keepdim, g_so, g_si);
-  }
+  const IncomingGrad g = incoming_grad(pl, grad, keepdim, !pl.vec_k);
   return weights_op<Kernels>(
-      pl, stats.contiguous(), g, g_so, g_si, output_mask, beta);
+      pl, stats.contiguous(), g.g, g.so, g.si, output_mask, beta);
 }
 
 // The effective sample size 1 / sum w^2 = (sum w)^2 / sum w^2 and the largest
@@ -256,15 +271,9 @@ std::tuple<at::Tensor, at::Tensor> dreg_backward(
           stats.scalar_type() == opmath_dtype(pl.dtype),
       op, "(): expected stats from _iwelbo_forward, but got ", stats.sizes(), " and ",
       stats.scalar_type());
-  at::Tensor g = grad.to(pl.dtype);
-  int64_t g_so = 0, g_si = 0;
-  if (pl.num_outputs() > 0 &&
-      !(pl.output_strides(g, false, g_so, g_si) && (pl.vec_k || g_si <= 1))) {
-    g = g.contiguous();
-    pl.output_strides(g, false, g_so, g_si);
-  }
+  const IncomingGrad g = incoming_grad(pl, grad, false, !pl.vec_k);
   return weights_op<Kernels>(
-      pl, stats.contiguous(), g, g_so, g_si, {true, true}, 1.0, mode);
+      pl, stats.contiguous(), g.g, g.so, g.si, {true, true}, 1.0, mode);
 }
 
 template <class Kernels>

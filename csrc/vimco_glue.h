@@ -75,17 +75,12 @@ std::tuple<at::Tensor, at::Tensor> vimco_backward(
       state.sizes() == at::IntArrayRef(st_shape) && state.scalar_type() == at::kDouble,
       "vimco_backward(): expected a float64 state of shape ", at::IntArrayRef(st_shape),
       " (from _vimco_forward), but got ", state.sizes(), " and ", state.scalar_type());
-  at::Tensor g = grad.to(pl.dtype);
-  int64_t g_so = 0, g_si = 0;
-  if (pl.num_outputs() > 0 && !pl.output_strides(g, keepdim, g_so, g_si)) {
-    g = g.contiguous();
-    pl.output_strides(g, keepdim, g_so, g_si);
-  }
+  const IncomingGrad g = incoming_grad(pl, grad, keepdim, false);
   const at::Tensor st = state.contiguous();
   auto a = vimco_args(pl);
   a.state = const_cast<double*>(st.const_data_ptr<double>());
-  a.g = g.const_data_ptr();
-  a.g_so = g_so, a.g_si = g_si;
+  a.g = g.g.const_data_ptr();
+  a.g_so = g.so, a.g_si = g.si;
   at::Tensor out_p, out_q;
   if (output_mask[0]) {
     out_p = pl.empty_full(pl.dtype, a.out_so, a.out_sk, a.out_si);
@@ -96,12 +91,8 @@ std::tuple<at::Tensor, at::Tensor> vimco_backward(
     a.out_q = out_q.mutable_data_ptr();
   }
   if (pl.num_outputs() > 0) Kernels::vimco_backward(a);
-  auto canonical = [&](at::Tensor& t) {
-    if (!t.defined()) t = at::empty({0}, opts(pl, pl.dtype));
-    else if (!t.is_contiguous()) t = t.contiguous();
-  };
-  canonical(out_p);
-  canonical(out_q);
+  canonical_output(pl, out_p);
+  canonical_output(pl, out_q);
   return {out_p, out_q};
 }
 
