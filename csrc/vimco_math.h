@@ -19,6 +19,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernel_args.h"
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define VIMCO_HD __host__ __device__ __forceinline__
 #else
@@ -113,6 +115,42 @@ VIMCO_HD State load(const double* base, int64_t n, int64_t idx) {
   st.fsum = base[3 * n + idx];
   st.n_ninf = base[4 * n + idx];
   return st;
+}
+
+// One example r = (o, i) of the geometry, for both backends: the forward
+// writes the bound and the state, the backward every sample's gradients.
+template <typename scalar_t>
+VIMCO_HD double log_w_at(const VimcoArgs& a, int64_t o, int64_t k, int64_t i) {
+  const auto* p = static_cast<const scalar_t*>(a.p.data);
+  const auto* q = static_cast<const scalar_t*>(a.q.data);
+  return static_cast<double>(p[o * a.p.so + k * a.p.sk + i * a.p.si]) -
+      static_cast<double>(q[o * a.q.so + k * a.q.sk + i * a.q.si]);
+}
+
+template <typename scalar_t>
+VIMCO_HD void forward_example(const VimcoArgs& a, int64_t r) {
+  const int64_t n = a.outer * a.inner, o = r / a.inner, i = r - o * a.inner;
+  State st;
+  for (int64_t k = 0; k < a.K; ++k) absorb(st, log_w_at<scalar_t>(a, o, k, i), k);
+  store(st, a.state, n, r);
+  static_cast<scalar_t*>(a.out)[r] = static_cast<scalar_t>(bound(st, a.K));
+}
+
+template <typename scalar_t>
+VIMCO_HD void backward_example(const VimcoArgs& a, int64_t r) {
+  const int64_t n = a.outer * a.inner, o = r / a.inner, i = r - o * a.inner;
+  const State st = load(a.state, n, r);
+  const double g =
+      static_cast<double>(static_cast<const scalar_t*>(a.g)[o * a.g_so + i * a.g_si]);
+  auto* op = static_cast<scalar_t*>(a.out_p);
+  auto* oq = static_cast<scalar_t*>(a.out_q);
+  for (int64_t k = 0; k < a.K; ++k) {
+    double w, sig;
+    signal(st, a.K, log_w_at<scalar_t>(a, o, k, i), k, w, sig);
+    const int64_t off = o * a.out_so + k * a.out_sk + i * a.out_si;
+    if (op) op[off] = static_cast<scalar_t>(g * w);
+    if (oq) oq[off] = static_cast<scalar_t>(g * (sig - w));
+  }
 }
 
 } // namespace iwae_fused::vimco_math

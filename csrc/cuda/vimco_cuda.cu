@@ -17,44 +17,18 @@ namespace {
 constexpr int kThreads = 128;
 
 template <typename scalar_t>
-__device__ __forceinline__ double log_w(const VimcoArgs& a, int64_t o, int64_t k, int64_t i) {
-  const auto* p = static_cast<const scalar_t*>(a.p.data);
-  const auto* q = static_cast<const scalar_t*>(a.q.data);
-  return static_cast<double>(p[o * a.p.so + k * a.p.sk + i * a.p.si]) -
-      static_cast<double>(q[o * a.q.so + k * a.q.sk + i * a.q.si]);
-}
-
-template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) vimco_forward_kernel(VimcoArgs a) {
-  const int64_t n = a.outer * a.inner;
-  for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < n;
+  for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < a.outer * a.inner;
        r += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t o = r / a.inner, i = r - o * a.inner;
-    vimco_math::State st;
-    for (int64_t k = 0; k < a.K; ++k) vimco_math::absorb(st, log_w<scalar_t>(a, o, k, i), k);
-    vimco_math::store(st, a.state, n, r);
-    static_cast<scalar_t*>(a.out)[r] = static_cast<scalar_t>(vimco_math::bound(st, a.K));
+    vimco_math::forward_example<scalar_t>(a, r);
   }
 }
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) vimco_backward_kernel(VimcoArgs a) {
-  const int64_t n = a.outer * a.inner;
-  const auto* g = static_cast<const scalar_t*>(a.g);
-  auto* op = static_cast<scalar_t*>(a.out_p);
-  auto* oq = static_cast<scalar_t*>(a.out_q);
-  for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < n;
+  for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < a.outer * a.inner;
        r += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t o = r / a.inner, i = r - o * a.inner;
-    const vimco_math::State st = vimco_math::load(a.state, n, r);
-    const double gr = static_cast<double>(g[o * a.g_so + i * a.g_si]);
-    for (int64_t k = 0; k < a.K; ++k) {
-      double w, sig;
-      vimco_math::signal(st, a.K, log_w<scalar_t>(a, o, k, i), k, w, sig);
-      const int64_t off = o * a.out_so + k * a.out_sk + i * a.out_si;
-      if (op) op[off] = static_cast<scalar_t>(gr * w);
-      if (oq) oq[off] = static_cast<scalar_t>(gr * (sig - w));
-    }
+    vimco_math::backward_example<scalar_t>(a, r);
   }
 }
 
