@@ -11,6 +11,9 @@ Environment:
     CUDA_HOME            the CUDA toolkit (default: /usr/local/cuda if present)
     TORCH_CUDA_ARCH_LIST GPU architectures, e.g. "8.0;9.0"
     MAX_JOBS             parallel compile jobs (ninja)
+    IWAE_FUSED_CUDA_EMU=1  also build iwae_fused._cuda_emu: the CUDA kernels compiled
+                         by the host compiler and run on the CPU by an emulator (the
+                         test suite's CUDA cases; scripts/run.sh test sets it)
     IWAE_FUSED_DEBUG=1   -O0 -g, for debugging the kernels
 """
 
@@ -159,7 +162,26 @@ def _extension():
     return ext, with_cuda
 
 
+def _emulator_extension():
+    """The CUDA sources again, compiled by the host compiler against the
+    emulator (csrc/cuda/emu/): no GPU and no CUDA toolkit needed. A module of
+    its own, so the emulated kernels never share symbols with the real ones."""
+    sources = [os.path.join("csrc", "plan.cpp")]
+    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "emu", "*.cpp")))
+    cxx = ["-O2", "-fdiagnostics-color=always", "-Wno-unknown-pragmas"]
+    if _env_flag("IWAE_FUSED_DEBUG"):
+        cxx = ["-O0", "-g", "-Wno-unknown-pragmas"]
+    return cpp_extension.CppExtension(
+        name="iwae_fused._cuda_emu",
+        sources=sources,
+        define_macros=[("IWAE_CUDA_EMU", None)],
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": cxx},
+    )
+
+
 EXTENSION, WITH_CUDA = _extension()
+EXTENSIONS = [EXTENSION] + ([_emulator_extension()] if _env_flag("IWAE_FUSED_CUDA_EMU") else [])
 
 setup(
     name="iwae_fused",
@@ -168,7 +190,7 @@ setup(
     long_description=open(os.path.join(ROOT, "README.md")).read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["iwae_fused", "iwae_fused.*"]),
-    ext_modules=[EXTENSION],
+    ext_modules=EXTENSIONS,
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
     extras_require={

@@ -27,6 +27,13 @@
 #define IWAE_HD inline
 #endif
 
+#if defined(IWAE_CUDA_EMU) // the CUDA source run by the emulator counts exps
+#include "cuda/emu/simt.h"
+#define IWAE_COUNT_EXP() ::iwae_emu::count_exp()
+#else
+#define IWAE_COUNT_EXP()
+#endif
+
 // Each CPU instruction set compiles this header in a namespace of its own
 // (iwae_fused::AVX2, ...), as at::vec does, so that the scalar instantiations
 // (absorb_max<float>, ...) of one set can never be linked into another's
@@ -53,7 +60,10 @@ struct ScalarLaneOps {
   // reaches the result through the sum instead (exp(NaN - shift) = NaN), so
   // the running max itself never needs to carry it.
   static IWAE_HD T max(T x, T m) { return x > m ? x : m; }
-  static IWAE_HD T exp(T x) { return std::exp(x); }
+  static IWAE_HD T exp(T x) {
+    IWAE_COUNT_EXP();
+    return std::exp(x);
+  }
   static IWAE_HD T log(T x) { return std::log(x); }
   // 0 for +-inf, the value itself otherwise (NaN stays NaN).
   static IWAE_HD T shift(T m) {
@@ -77,6 +87,16 @@ template <>
 struct LaneOps<double> : ScalarLaneOps<double> {};
 
 // ---- the state, written once over any lane type ---------------------------
+
+// The largest of N values by max's rule (NaN ignored), starting from the
+// state's identity -inf: every backend takes a block's max this way, so a NaN
+// anywhere in it, the first element included, never becomes the running max.
+template <typename V, int N>
+IWAE_HD V max_of(const V (&x)[N]) {
+  V m = V(-INFINITY);
+  for (int c = 0; c < N; ++c) m = LaneOps<V>::max(x[c], m);
+  return m;
+}
 
 // Factor that re-expresses a sum taken against shift(m_old) against
 // shift(m_new). Uses the raw m_old so an empty (-inf) state scales by

@@ -7,8 +7,23 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/amax.h>
 #include <ATen/ops/div.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/eq.h>
+#include <ATen/ops/expm1.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/isinf.h>
+#include <ATen/ops/isnan.h>
+#include <ATen/ops/log.h>
+#include <ATen/ops/log1p.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/masked_fill.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/ops/mean.h>
 #include <ATen/ops/neg.h>
 #include <ATen/ops/sub.h>
@@ -93,12 +108,56 @@ inline double renyi_beta(const char* op, double alpha) {
 
 // alpha = 1 (beta = 0) is the ELBO, mean(log w), taken exactly rather than as
 // the limit of the Renyi formula: a plain mean, whose gradient is the
-// uniform weight 1/K.
+// uniform weight 1/K. The difference and the sum are taken in opmath (float
+// for half types), so the result is rounded once, as the kernels' are.
 inline at::Tensor elbo(const Plan& pl, const at::Tensor& log_p,
                        const std::optional<at::Tensor>& log_q, bool keepdim) {
+  const at::ScalarType om = opmath_dtype(pl.dtype);
   const at::Tensor log_w =
-      pl.has_q ? at::sub(log_p.to(pl.dtype), log_q->to(pl.dtype)) : log_p;
-  return log_w.dim() == 0 ? log_w.clone() : at::mean(log_w, pl.dim, keepdim);
+      pl.has_q ? at::sub(log_p.to(om), log_q->to(om)) : log_p.to(om);
+  const at::Tensor mean =
+      log_w.dim() == 0 ? log_w.clone() : at::mean(log_w, pl.dim, keepdim);
+  return mean.to(pl.dtype);
+}
+
+// Below this |beta| the Renyi bound (log mean exp(beta x)) / beta is taken by
+// renyi_near_elbo: the kernels' log(s) - log K, with s ~ K, cancels to a
+// value of order beta, which the division then scales up (a relative error of
+// about eps / |beta|: 1e-2 in float32 at beta = 1e-5). Above it that error
+// is at most a few float32 ulps of the bound.
+constexpr double kRenyiDirectMinBeta = 0.25;
+
+// The bound for small |beta| without cancellation: with y = beta log w and
+// m its max (NaN ignored, as in the kernels), s = sum exp(y - m) is K + u
+// with u = sum expm1(y - m), a sum of terms in [-1, 0] that keeps its
+// relative precision, and log(s / K) = log1p(u / K). Composite ATen ops in
+// opmath (several passes: this regime is rare and accuracy is its point);
+// the stats are the kernels' (shift, log_norm), for the same backward.
+inline std::tuple<at::Tensor, at::Tensor> renyi_near_elbo(
+    const Plan& pl, const at::Tensor& log_p, const std::optional<at::Tensor>& log_q,
+    bool keepdim, double beta, bool want_out, bool want_stats) {
+  const at::ScalarType om = opmath_dtype(pl.dtype);
+  at::Tensor y = pl.has_q ? at::sub(log_p.to(om), log_q->to(om)) : log_p.to(om);
+  y = at::mul(y.expand(pl.shape), beta);
+  if (y.dim() == 0) y = y.unsqueeze(0);
+  const int64_t d = pl.shape.empty() ? 0 : pl.dim;
+  const at::Tensor m = at::amax(y.masked_fill(at::isnan(y), -INFINITY), d, true);
+  const at::Tensor shift = at::where(at::isinf(m), at::zeros_like(m), m);
+  const at::Tensor u = at::sum(at::expm1(at::sub(y, shift)), d, true);
+  const double K = static_cast<double>(pl.K);
+  at::Tensor out, stats;
+  if (want_out) {
+    out = at::div(at::add(shift, at::log1p(at::div(u, K))), beta);
+    out = keepdim || pl.shape.empty() ? out : out.squeeze(d);
+    if (pl.shape.empty()) out = out.reshape({});
+    out = out.to(pl.dtype);
+  }
+  if (want_stats) {
+    const at::Tensor s = at::add(u, K);
+    const at::Tensor log_norm = at::where(at::eq(s, 0), at::full_like(s, INFINITY), at::log(s));
+    stats = at::stack({shift.squeeze(d), log_norm.squeeze(d)}).reshape(stats_shape(pl)).contiguous();
+  }
+  return {out, stats};
 }
 
 // The bound and, if asked, the per-example stats in opmath: [2, *reduced],
@@ -114,6 +173,9 @@ std::tuple<at::Tensor, at::Tensor> reduce_op(
     return {want_out ? elbo(pl, log_p, log_q, keepdim) : at::Tensor(),
             want_stats ? at::zeros(stats_shape(pl), opts(pl, opmath_dtype(pl.dtype)))
                        : at::Tensor()};
+  }
+  if (std::abs(beta) < kRenyiDirectMinBeta) {
+    return renyi_near_elbo(pl, log_p, log_q, keepdim, beta, want_out, want_stats);
   }
   at::Tensor out, stats;
   auto a = geometry_args<ReduceArgs>(pl);
@@ -210,10 +272,7 @@ std::tuple<at::Tensor, at::Tensor> iwelbo_backward(
       op, "(): expected stats of shape ", at::IntArrayRef(st_shape),
       " and dtype ", opmath_dtype(pl.dtype), " (from _iwelbo_forward), but got ",
       stats.sizes(), " and ", stats.scalar_type());
-  TORCH_CHECK(
-      grad.device() == log_p.device() && stats.device() == log_p.device(), op,
-      "(): expected grad and stats on ", log_p.device(), ", but got ",
-      grad.device(), " and ", stats.device());
+  common_device(op, {{"log_p", &log_p}, {"grad", &grad}, {"stats", &stats}});
   if (beta == 0.0) { // the ELBO: every sample has weight 1/K
     const at::Tensor g = keepdim || pl.shape.empty() ? grad : grad.unsqueeze(pl.dim);
     const at::Tensor w =
@@ -262,6 +321,7 @@ std::tuple<at::Tensor, at::Tensor> dreg_backward(
   const int mode = dreg_mode(z_weight);
   const char* op = "dreg_backward";
   Plan pl = make_plan(op, log_p, log_q, dim);
+  common_device(op, {{"log_p", &log_p}, {"grad", &grad}, {"stats", &stats}});
   const auto out_shape = pl.out_shape(false);
   TORCH_CHECK_VALUE(
       grad.sizes() == at::IntArrayRef(out_shape), op, "(): expected grad of shape ",
@@ -281,9 +341,7 @@ at::Tensor dreg_value(
     const at::Tensor& log_p, const at::Tensor& log_q, const at::Tensor& z,
     int64_t dim, std::string z_weight) {
   if (z_weight != "stl") dreg_mode(z_weight); // checks the name
-  TORCH_CHECK(
-      z.device() == log_p.device(), "dreg(): expected z on ", log_p.device(),
-      " like log_p, but got ", z.device());
+  common_device("dreg", {{"log_p", &log_p}, {"log_q", &log_q}, {"z", &z}});
   return iwelbo<Kernels>(log_p, log_q, dim, false, 0.0);
 }
 

@@ -119,6 +119,23 @@ at::Tensor materialize(const Plan& pl, const at::Tensor& t, Operand& op) {
 
 } // namespace
 
+c10::Device common_device(const char* op, std::initializer_list<NamedTensor> tensors) {
+  const NamedTensor* first = nullptr;
+  for (const NamedTensor& t : tensors) {
+    if (!t.tensor || !t.tensor->defined()) continue;
+    if (!first) {
+      first = &t;
+      continue;
+    }
+    TORCH_CHECK(
+        t.tensor->device() == first->tensor->device(), op,
+        "(): expected all tensors on the same device, but ", first->name, " is on ",
+        first->tensor->device(), " and ", t.name, " is on ", t.tensor->device());
+  }
+  TORCH_CHECK(first, op, "(): no tensor argument");
+  return first->tensor->device();
+}
+
 at::ScalarType opmath_dtype(at::ScalarType dtype) {
   return (dtype == at::kHalf || dtype == at::kBFloat16) ? at::kFloat : dtype;
 }
@@ -190,10 +207,7 @@ Plan make_plan(
   pl.has_q = log_q.has_value() && log_q->defined();
   if (pl.has_q) {
     check_input(op, "log_q", *log_q);
-    TORCH_CHECK(
-        log_q->device() == log_p.device(), op,
-        "(): expected log_p and log_q on the same device, but log_p is on ",
-        log_p.device(), " and log_q is on ", log_q->device());
+    common_device(op, {{"log_p", &log_p}, {"log_q", &*log_q}});
     pl.shape = broadcast_shapes(op, log_p.sizes(), log_q->sizes());
     pl.dtype = at::result_type(log_p, *log_q);
   } else {

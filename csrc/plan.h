@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <initializer_list>
 #include <optional>
 
 namespace iwae_fused {
@@ -55,6 +56,17 @@ Plan make_plan(
     const at::Tensor& log_p,
     const std::optional<at::Tensor>& log_q,
     int64_t dim);
+
+// A tensor argument and its name, for common_device.
+struct NamedTensor {
+  const char* name;
+  const at::Tensor* tensor; // null or undefined: an absent optional argument
+};
+
+// The device every given tensor is on, or an error naming the first
+// argument that is elsewhere. Ops check this before anything touches a
+// device (a backend's device guard included).
+c10::Device common_device(const char* op, std::initializer_list<NamedTensor> tensors);
 
 // The dtype the kernels accumulate in: float for half types, else the dtype.
 at::ScalarType opmath_dtype(at::ScalarType dtype);

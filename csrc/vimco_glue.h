@@ -66,6 +66,7 @@ std::tuple<at::Tensor, at::Tensor> vimco_backward(
     const at::Tensor& log_q, int64_t dim, bool keepdim,
     std::array<bool, 2> output_mask) {
   const Plan pl = vimco_plan(log_p, log_q, dim);
+  common_device("vimco_backward", {{"log_p", &log_p}, {"grad", &grad}, {"state", &state}});
   const auto out_shape = pl.out_shape(keepdim);
   TORCH_CHECK_VALUE(
       grad.sizes() == at::IntArrayRef(out_shape), "vimco_backward(): expected grad of shape ",

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "global_memory.h"
 #include "kernel_args.h"
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
@@ -100,20 +101,20 @@ VIMCO_HD void signal(
 }
 
 VIMCO_HD void store(const State& st, double* base, int64_t n, int64_t idx) {
-  base[idx] = st.m;
-  base[n + idx] = st.s_excl;
-  base[2 * n + idx] = st.argmax;
-  base[3 * n + idx] = st.fsum;
-  base[4 * n + idx] = st.n_ninf;
+  st_global(base + idx, st.m);
+  st_global(base + n + idx, st.s_excl);
+  st_global(base + 2 * n + idx, st.argmax);
+  st_global(base + 3 * n + idx, st.fsum);
+  st_global(base + 4 * n + idx, st.n_ninf);
 }
 
 VIMCO_HD State load(const double* base, int64_t n, int64_t idx) {
   State st;
-  st.m = base[idx];
-  st.s_excl = base[n + idx];
-  st.argmax = base[2 * n + idx];
-  st.fsum = base[3 * n + idx];
-  st.n_ninf = base[4 * n + idx];
+  st.m = ld_global(base + idx);
+  st.s_excl = ld_global(base + n + idx);
+  st.argmax = ld_global(base + 2 * n + idx);
+  st.fsum = ld_global(base + 3 * n + idx);
+  st.n_ninf = ld_global(base + 4 * n + idx);
   return st;
 }
 
@@ -123,8 +124,8 @@ template <typename scalar_t>
 VIMCO_HD double log_w_at(const VimcoArgs& a, int64_t o, int64_t k, int64_t i) {
   const auto* p = static_cast<const scalar_t*>(a.p.data);
   const auto* q = static_cast<const scalar_t*>(a.q.data);
-  return static_cast<double>(p[o * a.p.so + k * a.p.sk + i * a.p.si]) -
-      static_cast<double>(q[o * a.q.so + k * a.q.sk + i * a.q.si]);
+  return static_cast<double>(ld_global(p + o * a.p.so + k * a.p.sk + i * a.p.si)) -
+      static_cast<double>(ld_global(q + o * a.q.so + k * a.q.sk + i * a.q.si));
 }
 
 template <typename scalar_t>
@@ -133,23 +134,23 @@ VIMCO_HD void forward_example(const VimcoArgs& a, int64_t r) {
   State st;
   for (int64_t k = 0; k < a.K; ++k) absorb(st, log_w_at<scalar_t>(a, o, k, i), k);
   store(st, a.state, n, r);
-  static_cast<scalar_t*>(a.out)[r] = static_cast<scalar_t>(bound(st, a.K));
+  st_global(static_cast<scalar_t*>(a.out) + r, bound(st, a.K));
 }
 
 template <typename scalar_t>
 VIMCO_HD void backward_example(const VimcoArgs& a, int64_t r) {
   const int64_t n = a.outer * a.inner, o = r / a.inner, i = r - o * a.inner;
   const State st = load(a.state, n, r);
-  const double g =
-      static_cast<double>(static_cast<const scalar_t*>(a.g)[o * a.g_so + i * a.g_si]);
+  const double g = static_cast<double>(
+      ld_global(static_cast<const scalar_t*>(a.g) + o * a.g_so + i * a.g_si));
   auto* op = static_cast<scalar_t*>(a.out_p);
   auto* oq = static_cast<scalar_t*>(a.out_q);
   for (int64_t k = 0; k < a.K; ++k) {
     double w, sig;
     signal(st, a.K, log_w_at<scalar_t>(a, o, k, i), k, w, sig);
     const int64_t off = o * a.out_so + k * a.out_sk + i * a.out_si;
-    if (op) op[off] = static_cast<scalar_t>(g * w);
-    if (oq) oq[off] = static_cast<scalar_t>(g * (sig - w));
+    if (op) st_global(op + off, g * w);
+    if (oq) st_global(oq + off, g * (sig - w));
   }
 }
 

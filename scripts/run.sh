@@ -21,8 +21,12 @@ PY="${PYTHON:-python3}"
     setuptools wheel ninja pybind11 numpy pytest hypothesis pytest-benchmark tqdm matplotlib \
     scikit-learn
 # --no-build-isolation: build against the torch above, not a freshly fetched one.
-MAX_JOBS="${MAX_JOBS:-2}" "$PY" -m pip install -q --disable-pip-version-check \
-    --no-build-isolation --no-deps -e .
+# The tests also build the CUDA emulator (iwae_fused._cuda_emu: the CUDA kernels
+# run on the CPU), so the suite's CUDA cases run on any machine.
+emu=0
+[ "$job" = test ] && emu=1
+IWAE_FUSED_CUDA_EMU="${IWAE_FUSED_CUDA_EMU:-$emu}" MAX_JOBS="${MAX_JOBS:-2}" \
+    "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 
 case "$job" in
   test)

@@ -1,5 +1,6 @@
-// The CUDA backend's kernels as ops_glue.h expects them. Launched on the
-// current stream of the current device (iwelbo_cuda.cpp sets the device).
+// The CUDA backend's kernels as ops_glue.h and vimco_glue.h expect them.
+// Launched on the current stream of the current device (device_ops.h sets
+// the device); compiled by nvcc, or by the host compiler for the emulator.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -12,6 +13,11 @@ struct CudaKernels {
   static void reduce(const ReduceArgs& a);
   static void weights(const WeightsArgs& a);
   static void prepare_output(const at::Tensor&) {} // the caching allocator's
+};
+
+struct CudaVimco {
+  static void vimco_forward(const VimcoArgs& a);
+  static void vimco_backward(const VimcoArgs& a);
 };
 
 } // namespace iwae_fused::cuda

@@ -17,15 +17,12 @@
 // a workspace and merge_kernel combines them.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
 
 #include <algorithm>
 #include <cstdint>
 
 #include "../online_lse.h"
+#include "device_api.h"
 #include "kernel_api.h"
 
 namespace iwae_fused::cuda {
@@ -48,11 +45,11 @@ __device__ __forceinline__ void load_log_w(
     const scalar_t* P, const scalar_t* Q, int64_t poff, int64_t qoff,
     int64_t avail, opmath_t beta, opmath_t (&x)[VEC]) {
   if (VEC > 1 && avail >= VEC) {
-    const auto pv = *reinterpret_cast<const Pack<scalar_t, VEC>*>(P + poff);
+    const auto pv = ld_global(reinterpret_cast<const Pack<scalar_t, VEC>*>(P + poff));
 #pragma unroll
     for (int c = 0; c < VEC; ++c) x[c] = static_cast<opmath_t>(pv.v[c]);
     if constexpr (HAS_Q) {
-      const auto qv = *reinterpret_cast<const Pack<scalar_t, VEC>*>(Q + qoff);
+      const auto qv = ld_global(reinterpret_cast<const Pack<scalar_t, VEC>*>(Q + qoff));
 #pragma unroll
       for (int c = 0; c < VEC; ++c) x[c] -= static_cast<opmath_t>(qv.v[c]);
     }
@@ -63,8 +60,8 @@ __device__ __forceinline__ void load_log_w(
 #pragma unroll
   for (int c = 0; c < VEC; ++c) {
     if (c < avail) {
-      x[c] = static_cast<opmath_t>(P[poff + c]);
-      if constexpr (HAS_Q) x[c] -= static_cast<opmath_t>(Q[qoff + c]);
+      x[c] = static_cast<opmath_t>(ld_global(P + poff + c));
+      if constexpr (HAS_Q) x[c] -= static_cast<opmath_t>(ld_global(Q + qoff + c));
       x[c] *= beta;
     } else {
       x[c] = opmath_t(-INFINITY);
@@ -79,10 +76,7 @@ template <typename opmath_t, int VEC>
 __device__ __forceinline__ void absorb(
     opmath_t& m, opmath_t& s, opmath_t& t, const opmath_t (&x)[VEC]) {
   using Lane = LaneOps<opmath_t>;
-  opmath_t block_max = x[0];
-#pragma unroll
-  for (int c = 1; c < VEC; ++c) block_max = Lane::max(x[c], block_max);
-  const opmath_t sh = absorb_max2(m, s, t, block_max);
+  const opmath_t sh = absorb_max2(m, s, t, max_of(x));
 #pragma unroll
   for (int c = 0; c < VEC; ++c) {
     const opmath_t e = Lane::exp(x[c] - sh);
@@ -101,28 +95,29 @@ __device__ __forceinline__ void emit(
   const int64_t n = a.outer * a.inner;
   if (ws) {
     const int64_t pieces = gridDim.y;
-    ws[piece * n + idx] = m;
-    ws[(pieces + piece) * n + idx] = s;
-    ws[(2 * pieces + piece) * n + idx] = t;
+    st_global(ws + piece * n + idx, m);
+    st_global(ws + (pieces + piece) * n + idx, s);
+    st_global(ws + (2 * pieces + piece) * n + idx, t);
     return;
   }
   using Lane = LaneOps<opmath_t>;
   if (a.ess) {
     opmath_t e, mw;
     diagnostics(m, s, t, e, mw);
-    static_cast<scalar_t*>(a.ess)[idx] = static_cast<scalar_t>(e);
-    static_cast<scalar_t*>(a.max_w)[idx] = static_cast<scalar_t>(mw);
+    st_global(static_cast<scalar_t*>(a.ess) + idx, e);
+    st_global(static_cast<scalar_t*>(a.max_w) + idx, mw);
   }
   const opmath_t sh = Lane::shift(m), ls = Lane::log(s);
   if (a.stats) {
     auto* st = static_cast<opmath_t*>(a.stats);
-    st[idx] = sh;
-    st[n + idx] = a.plain_log_sum ? ls : Lane::log_norm(s);
+    st_global(st + idx, sh);
+    st_global(st + n + idx, a.plain_log_sum ? ls : Lane::log_norm(s));
   }
   if (a.out) {
-    static_cast<scalar_t*>(a.out)[idx] = static_cast<scalar_t>(
+    st_global(
+        static_cast<scalar_t*>(a.out) + idx,
         (sh + (ls - Lane::log(static_cast<opmath_t>(a.K)))) /
-        static_cast<opmath_t>(a.beta));
+            static_cast<opmath_t>(a.beta));
   }
 }
 
@@ -131,9 +126,14 @@ template <typename scalar_t, int VEC, int TPR, bool HAS_Q>
 __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(
     ReduceArgs a, int64_t kchunk, at::opmath_type<scalar_t>* ws) {
   using opmath_t = at::opmath_type<scalar_t>;
+  // Whole warps per row: the shuffles below name all 32 lanes, so a group
+  // smaller than a warp would be a divergent shuffle.
+  static_assert(TPR % 32 == 0 && kThreads % TPR == 0, "rows: whole warps per row");
   constexpr int kGroups = kThreads / TPR;
   constexpr int kWarps = kThreads / 32;
-  __shared__ opmath_t sm_m[kWarps], sm_s[kWarps], sm_t[kWarps];
+  IWAE_SHARED(opmath_t, sm_m, kWarps);
+  IWAE_SHARED(opmath_t, sm_s, kWarps);
+  IWAE_SHARED(opmath_t, sm_t, kWarps);
   const auto* p = static_cast<const scalar_t*>(a.p.data);
   const auto* q = static_cast<const scalar_t*>(a.q.data);
   const opmath_t beta = static_cast<opmath_t>(a.beta);
@@ -156,7 +156,7 @@ __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(
       absorb<opmath_t, VEC>(m, s, t, x);
     }
 #pragma unroll
-    for (int off = (TPR < 32 ? TPR : 32) / 2; off > 0; off /= 2) {
+    for (int off = 16; off > 0; off /= 2) {
       const opmath_t m2 = __shfl_xor_sync(0xffffffffu, m, off);
       const opmath_t s2 = __shfl_xor_sync(0xffffffffu, s, off);
       const opmath_t t2 = __shfl_xor_sync(0xffffffffu, t, off);
@@ -164,10 +164,14 @@ __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(
     }
     if constexpr (TPR > 32) {
       const int warp = threadIdx.x / 32;
-      if (threadIdx.x % 32 == 0) sm_m[warp] = m, sm_s[warp] = s, sm_t[warp] = t;
+      if (threadIdx.x % 32 == 0) {
+        st_shared(sm_m + warp, m), st_shared(sm_s + warp, s), st_shared(sm_t + warp, t);
+      }
       __syncthreads();
       if (threadIdx.x == 0) {
-        for (int w = 1; w < kWarps; ++w) merge2(m, s, t, sm_m[w], sm_s[w], sm_t[w]);
+        for (int w = 1; w < kWarps; ++w) {
+          merge2(m, s, t, ld_shared(sm_m + w), ld_shared(sm_s + w), ld_shared(sm_t + w));
+        }
       }
       __syncthreads(); // sm_* are rewritten by the next row
     }
@@ -181,8 +185,9 @@ template <typename scalar_t, int VEC, bool HAS_Q>
 __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
     ReduceArgs a, int64_t kchunk, at::opmath_type<scalar_t>* ws) {
   using opmath_t = at::opmath_type<scalar_t>;
-  __shared__ opmath_t sm_m[kThreads * VEC], sm_s[kThreads * VEC],
-      sm_t[kThreads * VEC];
+  IWAE_SHARED(opmath_t, sm_m, kThreads * VEC);
+  IWAE_SHARED(opmath_t, sm_s, kThreads * VEC);
+  IWAE_SHARED(opmath_t, sm_t, kThreads * VEC);
   const auto* p = static_cast<const scalar_t*>(a.p.data);
   const auto* q = static_cast<const scalar_t*>(a.q.data);
   const opmath_t beta = static_cast<opmath_t>(a.beta);
@@ -222,7 +227,9 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
     }
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
-      sm_m[slot + c] = m[c], sm_s[slot + c] = s[c], sm_t[slot + c] = t[c];
+      st_shared(sm_m + slot + c, m[c]);
+      st_shared(sm_s + slot + c, s[c]);
+      st_shared(sm_t + slot + c, t[c]);
     }
     __syncthreads();
     if (ty == 0 && i0 < a.inner) {
@@ -230,7 +237,8 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
         const int other = (y * TX + tx) * VEC;
 #pragma unroll
         for (int c = 0; c < VEC; ++c) {
-          merge2(m[c], s[c], t[c], sm_m[other + c], sm_s[other + c], sm_t[other + c]);
+          merge2(m[c], s[c], t[c], ld_shared(sm_m + other + c),
+                 ld_shared(sm_s + other + c), ld_shared(sm_t + other + c));
         }
       }
 #pragma unroll
@@ -252,10 +260,11 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(
   const int64_t n = a.outer * a.inner;
   for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
        idx += (int64_t)gridDim.x * blockDim.x) {
-    opmath_t m = ws[idx], s = ws[pieces * n + idx], t = ws[2 * pieces * n + idx];
+    opmath_t m = ld_global(ws + idx), s = ld_global(ws + pieces * n + idx),
+             t = ld_global(ws + 2 * pieces * n + idx);
     for (int64_t j = 1; j < pieces; ++j) {
-      merge2(m, s, t, ws[j * n + idx], ws[(pieces + j) * n + idx],
-             ws[(2 * pieces + j) * n + idx]);
+      merge2(m, s, t, ld_global(ws + j * n + idx), ld_global(ws + (pieces + j) * n + idx),
+             ld_global(ws + (2 * pieces + j) * n + idx));
     }
     emit<scalar_t>(a, static_cast<opmath_t*>(nullptr), 0, idx, m, s, t);
   }
@@ -306,9 +315,10 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
       const int64_t si = COLS ? sidx + c : sidx;
       const bool live = c < avail;
       const opmath_t wn =
-          live ? Lane::weight(x[c] - shift[si], log_norm[si]) : opmath_t(0);
+          live ? Lane::weight(x[c] - ld_global(shift + si), ld_global(log_norm + si))
+               : opmath_t(0);
       opmath_t w = wn;
-      if (g && live) w *= static_cast<opmath_t>(g[COLS ? gidx + c * a.g_si : gidx]);
+      if (g && live) w *= static_cast<opmath_t>(ld_global(g + (COLS ? gidx + c * a.g_si : gidx)));
       wp.v[c] = static_cast<scalar_t>(w);
       // -g w; DReG's z-path corrections g w (w - 1) and -g w w (kernel_args.h).
       wq.v[c] = static_cast<scalar_t>(
@@ -317,14 +327,14 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
                                       : -w * wn);
     }
     if (VEC > 1 && avail >= VEC) {
-      if (out_p) *reinterpret_cast<Pack<scalar_t, VEC>*>(out_p + ooff) = wp;
-      if (out_q) *reinterpret_cast<Pack<scalar_t, VEC>*>(out_q + ooff) = wq;
+      if (out_p) st_global(reinterpret_cast<Pack<scalar_t, VEC>*>(out_p + ooff), wp);
+      if (out_q) st_global(reinterpret_cast<Pack<scalar_t, VEC>*>(out_q + ooff), wq);
     } else {
 #pragma unroll
       for (int c = 0; c < VEC; ++c) {
         if (c < avail) {
-          if (out_p) out_p[ooff + c] = wp.v[c];
-          if (out_q) out_q[ooff + c] = wq.v[c];
+          if (out_p) st_global(out_p + ooff + c, wp.v[c]);
+          if (out_q) st_global(out_q + ooff + c, wq.v[c]);
         }
       }
     }
@@ -332,10 +342,6 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
 }
 
 // ---- host side --------------------------------------------------------------
-
-int num_sms() {
-  return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-}
 
 int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
@@ -365,9 +371,10 @@ bool operand_aligned(const Strided& op, const Args& g, int vec) {
 template <typename scalar_t, int VEC, bool HAS_Q>
 void launch_reduce(const ReduceArgs& a) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const dev::Limits lim = dev::limits();
   const int64_t n_out = a.outer * a.inner;
-  const int64_t target_blocks = 2 * (int64_t)num_sms();
+  const int64_t target_blocks = 2 * (int64_t)lim.sm_count;
+  const int64_t max_pieces = std::min<int64_t>(4096, lim.max_grid_y);
   int64_t pieces = 1, kchunk = a.K;
   dim3 grid, block;
   if (a.vec_k) {
@@ -379,7 +386,7 @@ void launch_reduce(const ReduceArgs& a) {
       // At least a few vectors per thread in every piece.
       const int64_t min_chunk = tpr * VEC * 8;
       pieces = std::clamp<int64_t>(
-          std::min(ceil_div(target_blocks, blocks), a.K / min_chunk), 1, 4096);
+          std::min(ceil_div(target_blocks, blocks), a.K / min_chunk), 1, max_pieces);
     }
     kchunk = ceil_div(ceil_div(a.K, pieces), VEC) * VEC; // keeps pieces aligned
     pieces = ceil_div(a.K, kchunk);
@@ -391,12 +398,12 @@ void launch_reduce(const ReduceArgs& a) {
     while (tx < 32 && tx < vec_cols) tx *= 2;
     const int ty = kThreads / tx;
     const int64_t gx = ceil_div(vec_cols, tx);
-    const int64_t gz = std::min<int64_t>(a.outer, 65535);
+    const int64_t gz = std::min<int64_t>(a.outer, lim.max_grid_z); // the kernel loops over the rest
     const int64_t blocks = gx * gz;
     if (blocks < target_blocks) {
       const int64_t min_chunk = (int64_t)ty * kRowsPerStep * 4;
       pieces = std::clamp<int64_t>(
-          std::min(ceil_div(target_blocks, blocks), a.K / min_chunk), 1, 4096);
+          std::min(ceil_div(target_blocks, blocks), a.K / min_chunk), 1, max_pieces);
     }
     kchunk = ceil_div(a.K, pieces);
     pieces = ceil_div(a.K, kchunk);
@@ -406,50 +413,41 @@ void launch_reduce(const ReduceArgs& a) {
   at::Tensor ws;
   opmath_t* ws_ptr = nullptr;
   if (pieces > 1) {
-    ws = at::empty(
-        {3 * pieces * n_out},
-        at::TensorOptions()
-            .dtype(c10::CppTypeToScalarType<opmath_t>::value)
-            .device(at::kCUDA, c10::cuda::current_device()));
+    ws = dev::workspace(3 * pieces * n_out, c10::CppTypeToScalarType<opmath_t>::value);
     ws_ptr = ws.mutable_data_ptr<opmath_t>();
   }
   if (a.vec_k) {
     if (a.K <= kWarpRowMaxK) {
-      reduce_rows_kernel<scalar_t, VEC, 32, HAS_Q>
-          <<<grid, block, 0, stream>>>(a, kchunk, ws_ptr);
+      dev::launch<reduce_rows_kernel<scalar_t, VEC, 32, HAS_Q>>(grid, block, a, kchunk, ws_ptr);
     } else {
-      reduce_rows_kernel<scalar_t, VEC, kThreads, HAS_Q>
-          <<<grid, block, 0, stream>>>(a, kchunk, ws_ptr);
+      dev::launch<reduce_rows_kernel<scalar_t, VEC, kThreads, HAS_Q>>(
+          grid, block, a, kchunk, ws_ptr);
     }
   } else {
-    reduce_cols_kernel<scalar_t, VEC, HAS_Q>
-        <<<grid, block, 0, stream>>>(a, kchunk, ws_ptr);
+    dev::launch<reduce_cols_kernel<scalar_t, VEC, HAS_Q>>(grid, block, a, kchunk, ws_ptr);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (pieces > 1) {
     const int64_t blocks = std::min<int64_t>(ceil_div(n_out, kThreads), 1 << 30);
-    merge_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(a, ws_ptr, pieces);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dev::launch<merge_kernel<scalar_t>>(
+        dim3(blocks), dim3(kThreads), a, static_cast<const opmath_t*>(ws_ptr), pieces);
   }
 }
 
 template <typename scalar_t, int VEC, bool HAS_Q>
 void launch_weights(const WeightsArgs& a) {
-  const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t runs = a.vec_k ? a.outer * a.inner : a.outer * a.K;
   const int64_t len = a.vec_k ? a.K : a.inner;
   const int64_t vecs_per_run = ceil_div(len, VEC);
   const int64_t total = runs * vecs_per_run;
-  const int64_t blocks =
-      std::min<int64_t>(ceil_div(total, kThreads), (int64_t)num_sms() * 32);
+  const int64_t blocks = std::min<int64_t>(
+      ceil_div(total, kThreads), (int64_t)dev::limits().sm_count * 32);
   if (a.vec_k) {
-    weights_kernel<scalar_t, VEC, HAS_Q, false>
-        <<<blocks, kThreads, 0, stream>>>(a, runs, len, vecs_per_run);
+    dev::launch<weights_kernel<scalar_t, VEC, HAS_Q, false>>(
+        dim3(blocks), dim3(kThreads), a, runs, len, vecs_per_run);
   } else {
-    weights_kernel<scalar_t, VEC, HAS_Q, true>
-        <<<blocks, kThreads, 0, stream>>>(a, runs, len, vecs_per_run);
+    dev::launch<weights_kernel<scalar_t, VEC, HAS_Q, true>>(
+        dim3(blocks), dim3(kThreads), a, runs, len, vecs_per_run);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 } // namespace

@@ -1,0 +1,61 @@
+// What the CUDA host code asks of the device, in one small interface: the
+// launch (the only place a kernel is started), device limits, and workspace
+// memory. Under nvcc these are the CUDA runtime's; compiled by the host
+// compiler with IWAE_CUDA_EMU, the emulator (emu/runtime.cpp) answers them
+// and runs the kernels on the CPU. The kernels and the launch logic around
+// them are the same source either way.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+#include "../global_memory.h"
+
+namespace iwae_fused::cuda::dev {
+
+// The limits the launch logic sizes its grids by.
+struct Limits {
+  int sm_count;
+  int64_t max_grid_y, max_grid_z;
+};
+Limits limits();
+
+// A scratch tensor of n elements on the current device (alive while the
+// returned tensor is).
+at::Tensor workspace(int64_t n, at::ScalarType dtype);
+
+}  // namespace iwae_fused::cuda::dev
+
+#if defined(IWAE_CUDA_EMU)
+#include "emu/launch.h"
+#else
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+
+namespace iwae_fused::cuda::dev {
+
+// Kernels use per-block shared memory through this macro, so the emulator can
+// check it (emu/simt.h).
+#define IWAE_SHARED(T, name, count) __shared__ T name[count]
+
+inline Limits limits() {
+  const auto* prop = at::cuda::getCurrentDeviceProperties();
+  return {prop->multiProcessorCount, prop->maxGridSize[1], prop->maxGridSize[2]};
+}
+
+inline at::Tensor workspace(int64_t n, at::ScalarType dtype) {
+  return at::empty(
+      {n}, at::TensorOptions().dtype(dtype).device(at::kCUDA, c10::cuda::current_device()));
+}
+
+template <auto Kernel, typename... Args>
+void launch(dim3 grid, dim3 block, const Args&... args) {
+  Kernel<<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace iwae_fused::cuda::dev
+#endif

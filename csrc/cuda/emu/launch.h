@@ -1,0 +1,41 @@
+// The emulator's side of cuda/device_api.h: the launch, device limits and
+// workspace that the CUDA host code asks for, answered on the CPU.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+
+#include "simt.h"
+
+namespace iwae_emu {
+
+// "reduce_rows_kernel<float, 4, 32, true>" from a __PRETTY_FUNCTION__ that
+// names the kernel as a template argument.
+std::string kernel_name_from(const char* pretty);
+
+template <auto Kernel>
+const std::string& kernel_name() {
+  static const std::string name = kernel_name_from(__PRETTY_FUNCTION__);
+  return name;
+}
+
+// Checks the configuration against the emulated device's limits (an error
+// where the device would refuse the launch), then runs every block, each
+// thread calling body(ctx).
+void run_grid(const std::string& name, dim3 grid, dim3 block, void (*body)(void*), void* ctx);
+
+}  // namespace iwae_emu
+
+namespace iwae_fused::cuda::dev {
+
+template <auto Kernel, typename... Args>
+void launch(dim3 grid, dim3 block, const Args&... args) {
+  auto call = [&] { Kernel(args...); };  // each emulated thread: its own copies
+  iwae_emu::run_grid(
+      iwae_emu::kernel_name<Kernel>(), grid, block,
+      [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call);
+}
+
+}  // namespace iwae_fused::cuda::dev

@@ -1,0 +1,74 @@
+// The Python module iwae_fused._cuda_emu: loading it registers the
+// iwae_fused_emu ops (ops_emu.cpp); its functions set the emulated device,
+// read the launch log and run the emulator's self-test.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/extension.h>
+
+#include "runtime.h"
+#include "selftest.h"
+
+namespace py = pybind11;
+
+namespace {
+
+py::dict record(const iwae_emu::LaunchRecord& r) {
+  py::dict d;
+  d["kernel"] = r.kernel;
+  d["grid"] = py::make_tuple(r.grid[0], r.grid[1], r.grid[2]);
+  d["block"] = py::make_tuple(r.block[0], r.block[1], r.block[2]);
+  d["shared_bytes"] = r.shared_bytes;
+  d["threads"] = r.threads;
+  d["warps"] = r.warps;
+  d["load_requests"] = r.load_requests;
+  d["store_requests"] = r.store_requests;
+  d["load_bytes"] = r.load_bytes;
+  d["store_bytes"] = r.store_bytes;
+  d["load_sectors"] = r.load_sectors;
+  d["store_sectors"] = r.store_sectors;
+  d["lane_slots"] = r.lane_slots;
+  d["active_lanes"] = r.active_lanes;
+  d["shuffles"] = r.shuffles;
+  d["syncwarps"] = r.syncwarps;
+  d["barriers"] = r.barriers;
+  d["exps"] = r.exps;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda_emu, m) {
+  m.doc() = "The CUDA kernels executed on the CPU (ops under torch.ops.iwae_fused_emu)";
+  m.def("device", [] {
+    const auto& d = iwae_emu::device();
+    py::dict r;
+    r["name"] = d.name;
+    r["sm_count"] = d.sm_count;
+    r["max_grid_y"] = d.max_grid[1];
+    r["max_grid_z"] = d.max_grid[2];
+    r["shared_per_block"] = d.shared_per_block;
+    return r;
+  });
+  m.def(
+      "set_device",
+      [](const std::string& name, int sm_count, int64_t max_grid_y, int64_t max_grid_z,
+         int64_t shared_per_block) {
+        TORCH_CHECK(sm_count >= 1 && max_grid_y >= 1 && max_grid_z >= 1 && shared_per_block >= 0,
+                    "CUDA emulator: device limits must be positive");
+        auto& d = iwae_emu::device();
+        d.name = name, d.sm_count = sm_count;
+        d.max_grid[1] = max_grid_y, d.max_grid[2] = max_grid_z;
+        d.shared_per_block = shared_per_block;
+      },
+      py::arg("name"), py::arg("sm_count"), py::arg("max_grid_y"), py::arg("max_grid_z"),
+      py::arg("shared_per_block"));
+  m.def("launches", [] {
+    py::list l;
+    for (const auto& r : iwae_emu::launch_log()) l.append(record(r));
+    return l;
+  });
+  m.def("clear_launches", [] { iwae_emu::launch_log().clear(); });
+  m.def("set_count_requests", [](bool on) { iwae_emu::count_requests = on; });
+  m.def("selftest_cases", &iwae_emu::selftest::cases);
+  m.def("selftest", &iwae_emu::selftest::run_case, py::arg("name"), py::arg("broken"));
+}

@@ -1,0 +1,119 @@
+// The emulated CUDA backend as a torch library, iwae_fused_emu: the same
+// schemas as iwae_fused (schemas.h) and the same registration template as
+// the real CUDA backend (device_ops.h), over the CUDA kernels compiled for
+// the emulator. Its "device" is host memory: CPU tensors stand for device
+// tensors, and iwae_fused/cuda_emulator.py routes iwae_fused's ops here.
+//
+// Each kernel call runs in a Session that registers the global memory the
+// kernel-argument contract (kernel_args.h) allows: the extents of the
+// operands as inputs, the outputs as write-first regions that every byte of
+// must be written by the end of the call.
+#include <torch/library.h>
+
+#include <c10/core/ScalarType.h>
+
+#include "../../schemas.h"
+#include "../device_ops.h"
+#include "../kernel_api.h"
+#include "runtime.h"
+
+namespace iwae_fused {
+namespace {
+
+int64_t elem(at::ScalarType t) {
+  return static_cast<int64_t>(c10::elementSize(t));
+}
+
+int64_t opmath_elem(at::ScalarType t) {
+  return elem(opmath_dtype(t));
+}
+
+// Elements spanned by an [outer, K, inner] walk with the given strides.
+int64_t extent(int64_t outer, int64_t K, int64_t inner, int64_t so, int64_t sk, int64_t si) {
+  if (outer * K * inner == 0) return 0;
+  return 1 + (outer - 1) * so + (K - 1) * sk + (inner - 1) * si;
+}
+
+template <typename Args>
+void inputs(iwae_emu::Session& s, const Args& a, at::ScalarType dt) {
+  s.input("log_p", a.p.data, elem(dt) * extent(a.outer, a.K, a.inner, a.p.so, a.p.sk, a.p.si));
+  if (a.q.data) {
+    s.input("log_q", a.q.data, elem(dt) * extent(a.outer, a.K, a.inner, a.q.so, a.q.sk, a.q.si));
+  }
+}
+
+struct EmuKernels {
+  static void reduce(const ReduceArgs& a) {
+    iwae_emu::Session s;
+    const int64_t n = a.outer * a.inner;
+    inputs(s, a, a.dtype);
+    if (a.out) s.output("out", a.out, n * elem(a.dtype));
+    if (a.stats) s.output("stats", a.stats, 2 * n * opmath_elem(a.dtype));
+    if (a.ess) s.output("ess", a.ess, n * elem(a.dtype));
+    if (a.max_w) s.output("max_w", a.max_w, n * elem(a.dtype));
+    cuda::CudaKernels::reduce(a);
+    s.check_outputs_written();
+  }
+  static void weights(const WeightsArgs& a) {
+    iwae_emu::Session s;
+    const int64_t n = a.outer * a.inner;
+    inputs(s, a, a.dtype);
+    if (a.g) s.input("grad", a.g, elem(a.dtype) * extent(a.outer, 1, a.inner, a.g_so, 0, a.g_si));
+    s.input("stats", a.stats, 2 * n * opmath_elem(a.dtype));
+    const int64_t out = elem(a.dtype) * extent(a.outer, a.K, a.inner, a.out_so, a.out_sk, a.out_si);
+    if (a.out_p) s.output("grad_log_p", a.out_p, out);
+    if (a.out_q) s.output("grad_log_q", a.out_q, out);
+    cuda::CudaKernels::weights(a);
+    s.check_outputs_written();
+  }
+  static void prepare_output(const at::Tensor&) {}
+};
+
+struct EmuVimco {
+  static void vimco_forward(const VimcoArgs& a) {
+    iwae_emu::Session s;
+    const int64_t n = a.outer * a.inner;
+    inputs(s, a, a.dtype);
+    s.output("out", a.out, n * elem(a.dtype));
+    s.output("state", a.state, vimco_math::kStateSize * n * 8);
+    cuda::CudaVimco::vimco_forward(a);
+    s.check_outputs_written();
+  }
+  static void vimco_backward(const VimcoArgs& a) {
+    iwae_emu::Session s;
+    const int64_t n = a.outer * a.inner;
+    inputs(s, a, a.dtype);
+    s.input("grad", a.g, elem(a.dtype) * extent(a.outer, 1, a.inner, a.g_so, 0, a.g_si));
+    s.input("state", a.state, vimco_math::kStateSize * n * 8);
+    const int64_t out = elem(a.dtype) * extent(a.outer, a.K, a.inner, a.out_so, a.out_sk, a.out_si);
+    if (a.out_p) s.output("grad_log_p", a.out_p, out);
+    if (a.out_q) s.output("grad_log_q", a.out_q, out);
+    cuda::CudaVimco::vimco_backward(a);
+    s.check_outputs_written();
+  }
+};
+
+struct EmuDevice {
+  // As c10::cuda::CUDAGuard refuses a device of another type, so does this
+  // one for anything but the emulated device's memory (the host's).
+  struct Guard {
+    explicit Guard(c10::Device d) {
+      TORCH_CHECK(d.is_cpu(), "EmuGuard initialized with non-CPU DeviceType ", d.type());
+    }
+  };
+  using Kernels = EmuKernels;
+  using Vimco = EmuVimco;
+};
+
+} // namespace
+} // namespace iwae_fused
+
+TORCH_LIBRARY(iwae_fused_emu, m) {
+  iwae_fused::define_schemas(m);
+}
+
+// CompositeExplicitAutograd: reached whatever the tensors' device, so that a
+// mix of devices reaches the ops' own device checks, as on CUDA.
+TORCH_LIBRARY_IMPL(iwae_fused_emu, CompositeExplicitAutograd, m) {
+  iwae_fused::register_device_ops<iwae_fused::EmuDevice>(m);
+}

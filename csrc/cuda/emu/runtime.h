@@ -1,0 +1,62 @@
+// The emulated device as the op glue and the Python controls see it: its
+// properties, the global memory a kernel may touch, and the record of what
+// each launch did. (The kernels' side is simt.h and launch.h.)
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace iwae_emu {
+
+// An H100 (SXM) unless set otherwise: a smaller device reaches split-K and
+// the grid loops with small shapes.
+struct DeviceProps {
+  std::string name = "emulated NVIDIA H100 (132 SMs)";
+  int sm_count = 132;
+  int max_threads_per_block = 1024;
+  int64_t max_block[3] = {1024, 1024, 64};
+  int64_t max_grid[3] = {2147483647, 65535, 65535};
+  int64_t shared_per_block = 48 * 1024;  // static __shared__ limit
+};
+DeviceProps& device();
+
+// Global memory a kernel may touch: each op registers the extents of its
+// operands (from the kernel-argument contract of kernel_args.h). Inputs are
+// read-only; outputs and workspaces (cuda/device_api.h) are write-first: a read of a byte
+// nothing wrote is an error (initcheck), and a byte no kernel wrote by the
+// end of the op is one too.
+class Session {
+ public:
+  Session();
+  ~Session();
+  void input(const char* name, const void* base, int64_t bytes);
+  void output(const char* name, void* base, int64_t bytes);
+  // Every output byte written? Throws naming the output and the first hole.
+  void check_outputs_written() const;
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+};
+
+// Per launch: the configuration and what its threads did. A request is one
+// warp-level access instruction (the lanes of a warp at the same dynamic
+// access); sectors are the distinct 32-byte segments it touched.
+struct LaunchRecord {
+  std::string kernel;
+  int64_t grid[3], block[3];
+  int64_t shared_bytes = 0;
+  int64_t threads = 0, warps = 0;
+  int64_t load_requests = 0, store_requests = 0;
+  int64_t load_bytes = 0, store_bytes = 0;  // bytes the lanes asked for
+  int64_t load_sectors = 0, store_sectors = 0;
+  int64_t lane_slots = 0, active_lanes = 0;  // 32 per request, and those in it
+  int64_t shuffles = 0, syncwarps = 0, barriers = 0;  // per thread, summed
+  int64_t exps = 0;
+};
+std::vector<LaunchRecord>& launch_log();
+
+// Request-level counting (sectors, lanes) costs memory per block; off unless
+// asked for.
+extern bool count_requests;
+
+}  // namespace iwae_emu

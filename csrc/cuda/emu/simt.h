@@ -1,0 +1,163 @@
+// CUDA's execution model for the host compiler: what lets the very .cu
+// source that nvcc compiles be compiled a second time by g++ and executed on
+// the CPU by the emulator (runtime.cpp), with the checks a GPU run (and
+// compute-sanitizer) would make.
+//
+// Only included when IWAE_CUDA_EMU is defined (cuda/device_api.h picks it
+// instead of the CUDA runtime). What the kernels may use:
+//  * qualifiers (__global__, __device__, __host__, __forceinline__,
+//    __launch_bounds__) as no-ops;
+//  * threadIdx, blockIdx, blockDim, gridDim, warpSize: the running emulated
+//    thread's values;
+//  * __syncthreads, __syncwarp and the __shfl_*_sync family, which block the
+//    calling emulated thread until its partners arrive, and fail (never hang)
+//    when they cannot: a mask naming a lane that does not arrive, lanes at
+//    different call sites, a barrier some thread never reaches;
+//  * memory through ld_global / st_global / ld_shared / st_shared, which
+//    check bounds, alignment, initialisation and (shared) races, and count
+//    bytes and 32-byte sectors per warp-level request; IWAE_SHARED declares
+//    per-block shared memory. A bare __shared__ does not compile here, so no
+//    kernel can bypass the checks.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+// Shared memory goes through IWAE_SHARED (below), never a bare __shared__.
+#define __shared__ static_assert(false, "declare shared memory with IWAE_SHARED(type, name, count)");
+
+struct uint3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+namespace iwae_emu {
+
+// What CUDA's built-in variables read for the emulated thread now running.
+struct ThreadIndex {
+  uint3 thread_idx, block_idx;
+  dim3 block_dim, grid_dim;
+};
+const ThreadIndex& current_index();
+
+// The warp-level operations, by kind (for messages and for matching lanes
+// that meet at one call site).
+enum class WarpOp : int { ShflXor, ShflDown, ShflUp, ShflIdx, SyncWarp };
+
+// One lane's part in a warp-level operation: blocks until every lane of
+// `mask` has arrived at the same call site, then returns the bits of the
+// source lane's value (or the lane's own, where the source is outside the
+// width segment, as on the device).
+uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t bits, int arg, int width,
+                       const char* file, int line);
+void sync_block(const char* file, int line);
+
+// Shared memory of the running block: registered at first use in a block
+// (bounds, the static shared-memory limit, a poisoned fill, a fresh shadow).
+void declare_shared(void* base, size_t bytes, const char* name);
+
+// Checked accesses (bounds, alignment, initialisation; races for shared);
+// `bytes` is the access width, which must be a power of two.
+void check_global(const void* p, size_t bytes, bool store);
+void check_shared(const void* p, size_t bytes, bool store);
+
+// Counters (issue: GPU efficiency): exponentials per element.
+void count_exp();
+
+}  // namespace iwae_emu
+
+#define threadIdx (::iwae_emu::current_index().thread_idx)
+#define blockIdx (::iwae_emu::current_index().block_idx)
+#define blockDim (::iwae_emu::current_index().block_dim)
+#define gridDim (::iwae_emu::current_index().grid_dim)
+#define warpSize 32
+
+// Per-block shared memory: one array per declaration, which the emulator
+// registers for the block running it. thread_local because each host thread
+// runs one block at a time, and the block's emulated threads all run on it.
+#define IWAE_SHARED(T, name, count)     \
+  static thread_local T name[count];    \
+  ::iwae_emu::declare_shared(name, sizeof(name), #name)
+
+namespace iwae_emu::detail {
+template <typename T>
+uint64_t to_bits(T v) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "shuffle of a value over 8 bytes");
+  uint64_t b = 0;
+  std::memcpy(&b, &v, sizeof(T));
+  return b;
+}
+template <typename T>
+T from_bits(uint64_t b) {
+  T v;
+  std::memcpy(&v, &b, sizeof(T));
+  return v;
+}
+}  // namespace iwae_emu::detail
+
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
+                  const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  return iwae_emu::detail::from_bits<T>(iwae_emu::warp_exchange(
+      iwae_emu::WarpOp::ShflXor, mask, iwae_emu::detail::to_bits(v), lane_mask, width, file, line));
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32,
+                   const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  return iwae_emu::detail::from_bits<T>(iwae_emu::warp_exchange(
+      iwae_emu::WarpOp::ShflDown, mask, iwae_emu::detail::to_bits(v), (int)delta, width, file, line));
+}
+template <typename T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
+                 const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  return iwae_emu::detail::from_bits<T>(iwae_emu::warp_exchange(
+      iwae_emu::WarpOp::ShflUp, mask, iwae_emu::detail::to_bits(v), (int)delta, width, file, line));
+}
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32,
+              const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  return iwae_emu::detail::from_bits<T>(iwae_emu::warp_exchange(
+      iwae_emu::WarpOp::ShflIdx, mask, iwae_emu::detail::to_bits(v), src_lane, width, file, line));
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin_FILE(),
+                       int line = __builtin_LINE()) {
+  iwae_emu::warp_exchange(iwae_emu::WarpOp::SyncWarp, mask, 0, 0, 32, file, line);
+}
+inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  iwae_emu::sync_block(file, line);
+}
+
+// The kernels' only ways to global and shared memory (plain dereferences
+// under nvcc: cuda/device_api.h).
+template <typename T>
+T ld_global(const T* p) {
+  iwae_emu::check_global(p, sizeof(T), false);
+  return *p;
+}
+template <typename T, typename V>
+void st_global(T* p, V v) {
+  iwae_emu::check_global(p, sizeof(T), true);
+  *p = static_cast<T>(v);
+}
+template <typename T>
+T ld_shared(const T* p) {
+  iwae_emu::check_shared(p, sizeof(T), false);
+  return *p;
+}
+template <typename T, typename V>
+void st_shared(T* p, V v) {
+  iwae_emu::check_shared(p, sizeof(T), true);
+  *p = static_cast<T>(v);
+}

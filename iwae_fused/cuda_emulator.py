@@ -1,0 +1,115 @@
+"""Run iwae_fused's CUDA kernels on the CPU, from their CUDA source.
+
+The extension ``iwae_fused._cuda_emu`` (built when ``IWAE_FUSED_CUDA_EMU=1``;
+``scripts/run.sh test`` does) holds the CUDA kernels and their host launch
+logic compiled by the host compiler against an emulator of CUDA's execution
+model (``csrc/cuda/emu/``): blocks, warps of 32 lanes, shared memory,
+barriers and shuffles, with the checks a GPU run under compute-sanitizer would
+make (out-of-bounds and misaligned accesses, divergent shuffles and barriers,
+shared-memory races, reads of memory nothing wrote).
+
+Inside ``emulated()``, every ``torch.ops.iwae_fused`` op that reaches a
+backend kernel runs on the emulated device instead of the CPU kernels; CPU
+tensors stand for device tensors. Autograd is iwae_fused's own (its C++
+backward calls the emulated backward op), so values and gradients are what a
+GPU would compute::
+
+    from iwae_fused import cuda_emulator
+    with cuda_emulator.emulated(sm_count=4):      # a 4-SM toy: split-K at small K
+        bound = iwae_fused.iwelbo(log_p, log_q)
+        bound.sum().backward()
+    print(cuda_emulator.launches())               # kernels, grids, blocks, counters
+
+Not for training: each emulated thread is a fiber, so a launch costs
+microseconds per element.
+"""
+
+import contextlib
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import iwae_fused  # noqa: F401  (registers torch.ops.iwae_fused)
+
+try:
+    from iwae_fused import _cuda_emu
+except ImportError:  # built only with IWAE_FUSED_CUDA_EMU=1
+    _cuda_emu = None
+
+H100 = dict(name="emulated NVIDIA H100 (132 SMs)", sm_count=132, max_grid_y=65535,
+            max_grid_z=65535, shared_per_block=48 * 1024)
+
+
+def available():
+    return _cuda_emu is not None
+
+
+def _module():
+    if _cuda_emu is None:
+        raise RuntimeError(
+            "iwae_fused was built without the CUDA emulator: rebuild with "
+            "IWAE_FUSED_CUDA_EMU=1 pip install --no-build-isolation -e . "
+            "(scripts/run.sh test does this)"
+        )
+    return _cuda_emu
+
+
+class _ToEmulated(TorchDispatchMode):
+    """Sends iwae_fused ops to the same ops of iwae_fused_emu (below autograd,
+    so gradients still come from iwae_fused's C++ autograd)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "iwae_fused":
+            name = func._schema.name.split("::", 1)[1]
+            func = getattr(getattr(torch.ops.iwae_fused_emu, name), func._overloadname)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def emulated(sm_count=None, max_grid_y=None, max_grid_z=None, shared_per_block=None,
+             count_requests=False):
+    """Run iwae_fused's kernels on the emulated GPU within the block.
+
+    The device is an H100 unless a limit is given: a small ``sm_count``
+    makes the launch logic split K with small shapes, a small ``max_grid_z``
+    makes the column kernel loop over its grid. ``count_requests`` also
+    groups global accesses into warp-level requests (sectors, lane use) in
+    the launch log, at some cost in memory and time.
+    """
+    emu = _module()
+    before = emu.device()
+    props = dict(H100)
+    for key, value in dict(sm_count=sm_count, max_grid_y=max_grid_y, max_grid_z=max_grid_z,
+                           shared_per_block=shared_per_block).items():
+        if value is not None:
+            props[key] = value
+    if props != H100:
+        props["name"] = "emulated toy GPU ({sm_count} SMs, grid.y <= {max_grid_y}, grid.z <= {max_grid_z})".format(**props)
+    emu.set_device(**props)
+    emu.set_count_requests(bool(count_requests))
+    try:
+        with _ToEmulated():
+            yield
+    finally:
+        emu.set_count_requests(False)
+        emu.set_device(**{k: before[k] for k in H100})
+
+
+def launches(clear=False):
+    """The launches made so far: kernel name (with its template arguments),
+    grid, block, static shared memory, and counters."""
+    emu = _module()
+    out = emu.launches()
+    if clear:
+        emu.clear_launches()
+    return out
+
+
+def clear_launches():
+    _module().clear_launches()
+
+
+def device():
+    """The emulated device's properties now."""
+    return _module().device()

@@ -1,0 +1,414 @@
+"""The CUDA kernels, executed from their CUDA source on the emulated GPU
+(iwae_fused.cuda_emulator), with the assertions a GPU run would get: values,
+stats and gradients against the float64 reference and against the CPU
+kernels, every op, all four dtypes. Each test id names the launch path it
+covers, and each test asserts from the launch log that the path was taken
+(tests/README.md has the coverage table)."""
+
+import math
+
+import pytest
+import torch
+
+import iwae_fused
+from iwae_fused import reference as R
+
+from conftest import DTYPES, TOL, close, log_weights_like
+from emulated import OPS, kernels, pytestmark, run_emulated, vec_width  # noqa: F401
+
+# The small device that reaches the grid-z loop with a handful of outputs.
+TOY_Z = dict(max_grid_z=4)
+
+
+def inputs(shape, dtype, with_q=True, seed=0, q_shape=None):
+    gen = torch.Generator().manual_seed(seed)
+    p = log_weights_like(shape, dtype, "cpu", gen=gen)
+    q = log_weights_like(q_shape or shape, dtype, "cpu", scale=1.0, gen=gen) if with_q else None
+    return p, q
+
+
+def fwd_bwd(p, q, dim, g, alpha=0.0, keepdim=False, mask=(True, True)):
+    out, stats = OPS._iwelbo_forward(p, q, dim, keepdim, alpha)
+    gp, gq = OPS.iwelbo_backward(g, stats, p, q, dim, keepdim, alpha, list(mask))
+    return out, stats, gp, gq
+
+
+def reference(p, q, dim, g, alpha=0.0, keepdim=False):
+    p64 = p.detach().double().requires_grad_()
+    q64 = None if q is None else q.detach().double().requires_grad_()
+    out = R.iwelbo(p64, q64, dim, keepdim, alpha)
+    out.backward(g.double())
+    return out.detach(), p64.grad, None if q is None else q64.grad
+
+
+def full_grad(t, like):
+    """A backward output as the full broadcast gradient (the op's), summed to like's shape."""
+    return t if t.shape == like.shape else t.sum_to_size(like.shape)
+
+
+def check_iwelbo(p, q, dim, dtype, alpha=0.0, keepdim=False, device=None, g=None, mask=(True, True)):
+    """Runs forward and backward on the emulated GPU and on the CPU kernels;
+    checks both against the float64 reference, and the stats against the
+    CPU kernels'. Returns the launches."""
+    out_shape = R.iwelbo(p.double(), None if q is None else q.double(), dim, keepdim, alpha).shape
+    if g is None:
+        g = torch.randn(out_shape, generator=torch.Generator().manual_seed(7)).to(dtype)
+    (out, stats, gp, gq), launches = run_emulated(
+        lambda: fwd_bwd(p, q, dim, g, alpha, keepdim, mask), **(device or {}))
+    c_out, c_stats, c_gp, c_gq = fwd_bwd(p, q, dim, g, alpha, keepdim, mask)
+    r_out, r_gp, r_gq = reference(p, q, dim, g, alpha, keepdim)
+    close(out, r_out, dtype)
+    close(out, c_out, dtype)
+    close(stats, c_stats, dtype)
+    if mask[0]:
+        close(full_grad(gp, p).double(), r_gp, dtype)
+    else:
+        assert gp.numel() == 0
+    if q is not None and mask[1]:
+        close(full_grad(gq, q).double(), r_gq, dtype)
+    return launches
+
+
+# ---- every reduction launch path -------------------------------------------
+# (shape, dim, kernel, threads per row or block.x, split-K, device)
+PATHS = {
+    "rows-warp": ((20, 40), 1, "reduce_rows_kernel", "32", False, {}),
+    "rows-warp-splitk": ((3, 4096), 1, "reduce_rows_kernel", "32", True, {}),
+    "rows-block": ((3, 5000), 1, "reduce_rows_kernel", "256", False, {}),
+    "rows-block-splitk": ((2, 33000), 1, "reduce_rows_kernel", "256", True, {}),
+    "cols-one-piece": ((50, 40), 0, "reduce_cols_kernel", None, False, {}),
+    "cols-splitk": ((1100, 40), 0, "reduce_cols_kernel", None, True, {}),
+    "cols-tx1": (None, 1, "reduce_cols_kernel", 1, False, {}),
+    "cols-tx32": ((70, 320), 0, "reduce_cols_kernel", 32, False, {}),
+    "cols-gridz-loop": ((10, 40, 8), 1, "reduce_cols_kernel", None, False, TOY_Z),
+}
+
+
+@pytest.mark.parametrize("with_q", [True, False], ids=["log_q", "no_log_q"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("path", list(PATHS))
+def test_reduction_path(path, dtype, with_q):
+    shape, dim, kernel, tpr, split, device = PATHS[path]
+    if shape is None:  # one vector of columns per output row: block.x == 1
+        shape = (5, 70, vec_width(dtype))
+    p, q = inputs(shape, dtype, with_q, seed=hash(path) % 1000)
+    launches = check_iwelbo(p, q, dim, dtype, device=device)
+    (args, rec), = kernels(launches, kernel)
+    assert args[1] == str(vec_width(dtype)), "expected the 16-byte vector path"
+    if kernel == "reduce_rows_kernel":
+        assert args[2] == tpr
+    elif tpr is not None:
+        assert rec["block"][0] == tpr
+    assert (rec["grid"][1] > 1) == split
+    assert bool(kernels(launches, "merge_kernel")) == split
+    if path == "cols-gridz-loop":
+        assert rec["grid"][2] == 4 < shape[0]
+    assert kernels(launches, "weights_kernel"), "the backward ran on the emulated GPU"
+
+
+# ---- vector width, alignment, strides and broadcasts ------------------------
+
+
+@pytest.mark.parametrize("offset", [0, 1, 2, 3, 4, 8])
+@pytest.mark.parametrize("layout", ["rows", "cols"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_vector_width_follows_alignment(dtype, layout, offset):
+    """A storage offset keeps the vector path exactly when the data stay
+    16-byte aligned (an offset of 4 floats does; 1, 2, 3 elements don't)."""
+    shape, dim = ((6, 48), 1) if layout == "rows" else ((48, 24), 0)
+    p0, q = inputs(shape, dtype)
+    buf = torch.full((p0.numel() + offset,), float("nan"), dtype=dtype)
+    p = buf[offset:].view(shape)
+    p.copy_(p0)
+    launches = check_iwelbo(p, q, dim, dtype)
+    aligned = offset * p.element_size() % 16 == 0
+    kernel = "reduce_rows_kernel" if layout == "rows" else "reduce_cols_kernel"
+    (args, _), = kernels(launches, kernel)
+    assert args[1] == (str(vec_width(dtype)) if aligned else "1")
+    (wargs, _), = kernels(launches, "weights_kernel")
+    assert wargs[1] == (str(vec_width(dtype)) if aligned else "1")
+
+
+CASES = {
+    "rows-odd-K": ((9, 37), None, 1),
+    "cols-odd-inner": ((37, 9), None, 0),
+    "cols-middle-dim-odd": ((3, 21, 5), None, 1),
+    "rows-broadcast-q": ((12, 40), (1, 40), 1),
+    "cols-broadcast-q": ((40, 12), (40, 1), 0),
+    "cols-broadcast-q-leading": ((4, 40, 12), (40, 12), 1),
+}
+
+
+@pytest.mark.parametrize("with_q", [True, False], ids=["log_q", "no_log_q"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(CASES))
+def test_odd_sizes_and_broadcasts(case, dtype, with_q):
+    shape, q_shape, dim = CASES[case]
+    p, q = inputs(shape, dtype, with_q or q_shape is not None, q_shape=q_shape)
+    check_iwelbo(p, q, dim, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["strided", "transposed"])
+def test_strided_and_transposed_inputs(dtype, layout):
+    p, q = inputs((30, 16), dtype)
+    if layout == "strided":  # every other element: copied once into the kernel's layout
+        big = torch.full((30, 32), float("nan"), dtype=dtype)
+        big[:, ::2] = p
+        p = big[:, ::2]
+    else:  # [K, B] stored as [B, K]: columns read in place through the swap
+        p = p.t().contiguous().t()
+    for dim in (0, 1):
+        check_iwelbo(p, q, dim, dtype)
+
+
+# ---- every output combination, with split-K ---------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("path", ["rows-warp-splitk", "cols-splitk"])
+def test_output_combinations_with_splitk(path, dtype):
+    shape, dim = PATHS[path][:2]
+    p, q = inputs(shape, dtype)
+
+    def every_output():
+        return (
+            OPS.iwelbo(p, q, dim),  # the bound alone
+            OPS._iwelbo_forward(p, q, dim, False),  # bound and stats
+            OPS.logsumexp_stats(p, q, dim),  # the plain log-sum
+            OPS.weight_diagnostics(p, q, dim),  # ESS and the largest weight
+            OPS.normalized_weights(p, q, dim),  # stats, then the weights pass
+        )
+
+    emu, launches = run_emulated(every_output)
+    cpu = every_output()
+    lw = (p.double() - q.double())
+    close(emu[0], R.iwelbo(p.double(), q.double(), dim), dtype)
+    close(emu[1][0], cpu[1][0], dtype)
+    close(emu[1][1], cpu[1][1], dtype)
+    close(emu[2], cpu[2], dtype)
+    close(emu[2][0] + emu[2][1], torch.logsumexp(lw, dim), dtype)
+    ess, max_w = R.weight_diagnostics(p.double(), q.double(), dim)
+    close(emu[3][0], ess, dtype, scale=ess.abs().max().item())
+    close(emu[3][1], max_w, dtype)
+    close(emu[4], R.normalized_weights(p.double(), q.double(), dim), dtype)
+    reduce_kernel = "reduce_rows_kernel" if path.startswith("rows") else "reduce_cols_kernel"
+    assert len(kernels(launches, reduce_kernel)) == 5
+    assert all(r["grid"][1] > 1 for _, r in kernels(launches, reduce_kernel))
+    assert len(kernels(launches, "merge_kernel")) == 5
+
+
+# ---- the weights kernel ------------------------------------------------------
+
+
+def grads_for(kind, out_shape, dtype):
+    gen = torch.Generator().manual_seed(3)
+    if kind == "contiguous":
+        return torch.randn(out_shape, generator=gen).to(dtype)
+    if kind == "expanded":  # the gradient of .sum(): one value, stride 0
+        return torch.randn((), generator=gen).to(dtype).expand(out_shape)
+    # strides that do not walk the outputs: copied once
+    return torch.randn(out_shape[::-1], generator=gen).to(dtype).permute(
+        *reversed(range(len(out_shape))))
+
+
+@pytest.mark.parametrize("mask", [(True, True), (True, False), (False, True)],
+                         ids=["both", "log_p-only", "log_q-only"])
+@pytest.mark.parametrize("grad", ["contiguous", "expanded", "copied"])
+@pytest.mark.parametrize("layout", ["rows", "cols"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_weights_kernel(dtype, layout, grad, mask):
+    shape, dim = ((6, 40, 3), 1) if layout == "rows" else ((6, 40, 24), 1)
+    if layout == "rows":
+        shape, dim = (6, 3, 40), 2
+    p, q = inputs(shape, dtype)
+    out_shape = list(shape)
+    del out_shape[dim]
+    g = grads_for(grad, out_shape, dtype)
+    launches = check_iwelbo(p, q, dim, dtype, g=g, mask=mask)
+    (args, _), = kernels(launches, "weights_kernel")
+    assert args[3] == ("false" if layout == "rows" else "true")  # COLS
+
+
+@pytest.mark.parametrize("z_weight", ["dreg", "rws", "stl"])
+@pytest.mark.parametrize("layout", ["rows", "cols"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dreg_weightings(dtype, layout, z_weight):
+    """DReG's fused backward (the z-path correction in the weights kernel's
+    log_q output) through the public op and its autograd."""
+    shape, dim = ((8, 33), 1) if layout == "rows" else ((33, 8), 0)
+    gen = torch.Generator().manual_seed(1)
+    mu = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    eps = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    def run():
+        z = mu + eps
+        log_q = -0.5 * (z - mu.detach()) ** 2
+        log_p = -0.5 * z**2 - 0.1 * mu
+        bound = iwae_fused.dreg(log_p, log_q, z, dim=dim, z_weight=z_weight)
+        (g,) = torch.autograd.grad(bound.sum(), mu)
+        return bound.detach(), g
+
+    (b, g), launches = run_emulated(run)
+    c_b, c_g = run()
+    close(b, c_b, dtype)
+    close(g, c_g, dtype, scale=4.0)
+    m64 = mu.detach().double().requires_grad_()
+    z = m64 + eps.double()
+    ref = R.dreg(-0.5 * z**2 - 0.1 * m64, -0.5 * (z - m64.detach()) ** 2, z, dim, z_weight)
+    (r_g,) = torch.autograd.grad(ref.sum(), m64)
+    close(g, r_g, dtype, scale=4.0)
+    if z_weight != "stl":
+        assert kernels(launches, "weights_kernel")
+
+
+# ---- special values ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("path", ["rows-warp-splitk", "cols-splitk"])
+def test_special_values_with_splitk(path, dtype):
+    """A split-K piece all -inf, an all -inf slice, +inf, NaN at pack lane 0
+    and at another lane: bound, stats and gradients as on the CPU."""
+    shape, dim = PATHS[path][:2]
+    p, _ = inputs(shape, dtype)
+    x = p.movedim(dim, -1)  # [B, K] view
+    K = x.shape[-1]
+    x[0, : K // 2] = -math.inf  # at least one whole K piece
+    x[1, :] = -math.inf  # an all -inf slice
+    x[2, 5] = math.inf
+    if x.shape[0] > 3:
+        x[3, 0] = math.nan  # pack lane 0
+        x[4, 6] = math.nan  # another lane
+    g = torch.ones(x.shape[0], dtype=dtype)
+    (out, stats, gp, _), launches = run_emulated(lambda: fwd_bwd(p, None, dim, g))
+    c_out, c_stats, c_gp, _ = fwd_bwd(p, None, dim, g)
+    torch.testing.assert_close(out, c_out, equal_nan=True, **TOL[dtype])
+    torch.testing.assert_close(stats, c_stats, equal_nan=True, **TOL[dtype])
+    torch.testing.assert_close(gp, c_gp, equal_nan=True, **TOL[dtype])
+    assert out[1] == -math.inf and (gp.movedim(dim, -1)[1] == 0).all()
+    assert out[2] == math.inf
+    assert kernels(launches, "merge_kernel")
+
+
+@pytest.mark.parametrize("lane", [0, 3])
+@pytest.mark.parametrize("layout", ["rows", "cols"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_in_a_pack_same_stats_as_cpu(dtype, layout, lane):
+    """Defect 2: the CUDA pack maximum started from x[0], so a NaN in lane 0
+    became the running max; the rule (NaN ignored in the max) is now one
+    helper in online_lse.h. The shift in the stats must equal the CPU's."""
+    shape, dim = ((4, 64), 1) if layout == "rows" else ((64, 4 * vec_width(dtype)), 0)
+    p, _ = inputs(shape, dtype)
+    p.movedim(dim, -1)[1, 8 + lane] = math.nan
+    emu, _ = run_emulated(lambda: OPS.logsumexp_stats(p, None, dim))
+    cpu = OPS.logsumexp_stats(p, None, dim)
+    torch.testing.assert_close(emu, cpu, equal_nan=True, **TOL[dtype])
+    assert not emu[0].isnan().any(), "the shift ignores NaN on both backends"
+    assert emu[1, 1].isnan()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0, -1.0], ids=lambda a: f"alpha={a}")
+@pytest.mark.parametrize("layout", ["rows", "cols"])
+def test_renyi_and_large_magnitudes(layout, alpha, dtype):
+    """Renyi orders (beta = 1 - alpha negative for alpha = 2) and log-weights
+    of magnitude 1e30 (float32 and float64; halves cannot hold them)."""
+    shape, dim = ((8, 40), 1) if layout == "rows" else ((40, 8), 0)
+    p, q = inputs(shape, dtype)
+    check_iwelbo(p, q, dim, dtype, alpha=alpha)
+    if dtype in (torch.float32, torch.float64):
+        big = (p.double() * 1e25 + 1e30).to(dtype)
+        check_iwelbo(big, None, dim, dtype, alpha=alpha)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", ["empty-batch", "K=1", "0-dim", "K=1-cols"])
+def test_degenerate_shapes(case, dtype):
+    shape, dim = {"empty-batch": ((0, 5), 1), "K=1": ((7, 1), 1), "0-dim": ((), 0),
+                  "K=1-cols": ((1, 7), 0)}[case]
+    p, q = inputs(shape, dtype)
+    launches = check_iwelbo(p, q, dim, dtype)
+    assert bool(launches) == (case != "empty-batch")
+
+
+# ---- VIMCO -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["rows", "cols"])
+def test_vimco(dtype, layout):
+    shape, dim = ((6, 9), 1) if layout == "rows" else ((9, 6), 0)
+    p, q = inputs(shape, dtype)
+    g = torch.randn(shape[1 - dim], generator=torch.Generator().manual_seed(2)).to(dtype)
+
+    def run():
+        out, state = OPS._vimco_forward(p, q, dim, False)
+        gp, gq = OPS.vimco_backward(g, state, p, q, dim, False, [True, True])
+        return out, state, gp, gq
+
+    emu, launches = run_emulated(run)
+    cpu = run()
+    for a, b in zip(emu, cpu):
+        close(a, b, dtype)
+    close(emu[0], R.vimco(p.double(), q.double(), dim), dtype)
+    p64, q64 = p.double().requires_grad_(), q.double().requires_grad_()
+    R.vimco(p64, q64, dim).backward(g.double())
+    close(emu[2], p64.grad, dtype)
+    close(emu[3], q64.grad, dtype, scale=4.0)
+    assert kernels(launches, "vimco_forward_kernel") and kernels(launches, "vimco_backward_kernel")
+
+
+def test_autograd_training_step_runs_on_the_emulated_gpu():
+    """The public API end to end: iwae_fused's C++ autograd calls the forward
+    and backward ops, both of which run emulated."""
+    p, q = inputs((50, 16), torch.float32)
+    p.requires_grad_()
+    q.requires_grad_()
+
+    def step():
+        loss = -iwae_fused.iwelbo(p, q).mean()
+        return torch.autograd.grad(loss, (p, q))
+
+    (gp, gq), launches = run_emulated(step)
+    c_gp, c_gq = step()
+    close(gp, c_gp, torch.float32)
+    close(gq, c_gq, torch.float32)
+    assert kernels(launches, "reduce_cols_kernel") and kernels(launches, "weights_kernel")
+
+
+# ---- random cases, as in test_against_reference, on the emulated GPU ---------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+from test_against_reference import as64, cases, make_inputs  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(cases())
+def test_random_cases_against_reference(c):
+    """Random shapes, dims, dtypes, layouts, broadcasts and alphas: values
+    and both gradients on the emulated GPU against float64, and against the
+    CPU kernels."""
+    def run():
+        p, q = make_inputs(c, requires_grad=True)
+        out = iwae_fused.iwelbo(p, q, dim=c["dim"], keepdim=c["keepdim"], alpha=c["alpha"])
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(c["seed"] + 1)).to(out.dtype)
+        grads = torch.autograd.grad(out, [t for t in (p, q) if t is not None], g)
+        return p, q, g, out.detach(), grads
+
+    (p, q, g, out, grads), launches = run_emulated(run)
+    _, _, _, c_out, c_grads = run()
+    p64 = as64(p).requires_grad_()
+    q64 = as64(q).requires_grad_() if q is not None else None
+    ref = R.iwelbo(p64, q64, dim=c["dim"], keepdim=c["keepdim"], alpha=c["alpha"])
+    r_grads = torch.autograd.grad(ref, [t for t in (p64, q64) if t is not None], g.double())
+    amp = 1.0 if c["alpha"] == 1.0 else max(1.0, 1.0 / abs(1.0 - c["alpha"]))
+    close(out, ref, c["dtype"], scale=amp * (1 + ref.abs().max().item()))
+    close(out, c_out, c["dtype"], scale=amp * (1 + ref.abs().max().item()))
+    for a, b, r in zip(grads, c_grads, r_grads):
+        close(a, r, c["dtype"], scale=1 + g.abs().max().item())
+        close(a, b, c["dtype"], scale=1 + g.abs().max().item())
+    if out.numel() and c["alpha"] != 1.0 and abs(1.0 - c["alpha"]) >= 0.25:
+        assert launches, "the kernels ran on the emulated GPU"
