@@ -31,6 +31,9 @@ GPU_SHAPES = DEFAULT_SHAPES + (
     ",8192x8192:0,16384x16384:0,4096x65536:0"
     ",8192x8192:1,16384x16384:1,1024x262144:1"
     ",1000000x1:0,1000000x8:0,1000000x64:0,64x1000000:1"
+    # short rows, small inner sizes, one example with many samples (VIMCO)
+    ",67108864x2:1,1048576x8:1,1048576x16:1,1048576x32:1,1048576x64:1"
+    ",1000000x50x2:1,1x100000:1"
 )
 PRESETS = {"cpu": DEFAULT_SHAPES, "gpu": GPU_SHAPES}
 LABELS = {
@@ -48,6 +51,13 @@ LABELS = {
     "1000000x8:0": "B=8, K=1e6",
     "1000000x64:0": "B=64, K=1e6",
     "64x1000000:1": "B=64, K=1e6, rows",
+    "67108864x2:1": "2^26 short rows, K=2",
+    "1048576x8:1": "short rows, K=8",
+    "1048576x16:1": "short rows, K=16",
+    "1048576x32:1": "short rows, K=32",
+    "1048576x64:1": "short rows, K=64",
+    "1000000x50x2:1": "small inner",
+    "1x100000:1": "B=1, K=1e5 (VIMCO)",
 }
 
 

@@ -72,15 +72,21 @@ def check_iwelbo(p, q, dim, dtype, alpha=0.0, keepdim=False, device=None, g=None
 # ---- every reduction launch path -------------------------------------------
 # (shape, dim, kernel, threads per row or block.x, split-K, device)
 PATHS = {
-    "rows-warp": ((20, 40), 1, "reduce_rows_kernel", "32", False, {}),
+    "rows-warp": ((20, 104), 1, "reduce_rows_kernel", "32", False, {}),
     "rows-warp-splitk": ((3, 4096), 1, "reduce_rows_kernel", "32", True, {}),
     "rows-block": ((3, 5000), 1, "reduce_rows_kernel", "256", False, {}),
     "rows-block-splitk": ((2, 33000), 1, "reduce_rows_kernel", "256", True, {}),
-    "cols-one-piece": ((50, 40), 0, "reduce_cols_kernel", None, False, {}),
+    "cols-one-piece": ((72, 40), 0, "reduce_cols_kernel", None, False, {}),
     "cols-splitk": ((1100, 40), 0, "reduce_cols_kernel", None, True, {}),
     "cols-tx1": (None, 1, "reduce_cols_kernel", 1, False, {}),
     "cols-tx32": ((70, 320), 0, "reduce_cols_kernel", 32, False, {}),
-    "cols-gridz-loop": ((10, 40, 8), 1, "reduce_cols_kernel", None, False, TOY_Z),
+    "cols-gridz-loop": ((10, 72, 8), 1, "reduce_cols_kernel", None, False, TOY_Z),
+    # short slices (K <= 64, contiguous): a tile of whole slices per block
+    "tiles-rows-K2": ((3000, 2), 1, "reduce_tiles_kernel", None, False, {}),
+    "tiles-rows-K64": ((70, 64), 1, "reduce_tiles_kernel", None, False, {}),
+    "tiles-small-inner": ((90, 50, 2), 1, "reduce_tiles_kernel", None, False, {}),
+    "tiles-cols-K8": ((8, 200), 0, "reduce_tiles_kernel", None, False, {}),
+    "tiles-rows-multi-tile": ((9000, 8), 1, "reduce_tiles_kernel", None, False, {}),
 }
 
 
@@ -97,6 +103,8 @@ def test_reduction_path(path, dtype, with_q):
     assert args[1] == str(vec_width(dtype)), "expected the 16-byte vector path"
     if kernel == "reduce_rows_kernel":
         assert args[2] == tpr
+    elif kernel == "reduce_tiles_kernel":
+        assert rec["grid"][0] >= (2 if "multi-tile" in path else 1)
     elif tpr is not None:
         assert rec["block"][0] == tpr
     assert (rec["grid"][1] > 1) == split
@@ -110,19 +118,20 @@ def test_reduction_path(path, dtype, with_q):
 
 
 @pytest.mark.parametrize("offset", [0, 1, 2, 3, 4, 8])
-@pytest.mark.parametrize("layout", ["rows", "cols"])
+@pytest.mark.parametrize("layout", ["rows", "cols", "tiles"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_vector_width_follows_alignment(dtype, layout, offset):
     """A storage offset keeps the vector path exactly when the data stay
     16-byte aligned (an offset of 4 floats does; 1, 2, 3 elements don't)."""
-    shape, dim = ((6, 48), 1) if layout == "rows" else ((48, 24), 0)
+    shape, dim = {"rows": ((6, 104), 1), "cols": ((72, 24), 0), "tiles": ((40, 24), 1)}[layout]
     p0, q = inputs(shape, dtype)
     buf = torch.full((p0.numel() + offset,), float("nan"), dtype=dtype)
     p = buf[offset:].view(shape)
     p.copy_(p0)
     launches = check_iwelbo(p, q, dim, dtype)
     aligned = offset * p.element_size() % 16 == 0
-    kernel = "reduce_rows_kernel" if layout == "rows" else "reduce_cols_kernel"
+    kernel = {"rows": "reduce_rows_kernel", "cols": "reduce_cols_kernel",
+              "tiles": "reduce_tiles_kernel"}[layout]
     (args, _), = kernels(launches, kernel)
     assert args[1] == (str(vec_width(dtype)) if aligned else "1")
     (wargs, _), = kernels(launches, "weights_kernel")
@@ -292,13 +301,14 @@ def test_special_values_with_splitk(path, dtype):
 
 
 @pytest.mark.parametrize("lane", [0, 3])
-@pytest.mark.parametrize("layout", ["rows", "cols"])
+@pytest.mark.parametrize("layout", ["rows", "cols", "tiles"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_nan_in_a_pack_same_stats_as_cpu(dtype, layout, lane):
     """Defect 2: the CUDA pack maximum started from x[0], so a NaN in lane 0
     became the running max; the rule (NaN ignored in the max) is now one
     helper in online_lse.h. The shift in the stats must equal the CPU's."""
-    shape, dim = ((4, 64), 1) if layout == "rows" else ((64, 4 * vec_width(dtype)), 0)
+    shape, dim = {"rows": ((4, 72), 1), "cols": ((72, 4 * vec_width(dtype)), 0),
+                  "tiles": ((4, 32), 1)}[layout]
     p, _ = inputs(shape, dtype)
     p.movedim(dim, -1)[1, 8 + lane] = math.nan
     emu, _ = run_emulated(lambda: OPS.logsumexp_stats(p, None, dim))
@@ -362,7 +372,7 @@ def test_vimco(dtype, layout):
 def test_autograd_training_step_runs_on_the_emulated_gpu():
     """The public API end to end: iwae_fused's C++ autograd calls the forward
     and backward ops, both of which run emulated."""
-    p, q = inputs((50, 16), torch.float32)
+    p, q = inputs((50, 128), torch.float32)  # the training shape [K=50, B=128]
     p.requires_grad_()
     q.requires_grad_()
 

@@ -12,14 +12,18 @@
 //  * columns (si == 1, e.g. [K, B] over dim 0): a thread owns VEC adjacent
 //    columns, so a warp reads 32 x 16 B of one row; threadIdx.y splits the
 //    rows of the block, merged in shared memory.
-// Either way, when there are too few outputs to fill the GPU (B of 1..64 with
-// K up to 1e6), gridDim.y splits K; each piece writes its (max, sum) state to
-// a workspace and merge_kernel combines them.
+//  * short slices (K <= 64, each outer slice of K x inner contiguous): a
+//    block reads a tile of whole slices into shared memory, then a thread per
+//    output reduces its K values from there (reduce_tiles_kernel says why).
+// Rows and columns: when there are too few outputs to fill the GPU (B of
+// 1..64 with K up to 1e6), gridDim.y splits K; each piece writes its (max,
+// sum) state to a workspace and merge_kernel combines them.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
 
 #include "../online_lse.h"
 #include "device_api.h"
@@ -69,19 +73,22 @@ __device__ __forceinline__ void load_log_w(
   }
 }
 
-// Fold VEC values into one state (m, s, t): one rescale, VEC exponentials.
-// t, the weights' second moment, serves the diagnostics only; it costs one
-// fma per element, nothing next to the loads of a memory-bound kernel.
+// Fold the first n of VEC values (the rest are -inf, the state's identity)
+// into one state (m, s, t): one rescale, n exponentials. t, the weights'
+// second moment, serves the diagnostics only; it costs one fma per element,
+// nothing next to the loads of a memory-bound kernel.
 template <typename opmath_t, int VEC>
 __device__ __forceinline__ void absorb(
-    opmath_t& m, opmath_t& s, opmath_t& t, const opmath_t (&x)[VEC]) {
+    opmath_t& m, opmath_t& s, opmath_t& t, const opmath_t (&x)[VEC], int n = VEC) {
   using Lane = LaneOps<opmath_t>;
   const opmath_t sh = absorb_max2(m, s, t, max_of(x));
 #pragma unroll
   for (int c = 0; c < VEC; ++c) {
-    const opmath_t e = Lane::exp(x[c] - sh);
-    s += e;
-    t += e * e;
+    if (c < n) {
+      const opmath_t e = Lane::exp(x[c] - sh);
+      s += e;
+      t += e * e;
+    }
   }
 }
 
@@ -252,6 +259,71 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
   }
 }
 
+// Short slices: rows with small K ([B, K] over the last dim) and columns
+// with a small inner size ([B, K, 2] over dim 1). The kernels above give
+// such a slice a warp (rows: most lanes idle, five shuffle rounds per row) or
+// a block (columns: idle threads, 32-byte sectors a quarter used). When each
+// outer slice of K x inner elements is contiguous and the slices follow one
+// another, a block instead reads a tile of whole slices into shared memory,
+// coalesced and in 16-byte vectors (every lane busy, every sector full), as
+// log-weights; after one barrier each thread reduces one output's K values
+// from the tile with the same online state, no shuffles. Any K up to
+// kTileMaxK, any inner size up to the block: one kernel, no case per K.
+constexpr int kTileElems = 4096; // log-weights per tile (16 KB in float)
+constexpr int kTileMaxK = 64; // longer slices keep the warp/block kernels
+
+// Tile position of element e, one word of padding per 32: thread j reading
+// e = j * K + k hits distinct banks for every K up to 32 (2-way at K = 64).
+__device__ __forceinline__ int tile_pos(int e) {
+  return e + (e >> 5);
+}
+
+template <typename scalar_t, int VEC, bool HAS_Q>
+__global__ void __launch_bounds__(kThreads) reduce_tiles_kernel(
+    ReduceArgs a, int64_t slices_per_tile) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  IWAE_SHARED(opmath_t, tile, kTileElems + kTileElems / 32);
+  const auto* p = static_cast<const scalar_t*>(a.p.data);
+  const auto* q = static_cast<const scalar_t*>(a.q.data);
+  const opmath_t beta = static_cast<opmath_t>(a.beta);
+  const int K = static_cast<int>(a.K), inner = static_cast<int>(a.inner);
+  const int slice = K * inner;
+  const int tk = a.vec_k ? 1 : inner, ti = a.vec_k ? K : 1; // strides in a slice
+  const int64_t tiles = (a.outer + slices_per_tile - 1) / slices_per_tile;
+  // The loop bound is the block's: its barriers are reached by every thread.
+  for (int64_t tl = blockIdx.x; tl < tiles; tl += gridDim.x) {
+    const int64_t o0 = tl * slices_per_tile;
+    const int n_sl = static_cast<int>(std::min<int64_t>(slices_per_tile, a.outer - o0));
+    const int n = n_sl * slice;
+    const int64_t base = o0 * slice; // slices are contiguous: so == slice
+    for (int u = threadIdx.x * VEC; u < n; u += blockDim.x * VEC) {
+      opmath_t x[VEC];
+      load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(p, q, base + u, base + u, n - u, beta, x);
+#pragma unroll
+      for (int c = 0; c < VEC; ++c) {
+        if (u + c < n) st_shared(tile + tile_pos(u + c), x[c]);
+      }
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < n_sl * inner; j += blockDim.x) {
+      const int sl = j / inner, i = j - sl * inner;
+      const int e0 = sl * slice + i * ti;
+      opmath_t m = opmath_t(-INFINITY), s = opmath_t(0), t = opmath_t(0);
+      for (int k = 0; k < K; k += kRowsPerStep) {
+        const int n_k = K - k < kRowsPerStep ? K - k : kRowsPerStep; // no odr-use on the device
+        opmath_t x[kRowsPerStep];
+#pragma unroll
+        for (int c = 0; c < kRowsPerStep; ++c) {
+          x[c] = c < n_k ? ld_shared(tile + tile_pos(e0 + (k + c) * tk)) : opmath_t(-INFINITY);
+        }
+        absorb<opmath_t, kRowsPerStep>(m, s, t, x, n_k);
+      }
+      emit<scalar_t>(a, static_cast<opmath_t*>(nullptr), 0, o0 * inner + j, m, s, t);
+    }
+    __syncthreads(); // the next tile overwrites this one
+  }
+}
+
 // Combines the K pieces' states of every output and finalises them.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) merge_kernel(
@@ -368,6 +440,33 @@ bool operand_aligned(const Strided& op, const Args& g, int vec) {
                  : runs_aligned(op.data, op.so, g.outer, op.sk, g.K, vec);
 }
 
+// Slices per tile for the short-slice kernel, or 0 where it does not apply:
+// K up to kTileMaxK, a slice (K x inner) fitting a tile, and every operand's
+// slices contiguous and consecutive. The count is
+// a multiple of `align` (elements per 16-byte vector over the slice size's
+// common factor), so that every tile starts 16-byte aligned.
+int64_t tile_slices(const ReduceArgs& a, int vec) {
+  const int64_t slice = a.K * a.inner;
+  if (a.K > kTileMaxK || slice > kTileElems) return 0;
+  auto contiguous = [&](const Strided& op) {
+    const int64_t tk = a.vec_k ? 1 : a.inner, ti = a.vec_k ? a.K : 1;
+    return (a.outer == 1 || op.so == slice) && (a.K == 1 || op.sk == tk) &&
+        (a.inner == 1 || op.si == ti);
+  };
+  if (!contiguous(a.p) || (a.q.data && !contiguous(a.q))) return 0;
+  int64_t n = kTileElems / slice; // a thread may own several outputs
+  const int64_t align = vec / std::gcd<int64_t>(slice, vec);
+  if (n >= align) n -= n % align;
+  return n;
+}
+
+template <typename scalar_t, int VEC, bool HAS_Q>
+void launch_tiles(const ReduceArgs& a, int64_t slices_per_tile) {
+  const int64_t tiles = ceil_div(a.outer, slices_per_tile);
+  dev::launch<reduce_tiles_kernel<scalar_t, VEC, HAS_Q>>(
+      dim3(std::min<int64_t>(tiles, 1 << 30)), dim3(kThreads), a, slices_per_tile);
+}
+
 template <typename scalar_t, int VEC, bool HAS_Q>
 void launch_reduce(const ReduceArgs& a) {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -458,6 +557,19 @@ void CudaKernels::reduce(const ReduceArgs& a) {
       at::kHalf, at::kBFloat16, a.dtype, "iwae_fused_reduce_cuda", [&] {
         constexpr int kVec = 16 / sizeof(scalar_t);
         const bool has_q = a.q.data != nullptr;
+        if (const int64_t per_tile = tile_slices(a, kVec)) {
+          // Vectors where every tile starts aligned (per_tile keeps them so).
+          const bool tvec = aligned(a.p.data, 16) && (!has_q || aligned(a.q.data, 16)) &&
+              (per_tile * a.K * a.inner) % kVec == 0;
+          if (tvec) {
+            has_q ? launch_tiles<scalar_t, kVec, true>(a, per_tile)
+                  : launch_tiles<scalar_t, kVec, false>(a, per_tile);
+          } else {
+            has_q ? launch_tiles<scalar_t, 1, true>(a, per_tile)
+                  : launch_tiles<scalar_t, 1, false>(a, per_tile);
+          }
+          return;
+        }
         const bool vec = operand_aligned(a.p, a, kVec) &&
             (!has_q || operand_aligned(a.q, a, kVec));
         if (vec) {

@@ -26,6 +26,10 @@ py::dict record(const iwae_emu::LaunchRecord& r) {
   d["store_bytes"] = r.store_bytes;
   d["load_sectors"] = r.load_sectors;
   d["store_sectors"] = r.store_sectors;
+  d["load_ideal_sectors"] = r.load_ideal_sectors;
+  d["load_distinct_sectors"] = r.load_distinct_sectors;
+  d["store_distinct_sectors"] = r.store_distinct_sectors;
+  d["store_ideal_sectors"] = r.store_ideal_sectors;
   d["lane_slots"] = r.lane_slots;
   d["active_lanes"] = r.active_lanes;
   d["shuffles"] = r.shuffles;

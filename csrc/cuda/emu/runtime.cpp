@@ -33,6 +33,7 @@
 #include <sstream>
 #include <tuple>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "fiber.h"
 #include "../device_api.h"
@@ -110,8 +111,23 @@ struct SharedArray {
 struct Request {
   unsigned lanes = 0;
   bool store = false;
+  std::vector<std::pair<uintptr_t, uintptr_t>> spans;  // [begin, end) per lane access
   std::vector<uint64_t> sectors;
 };
+
+// Bytes covered by the union of the spans: lanes reading the same address
+// (a broadcast) count once.
+int64_t distinct_bytes(std::vector<std::pair<uintptr_t, uintptr_t>>& spans) {
+  std::sort(spans.begin(), spans.end());
+  int64_t n = 0;
+  uintptr_t end = 0;
+  for (const auto& [b, e] : spans) {
+    if (e <= end) continue;
+    n += static_cast<int64_t>(e - std::max(b, end));
+    end = e;
+  }
+  return n;
+}
 
 struct Block {
   const std::string* kernel = nullptr;
@@ -130,6 +146,9 @@ struct Block {
   std::map<std::tuple<int, uintptr_t, uint64_t>, Request> requests;
   std::string error;
 };
+
+// The sectors a launch touched (request counting only).
+std::unordered_set<uint64_t> g_load_sectors, g_store_sectors;
 
 thread_local Block* t_block = nullptr;
 thread_local Thread* t_thread = nullptr;
@@ -281,6 +300,7 @@ void tally_requests(Block& b) {
         std::unique(q.sectors.begin(), q.sectors.end()) - q.sectors.begin();
     (q.store ? r.store_requests : r.load_requests) += 1;
     (q.store ? r.store_sectors : r.load_sectors) += n;
+    (q.store ? r.store_ideal_sectors : r.load_ideal_sectors) += (distinct_bytes(q.spans) + 31) / 32;
     r.lane_slots += 32;
     r.active_lanes += __builtin_popcount(q.lanes);
   }
@@ -563,7 +583,11 @@ void check_global(const void* p, size_t bytes, bool store) {
     Request& q = b->requests[{t->warp, site_pc, nth}];
     q.lanes |= 1u << t->lane;
     q.store = store;
-    for (uintptr_t s = a / 32; s <= (a + bytes - 1) / 32; ++s) q.sectors.push_back(s);
+    q.spans.emplace_back(a, a + bytes);
+    for (uintptr_t s = a / 32; s <= (a + bytes - 1) / 32; ++s) {
+      q.sectors.push_back(s);
+      (store ? g_store_sectors : g_load_sectors).insert(s);
+    }
   }
 }
 
@@ -619,6 +643,7 @@ void run_grid(const std::string& name, dim3 grid, dim3 block, void (*body)(void*
   for (int i = 0; i < 3; ++i) rec.grid[i] = g[i], rec.block[i] = k[i];
   rec.threads = threads * g[0] * g[1] * g[2];
   rec.warps = (threads + 31) / 32 * g[0] * g[1] * g[2];
+  g_load_sectors.clear(), g_store_sectors.clear();
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
@@ -629,6 +654,8 @@ void run_grid(const std::string& name, dim3 grid, dim3 block, void (*body)(void*
       }
     }
   }
+  rec.load_distinct_sectors = static_cast<int64_t>(g_load_sectors.size());
+  rec.store_distinct_sectors = static_cast<int64_t>(g_store_sectors.size());
 }
 
 // ---- sessions: the global memory of one op ------------------------------------

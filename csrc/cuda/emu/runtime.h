@@ -49,6 +49,11 @@ struct LaunchRecord {
   int64_t load_requests = 0, store_requests = 0;
   int64_t load_bytes = 0, store_bytes = 0;  // bytes the lanes asked for
   int64_t load_sectors = 0, store_sectors = 0;
+  // The fewest sectors the same bytes could take: ceil(request bytes / 32)
+  int64_t load_ideal_sectors = 0, store_ideal_sectors = 0;
+  // Distinct sectors over the launch: the traffic with a perfect cache (each
+  // sector from DRAM once), the counterpart of a profiler's DRAM bytes.
+  int64_t load_distinct_sectors = 0, store_distinct_sectors = 0;
   int64_t lane_slots = 0, active_lanes = 0;  // 32 per request, and those in it
   int64_t shuffles = 0, syncwarps = 0, barriers = 0;  // per thread, summed
   int64_t exps = 0;

@@ -140,14 +140,17 @@ inline void __syncthreads(const char* file = __builtin_FILE(), int line = __buil
 }
 
 // The kernels' only ways to global and shared memory (plain dereferences
-// under nvcc: cuda/device_api.h).
+// under nvcc: global_memory.h). Always inlined, so that the emulator sees
+// each access's call site in the kernel: the lanes of a warp at the same site
+// (and the same dynamic count there) form one warp-level request.
+#define IWAE_EMU_INLINE inline __attribute__((always_inline))
 template <typename T>
-T ld_global(const T* p) {
+IWAE_EMU_INLINE T ld_global(const T* p) {
   iwae_emu::check_global(p, sizeof(T), false);
   return *p;
 }
 template <typename T, typename V>
-void st_global(T* p, V v) {
+IWAE_EMU_INLINE void st_global(T* p, V v) {
   iwae_emu::check_global(p, sizeof(T), true);
   *p = static_cast<T>(v);
 }
