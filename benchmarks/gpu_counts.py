@@ -129,6 +129,20 @@ def _row(label, preset, scaled, dim, op, dtype):
     )
 
 
+def _ptxas(report, props):
+    """Registers and spill bytes per kernel from ptxas -v."""
+    func = None
+    for line in report.splitlines():
+        if "Compiling entry function" in line or "Function properties for" in line:
+            func = line.split("'")[1] if "'" in line else line.split("for")[-1].strip()
+            props.setdefault(func, {})
+        elif func and "spill stores" in line:
+            parts = line.split(",")
+            props[func]["spills"] = "/".join(p.split()[0] for p in parts[1:3])  # stores/loads
+        elif func and "Used" in line and "registers" in line:
+            props[func]["registers"] = line.split("Used")[1].split("registers")[0].strip()
+
+
 def _demangle(mangled):
     """Mangled kernel names -> 'reduce_rows_kernel<float, 4, 32, true>'."""
     out = subprocess.run(["c++filt"], input="\n".join(mangled), capture_output=True, text=True).stdout
@@ -159,26 +173,18 @@ def _compiler_report(archs):
         "'backends/nvidia/bin/cuobjdump'))")], text=True).strip()
     lines = []
     for arch in archs:
-        cubin = f"/tmp/iwae_kernels_{arch}.cubin"
-        cmd = [os.path.join(cuda, "bin", "nvcc"), "-cubin", f"-arch=sm_{arch}", "-O3", "-std=c++17",
-               "--expt-relaxed-constexpr", "-Xptxas", "-v", "-o", cubin,
-               "-I" + os.path.join(root, "csrc"), os.path.join(root, "csrc/cuda/kernels_cuda.cu")]
-        cmd += [f"-I{i}" for i in incs]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode:
-            return f"nvcc failed for sm_{arch}:\n{res.stderr[-2000:]}\n"
-        props = {}  # mangled name -> registers, spills
-        func = None
-        for line in res.stderr.splitlines():
-            if "Compiling entry function" in line or "Function properties for" in line:
-                func = line.split("'")[1] if "'" in line else line.split("for")[-1].strip()
-                props.setdefault(func, {})
-            elif func and "spill stores" in line:
-                parts = line.split(",")
-                props[func]["spills"] = "/".join(p.split()[0] for p in parts[1:3])  # stores/loads
-            elif func and "Used" in line and "registers" in line:
-                props[func]["registers"] = line.split("Used")[1].split("registers")[0].strip()
-        sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True).stdout
+        props, sass = {}, ""  # mangled name -> registers, spills; the disassembly
+        for src in ("kernels_cuda.cu", "vimco_cuda.cu"):
+            cubin = f"/tmp/iwae_{src}_{arch}.cubin"
+            cmd = [os.path.join(cuda, "bin", "nvcc"), "-cubin", f"-arch=sm_{arch}", "-O3", "-std=c++17",
+                   "--expt-relaxed-constexpr", "-Xptxas", "-v", "-o", cubin,
+                   "-I" + os.path.join(root, "csrc"), os.path.join(root, "csrc", "cuda", src)]
+            cmd += [f"-I{i}" for i in incs]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode:
+                return f"nvcc failed for {src}, sm_{arch}:\n{res.stderr[-2000:]}\n"
+            _ptxas(res.stderr, props)
+            sass += subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True).stdout
         per_func = {}
         current = None
         for line in sass.splitlines():

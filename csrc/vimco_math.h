@@ -100,6 +100,30 @@ VIMCO_HD void signal(
   }
 }
 
+// Merge the state of another set of samples (disjoint from this one's) into
+// st: the result is the state of the union, whatever the order the sets were
+// absorbed or merged in. Ties of the max keep the smaller index, as absorb
+// keeps the first argmax.
+VIMCO_HD void merge(State& st, const State& o) {
+  st.fsum += o.fsum;
+  st.n_ninf += o.n_ninf;
+  if (st.m != st.m || o.m != o.m) {
+    st.m = NAN;
+    return;
+  }
+  if (o.m == -INFINITY) return;
+  if (st.m == -INFINITY) {
+    st.m = o.m, st.s_excl = o.s_excl, st.argmax = o.argmax;
+    return;
+  }
+  const bool other_leads = o.m > st.m || (o.m == st.m && o.argmax < st.argmax);
+  const State& lead = other_leads ? o : st;
+  const State& rest = other_leads ? st : o;
+  // The other set's samples, all of them (its argmax included), against lead's max.
+  const double s = lead.s_excl + (rest.s_excl + 1.0) * ::exp(rest.m - lead.m);
+  st.m = lead.m, st.argmax = lead.argmax, st.s_excl = s;
+}
+
 VIMCO_HD void store(const State& st, double* base, int64_t n, int64_t idx) {
   st_global(base + idx, st.m);
   st_global(base + n + idx, st.s_excl);
@@ -128,13 +152,33 @@ VIMCO_HD double log_w_at(const VimcoArgs& a, int64_t o, int64_t k, int64_t i) {
       static_cast<double>(ld_global(q + o * a.q.so + k * a.q.sk + i * a.q.si));
 }
 
+// The final state of example r: saved for the backward, and its bound.
+template <typename scalar_t>
+VIMCO_HD void finish(const VimcoArgs& a, const State& st, int64_t r) {
+  store(st, a.state, a.outer * a.inner, r);
+  st_global(static_cast<scalar_t*>(a.out) + r, bound(st, a.K));
+}
+
 template <typename scalar_t>
 VIMCO_HD void forward_example(const VimcoArgs& a, int64_t r) {
-  const int64_t n = a.outer * a.inner, o = r / a.inner, i = r - o * a.inner;
+  const int64_t o = r / a.inner, i = r - o * a.inner;
   State st;
   for (int64_t k = 0; k < a.K; ++k) absorb(st, log_w_at<scalar_t>(a, o, k, i), k);
-  store(st, a.state, n, r);
-  st_global(static_cast<scalar_t*>(a.out) + r, bound(st, a.K));
+  finish<scalar_t>(a, st, r);
+}
+
+// Sample k of example (o, i): both gradients, from the example's saved state.
+template <typename scalar_t>
+VIMCO_HD void backward_element(const VimcoArgs& a, int64_t o, int64_t k, int64_t i) {
+  const int64_t n = a.outer * a.inner, r = o * a.inner + i;
+  const State st = load(a.state, n, r);
+  const double g = static_cast<double>(
+      ld_global(static_cast<const scalar_t*>(a.g) + o * a.g_so + i * a.g_si));
+  double w, sig;
+  signal(st, a.K, log_w_at<scalar_t>(a, o, k, i), k, w, sig);
+  const int64_t off = o * a.out_so + k * a.out_sk + i * a.out_si;
+  if (a.out_p) st_global(static_cast<scalar_t*>(a.out_p) + off, g * w);
+  if (a.out_q) st_global(static_cast<scalar_t*>(a.out_q) + off, g * (sig - w));
 }
 
 template <typename scalar_t>

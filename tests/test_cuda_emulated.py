@@ -345,12 +345,29 @@ def test_degenerate_shapes(case, dtype):
 # ---- VIMCO -----------------------------------------------------------------
 
 
+VIMCO_PATHS = {  # shape, dim, forward kernel, split-K
+    "rows-warp": ((6, 45), 1, "vimco_rows_kernel", False),
+    "rows-splitk": ((1, 600), 1, "vimco_rows_kernel", True),
+    "cols-thread": ((45, 6), 0, "vimco_cols_kernel", False),
+    "middle-dim": ((3, 9, 4), 1, "vimco_cols_kernel", False),
+}
+
+
+@pytest.mark.parametrize("special", ["finite", "ties-and-infs"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layout", ["rows", "cols"])
-def test_vimco(dtype, layout):
-    shape, dim = ((6, 9), 1) if layout == "rows" else ((9, 6), 0)
+@pytest.mark.parametrize("path", list(VIMCO_PATHS))
+def test_vimco(path, dtype, special):
+    shape, dim, kernel, split = VIMCO_PATHS[path]
     p, q = inputs(shape, dtype)
-    g = torch.randn(shape[1 - dim], generator=torch.Generator().manual_seed(2)).to(dtype)
+    if special != "finite":  # tied maxima across lanes and pieces, -inf samples
+        x = p.movedim(dim, -1)
+        x[..., 3] = 40.0
+        x[..., -2] = 40.0
+        x[..., 1] = -math.inf
+        q.movedim(dim, -1)[..., 3] = 0.0
+        q.movedim(dim, -1)[..., -2] = 0.0
+    out_shape = [s for d, s in enumerate(shape) if d != dim]
+    g = torch.randn(out_shape, generator=torch.Generator().manual_seed(2)).to(dtype)
 
     def run():
         out, state = OPS._vimco_forward(p, q, dim, False)
@@ -360,13 +377,16 @@ def test_vimco(dtype, layout):
     emu, launches = run_emulated(run)
     cpu = run()
     for a, b in zip(emu, cpu):
-        close(a, b, dtype)
+        close(a, b, dtype, scale=4.0)
     close(emu[0], R.vimco(p.double(), q.double(), dim), dtype)
     p64, q64 = p.double().requires_grad_(), q.double().requires_grad_()
     R.vimco(p64, q64, dim).backward(g.double())
     close(emu[2], p64.grad, dtype)
     close(emu[3], q64.grad, dtype, scale=4.0)
-    assert kernels(launches, "vimco_forward_kernel") and kernels(launches, "vimco_backward_kernel")
+    (_, rec), = kernels(launches, kernel)
+    assert (rec["grid"][1] > 1) == split
+    assert bool(kernels(launches, "vimco_merge_kernel")) == split
+    assert kernels(launches, "vimco_backward_kernel")
 
 
 def test_autograd_training_step_runs_on_the_emulated_gpu():

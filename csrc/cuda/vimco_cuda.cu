@@ -1,7 +1,18 @@
-// VIMCO on CUDA: a thread per example loops over its K samples (VIMCO's K
-// is small: 2-100 discrete samples), the math from ../vimco_math.h, shared
-// with the CPU kernels. Registered with the other CUDA ops (device_ops.h).
+// VIMCO on CUDA, with the per-example math of ../vimco_math.h (shared with
+// the CPU kernels: a mergeable state per example, then every sample's
+// leave-one-out signal from it in O(1)).
+//
+// Forward, by layout, so that a warp's loads are always coalesced:
+//  * samples contiguous (sk == 1, e.g. [B, K] over the last dim): a warp per
+//    example, lane j absorbing samples j, j + 32, ..., the 32 states merged
+//    by shuffles. With too few examples to fill the GPU (B = 1 with a large
+//    K), gridDim.y splits K and vimco_merge_kernel combines the pieces.
+//  * otherwise (e.g. [K, B] over dim 0): a thread per example, neighbouring
+//    threads reading neighbouring examples.
+// Backward: a thread per sample in memory order, each reading its example's
+// state: coalesced in both layouts, and parallel for any B.
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 
@@ -13,42 +24,137 @@ namespace iwae_fused::cuda {
 namespace {
 
 constexpr int kVimcoThreads = 128;
+constexpr int kVimcoWarps = kVimcoThreads / 32;
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kVimcoThreads) vimco_forward_kernel(VimcoArgs a) {
+__global__ void __launch_bounds__(kVimcoThreads) vimco_cols_kernel(VimcoArgs a) {
   for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < a.outer * a.inner;
        r += (int64_t)gridDim.x * blockDim.x) {
     vimco_math::forward_example<scalar_t>(a, r);
   }
 }
 
+__device__ __forceinline__ vimco_math::State shfl_state(const vimco_math::State& s, int off) {
+  vimco_math::State o;
+  o.m = __shfl_xor_sync(0xffffffffu, s.m, off);
+  o.s_excl = __shfl_xor_sync(0xffffffffu, s.s_excl, off);
+  o.argmax = __shfl_xor_sync(0xffffffffu, s.argmax, off);
+  o.fsum = __shfl_xor_sync(0xffffffffu, s.fsum, off);
+  o.n_ninf = __shfl_xor_sync(0xffffffffu, s.n_ninf, off);
+  return o;
+}
+
+// ws, when K is split: the pieces' states, [piece][kStateSize][example].
 template <typename scalar_t>
-__global__ void __launch_bounds__(kVimcoThreads) vimco_backward_kernel(VimcoArgs a) {
-  for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < a.outer * a.inner;
-       r += (int64_t)gridDim.x * blockDim.x) {
-    vimco_math::backward_example<scalar_t>(a, r);
+__global__ void __launch_bounds__(kVimcoThreads) vimco_rows_kernel(
+    VimcoArgs a, int64_t kchunk, double* ws) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t n = a.outer * a.inner;
+  const int64_t k0 = blockIdx.y * kchunk, k1 = std::min<int64_t>(a.K, k0 + kchunk);
+  // r is the warp's: the loop bound, and so the shuffles, are warp-uniform.
+  for (int64_t r = (int64_t)blockIdx.x * kVimcoWarps + warp; r < n;
+       r += (int64_t)gridDim.x * kVimcoWarps) {
+    const int64_t o = r / a.inner, i = r - o * a.inner;
+    vimco_math::State st;
+    for (int64_t k = k0 + lane; k < k1; k += 32) {
+      vimco_math::absorb(st, vimco_math::log_w_at<scalar_t>(a, o, k, i), k);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) vimco_math::merge(st, shfl_state(st, off));
+    if (lane == 0) {
+      if (ws) {
+        vimco_math::store(st, ws + blockIdx.y * vimco_math::kStateSize * n, n, r);
+      } else {
+        vimco_math::finish<scalar_t>(a, st, r);
+      }
+    }
   }
 }
 
-dim3 vimco_blocks(int64_t n) {
-  const int64_t sms = dev::limits().sm_count;
-  return dim3(std::max<int64_t>(
-      1, std::min<int64_t>((n + kVimcoThreads - 1) / kVimcoThreads, sms * 16)));
+template <typename scalar_t>
+__global__ void __launch_bounds__(kVimcoThreads) vimco_merge_kernel(
+    VimcoArgs a, const double* ws, int64_t pieces) {
+  const int64_t n = a.outer * a.inner;
+  for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < n;
+       r += (int64_t)gridDim.x * blockDim.x) {
+    vimco_math::State st = vimco_math::load(ws, n, r);
+    for (int64_t p = 1; p < pieces; ++p) {
+      vimco_math::merge(st, vimco_math::load(ws + p * vimco_math::kStateSize * n, n, r));
+    }
+    vimco_math::finish<scalar_t>(a, st, r);
+  }
+}
+
+// Element e in memory order: samples fastest (K_FAST, rows) or examples.
+template <typename scalar_t, bool K_FAST>
+__global__ void __launch_bounds__(kVimcoThreads) vimco_backward_kernel(VimcoArgs a) {
+  const int64_t total = a.outer * a.K * a.inner;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+       e += (int64_t)gridDim.x * blockDim.x) {
+    int64_t o, k, i;
+    if constexpr (K_FAST) {
+      const int64_t r = e / a.K;
+      k = e - r * a.K, o = r / a.inner, i = r - o * a.inner;
+    } else {
+      const int64_t ok = e / a.inner;
+      i = e - ok * a.inner, o = ok / a.K, k = ok - o * a.K;
+    }
+    vimco_math::backward_element<scalar_t>(a, o, k, i);
+  }
+}
+
+int64_t blocks_for(int64_t items) {
+  return std::max<int64_t>(
+      1, std::min<int64_t>((items + kVimcoThreads - 1) / kVimcoThreads,
+                           (int64_t)dev::limits().sm_count * 32));
+}
+
+bool samples_contiguous(const VimcoArgs& a) {
+  return a.K == 1 || (a.p.sk == 1 && a.q.sk == 1);
 }
 
 } // namespace
 
 void CudaVimco::vimco_forward(const VimcoArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "vimco_cuda", [&] {
-    dev::launch<vimco_forward_kernel<scalar_t>>(
-        vimco_blocks(a.outer * a.inner), dim3(kVimcoThreads), a);
+    const int64_t n = a.outer * a.inner;
+    if (!samples_contiguous(a)) {
+      dev::launch<vimco_cols_kernel<scalar_t>>(dim3(blocks_for(n)), dim3(kVimcoThreads), a);
+      return;
+    }
+    const dev::Limits lim = dev::limits();
+    const int64_t blocks = (n + kVimcoWarps - 1) / kVimcoWarps;
+    const int64_t target = 2 * (int64_t)lim.sm_count;
+    int64_t pieces = 1;
+    if (blocks < target) { // at least 8 samples per lane in every piece
+      pieces = std::clamp<int64_t>(
+          std::min((target + blocks - 1) / blocks, a.K / (32 * 8)), 1,
+          std::min<int64_t>(4096, lim.max_grid_y));
+    }
+    const int64_t kchunk = (a.K + pieces - 1) / pieces;
+    pieces = (a.K + kchunk - 1) / kchunk;
+    const dim3 grid(std::min<int64_t>(blocks, 1 << 30), pieces);
+    if (pieces == 1) {
+      dev::launch<vimco_rows_kernel<scalar_t>>(grid, dim3(kVimcoThreads), a, kchunk,
+                                               static_cast<double*>(nullptr));
+      return;
+    }
+    at::Tensor ws = dev::workspace(pieces * vimco_math::kStateSize * n, at::kDouble);
+    double* wsp = ws.mutable_data_ptr<double>();
+    dev::launch<vimco_rows_kernel<scalar_t>>(grid, dim3(kVimcoThreads), a, kchunk, wsp);
+    dev::launch<vimco_merge_kernel<scalar_t>>(dim3(blocks_for(n)), dim3(kVimcoThreads), a,
+                                              static_cast<const double*>(wsp), pieces);
   });
 }
 
 void CudaVimco::vimco_backward(const VimcoArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "vimco_cuda_bwd", [&] {
-    dev::launch<vimco_backward_kernel<scalar_t>>(
-        vimco_blocks(a.outer * a.inner), dim3(kVimcoThreads), a);
+    const dim3 grid(blocks_for(a.outer * a.K * a.inner));
+    if (samples_contiguous(a)) {
+      dev::launch<vimco_backward_kernel<scalar_t, true>>(grid, dim3(kVimcoThreads), a);
+    } else {
+      dev::launch<vimco_backward_kernel<scalar_t, false>>(grid, dim3(kVimcoThreads), a);
+    }
   });
 }
 
