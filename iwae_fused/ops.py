@@ -395,3 +395,7 @@ def _dreg_backward_fake(grad, stats, log_p, log_q, dim, z_weight):
 def _normalized_weights_fake(log_p, log_q=None, dim=0):
     shape, _, dtype = _plan("normalized_weights", log_p, log_q, dim)
     return log_p.new_empty(shape, dtype=dtype)
+
+
+# vmap batching rules (a vmapped dim becomes a batch dim of the same kernels).
+from iwae_fused import batching as _batching  # noqa: E402,F401
