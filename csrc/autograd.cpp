@@ -92,8 +92,9 @@ Tensor to_input(Tensor grad, const Tensor& input) {
 // keep the fused Function when neither is in play, and otherwise compute the
 // bound as a composite of differentiable ATen ops with the same -inf rules:
 // ATen's own autograd, forward AD and batching rules then give every order,
-// every transform and every composition of them. The two checks cost a
-// thread-local read and two field reads per call.
+// every transform and every composition of them. The checks cost a
+// thread-local pointer test and one forward-grad lookup per input (tens of ns;
+// benchmarks/NOTES.md, entry 10).
 
 // A grad/jvp-type functorch transform is processing this call: the Autograd
 // key only runs with a layer on the stack under grad, vjp, jvp and friends
@@ -137,6 +138,9 @@ std::pair<Tensor, int64_t> composite_log_w(
         " is out of range for log-weights of shape [] (expected dim in [-1, 0])");
     return {log_w.unsqueeze(0), 0};
   }
+  TORCH_CHECK_INDEX(dim >= -log_w.dim() && dim < log_w.dim(), "iwelbo(): dim=", dim,
+      " is out of range for log-weights of shape ", log_w.sizes(), " (expected dim in [",
+      -log_w.dim(), ", ", log_w.dim() - 1, "])");
   return {log_w, at::maybe_wrap_dim(dim, log_w.dim())};
 }
 
@@ -232,10 +236,8 @@ torch::autograd::variable_list raise_if_differentiated(
       "gradient estimator, not the derivative of its value, so the estimator "
       "has no derivative to take. Differentiate iwae_fused.iwelbo for the bound's "
       "higher derivatives.";
-  torch::autograd::variable_list in;
-  for (auto& g : grads) in.push_back(g);
-  auto out = torch::autograd::DelayedError(msg, static_cast<int64_t>(in.size()))(std::move(in));
-  return out;
+  const auto n = static_cast<int64_t>(grads.size());
+  return torch::autograd::DelayedError(msg, n)(std::move(grads));
 }
 
 void check_surrogate_supported(const char* op, bool any_tangent, bool any_grad) {

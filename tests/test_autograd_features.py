@@ -295,3 +295,15 @@ def test_forward_ad_and_transforms_take_the_composite():
     p = torch.randn(5, 4, dtype=torch.float64)
     names = _ops_run(lambda: torch.func.grad(lambda x: iwae_fused.iwelbo(x).sum())(p))
     assert "aten::exp" in names and "iwae_fused::iwelbo_backward" not in names
+
+
+def test_errors_on_the_composite_path_name_the_op():
+    # under a transform / with tangents the composite runs; its argument
+    # errors keep the op's types and name it
+    p = torch.randn(5, 4, dtype=torch.float64)
+    with pytest.raises(IndexError, match=r"iwelbo\(\): dim=2 is out of range"):
+        torch.func.grad(lambda x: iwae_fused.iwelbo(x, None, 2).sum())(p)
+    with pytest.raises(ValueError, match=r"iwelbo\(\): log_p of shape .* do not broadcast"):
+        torch.func.grad(lambda x: iwae_fused.iwelbo(x, torch.zeros(3)).sum())(p)
+    with pytest.raises(ValueError, match="expected a finite alpha"):
+        torch.func.jvp(lambda x: iwae_fused.iwelbo(x, alpha=float("inf")), (p,), (p,))
