@@ -270,6 +270,11 @@ def test_constant_ops_have_no_tangent_by_design():
     # torch.func.jvp reports an absent tangent as zeros
     _, t = torch.func.jvp(iwae_fused.normalized_weights, (p,), (torch.ones_like(p),))
     assert torch.equal(t, torch.zeros_like(p))
+    # reverse mode: the constants give zero gradients, logsumexp_stats raises
+    jac = torch.func.jacrev(lambda x: iwae_fused.weight_diagnostics(x)[0])(p)
+    assert torch.equal(jac, torch.zeros_like(jac))
+    with pytest.raises(RuntimeError, match="logsumexp_stats is not implemented"):
+        torch.func.grad(lambda x: torch.ops.iwae_fused.logsumexp_stats(x).sum())(p)
 
 
 # ---- the training path stays fused ------------------------------------------
