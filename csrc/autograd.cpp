@@ -1,17 +1,16 @@
 // Gradients, registered at the Autograd key in C++ so a training step pays no
 // Python on the autograd path (a Python-registered autograd formula costs
 // ~100 us per step at the dispatch-bound training shapes).
-#include <ATen/ExpandUtils.h>
 #include <ATen/ATen.h>
+#include <ATen/ExpandUtils.h>
 #include <ATen/WrapDimUtils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/FuncTorchTLS.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
-#include <cmath>
+#include "autograd_composite.h"
 
 namespace iwae_fused {
 namespace {
@@ -92,138 +91,9 @@ Tensor to_input(Tensor grad, const Tensor& input) {
 // keep the fused Function when neither is in play, and otherwise compute the
 // bound as a composite of differentiable ATen ops with the same -inf rules:
 // ATen's own autograd, forward AD and batching rules then give every order,
-// every transform and every composition of them. The checks cost a
-// thread-local pointer test and one forward-grad lookup per input (tens of ns;
-// benchmarks/NOTES.md, entry 10).
-
-// A grad/jvp-type functorch transform is processing this call: the Autograd
-// key only runs with a layer on the stack under grad, vjp, jvp and friends
-// (vmap and functionalize exclude the autograd keys while they process, and
-// pop their layer before dispatching below them).
-// (ATen/functorch/DynamicLayer.h, which would say so directly, needs headers
-// torch does not ship; the functorch TLS answers through the check that C++
-// Functions' apply() makes. It exists once a transform has run on this thread,
-// and throws only while one is active, i.e. only off the fast path.)
-bool under_functorch_transform() {
-  const auto& tls = at::functorch::functorchTLSAccessor();
-  if (!tls) return false;
-  try {
-    tls->checkSupportsCppAutogradFunction();
-    return false;
-  } catch (const c10::Error&) {
-    return true;
-  }
-}
-
-bool has_tangent(const Tensor& t) {
-  return t.defined() && t._fw_grad(/*level=*/0).defined();
-}
-
-bool has_tangent(const OptTensor& t) {
-  return t.has_value() && has_tangent(*t);
-}
-
-at::ScalarType opmath(at::ScalarType t) {
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
-}
-
-// log w = log_p - log_q in opmath (promoted and broadcast as the op does), with
-// a 0-dim input viewed as one sample, and the wrapped sample dim.
-std::pair<Tensor, int64_t> composite_log_w(
-    const Tensor& log_p, const OptTensor& log_q, int64_t dim) {
-  Tensor log_w = log_q.has_value() ? log_p - *log_q : log_p;
-  log_w = log_w.to(opmath(log_w.scalar_type()));
-  if (log_w.dim() == 0) {
-    TORCH_CHECK_INDEX(dim == 0 || dim == -1, "iwelbo(): dim=", dim,
-        " is out of range for log-weights of shape [] (expected dim in [-1, 0])");
-    return {log_w.unsqueeze(0), 0};
-  }
-  TORCH_CHECK_INDEX(dim >= -log_w.dim() && dim < log_w.dim(), "iwelbo(): dim=", dim,
-      " is out of range for log-weights of shape ", log_w.sizes(), " (expected dim in [",
-      -log_w.dim(), ", ", log_w.dim() - 1, "])");
-  return {log_w, at::maybe_wrap_dim(dim, log_w.dim())};
-}
-
-// beta log w, its per-slice shift (the max, detached: any constant shift gives
-// the same derivatives) and the mask of slices whose log-weights are all -inf.
-// exp(beta log w - shift) is then 0 on such a slice, and every where() below
-// keeps its derivatives at 0 at every order (no inf - inf, no 0 * inf).
-struct Shifted {
-  Tensor e;      // exp(beta log w - shift)
-  Tensor shift;  // keepdim
-  Tensor empty;  // keepdim, bool
-};
-
-Shifted shifted_exp(const Tensor& log_w, int64_t d, double beta) {
-  Tensor x = log_w * beta;
-  Tensor m = at::amax(x.detach(), d, /*keepdim=*/true);
-  Tensor empty = m == -INFINITY;
-  Tensor shift = at::where(at::isfinite(m), m, at::zeros_like(m));
-  return {at::exp(x - shift), shift, empty};
-}
-
-// iwelbo as differentiable ATen ops (value equal to the kernel's to rounding).
-Tensor iwelbo_composite(
-    const Tensor& log_p, const OptTensor& log_q, int64_t dim, bool keepdim,
-    double alpha) {
-  TORCH_CHECK_VALUE(std::isfinite(alpha), "iwelbo(): expected a finite alpha, but got ", alpha);
-  const auto out_type = log_q.has_value()
-      ? at::result_type(log_p, *log_q) : log_p.scalar_type();
-  // The errors of csrc/plan.cpp (type and message) for what ATen would
-  // otherwise report in its own words.
-  for (const Tensor* t : {&log_p, log_q.has_value() ? &*log_q : &log_p}) {
-    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()),
-        "iwelbo(): expected floating-point log-weights, but got ", t->scalar_type());
-  }
-  if (log_q.has_value()) {
-    const auto a = log_p.sym_sizes(), b = log_q->sym_sizes();
-    const size_t n = std::max(a.size(), b.size());
-    for (size_t i = 0; i < n; ++i) {
-      const c10::SymInt sa = i < n - a.size() ? c10::SymInt(1) : a[i - (n - a.size())];
-      const c10::SymInt sb = i < n - b.size() ? c10::SymInt(1) : b[i - (n - b.size())];
-      TORCH_CHECK_VALUE(sa == sb || sa == 1 || sb == 1, "iwelbo(): log_p of shape ", a,
-          " and log_q of shape ", b, " do not broadcast (as for log_p - log_q)");
-    }
-    TORCH_CHECK(log_p.device() == log_q->device(), "iwelbo(): expected log_p and log_q "
-        "on the same device, but log_p is on ", log_p.device(), " and log_q is on ",
-        log_q->device());
-  }
-  const bool scalar = std::max(log_p.dim(), log_q.has_value() ? log_q->dim() : 0) == 0;
-  auto [log_w, d] = composite_log_w(log_p, log_q, dim);
-  const int64_t K = log_w.sym_size(d).guard_int(__FILE__, __LINE__);
-  TORCH_CHECK_VALUE(K > 0, "iwelbo(): the sample dimension dim=", dim,
-      " has size 0, but at least one importance sample is needed");
-  const bool keep = keepdim && !scalar;
-  Tensor out;
-  if (alpha == 1.0) {
-    // The ELBO is linear in log w: exactly the mean, as the kernel computes it.
-    out = log_w.mean(d, keep);
-  } else {
-    const double beta = 1.0 - alpha;
-    auto [e, shift, empty] = shifted_exp(log_w, d, beta);
-    Tensor s = e.sum(d, /*keepdim=*/true);
-    Tensor s_safe = at::where(empty, at::ones_like(s), s);
-    Tensor lse = at::where(
-        empty, at::full_like(s, -INFINITY), at::log(s_safe) + shift);
-    out = (lse - std::log(static_cast<double>(K))) / beta;
-    if (!keep) out = out.squeeze(d);
-  }
-  return out.to(out_type);
-}
-
-// softmax(beta log w) as differentiable ATen ops: the weights the gradient of
-// iwelbo is made of, 0 on an all -inf slice; uniform 1/K at alpha = 1.
-Tensor weights_composite(
-    const Tensor& log_p, const OptTensor& log_q, int64_t dim, double alpha) {
-  auto [log_w, d] = composite_log_w(log_p, log_q, dim);
-  const int64_t K = log_w.sym_size(d).guard_int(__FILE__, __LINE__);
-  if (alpha == 1.0) {
-    return at::full_like(log_w, 1.0 / static_cast<double>(K)).detach();
-  }
-  auto [e, shift, empty] = shifted_exp(log_w, d, 1.0 - alpha);
-  Tensor s = e.sum(d, /*keepdim=*/true);
-  return e / at::where(empty, at::ones_like(s), s);
-}
+// every transform and every composition of them (csrc/autograd_composite.cpp).
+// The checks cost a thread-local pointer test and one forward-grad lookup per
+// input (tens of ns; benchmarks/NOTES.md, entry 10).
 
 // Derivatives of a surrogate estimator are not derivatives of anything: its
 // gradients are returned through a node that raises this when differentiated
@@ -284,11 +154,10 @@ struct IwelboFunction : public torch::autograd::Function<IwelboFunction> {
       // derivative is g beta (diag(w) - w w^T) along dim (0 on an all -inf
       // slice), and a tangent flows through it.
       const int64_t dim = ctx->saved_data["dim"].toInt();
-      const bool keepdim = ctx->saved_data["keepdim"].toBool();
       const double alpha = ctx->saved_data["alpha"].toDouble();
       const OptTensor q = has_q ? OptTensor(log_q) : std::nullopt;
       Tensor w = weights_composite(log_p, q, dim, alpha);  // full shape ([1] for 0-dim)
-      Tensor g = grads[0];
+      Tensor g = grads[0];  // the bound's shape: dim dropped unless keepdim, [] for 0-dim
       if (g.dim() < w.dim()) g = g.unsqueeze(at::maybe_wrap_dim(dim, w.dim()));
       Tensor gw = (g * w).to(has_q ? at::result_type(log_p, log_q) : log_p.scalar_type());
       return {
