@@ -1,11 +1,16 @@
 // Gradients, registered at the Autograd key in C++ so a training step pays no
 // Python on the autograd path (a Python-registered autograd formula costs
 // ~100 us per step at the dispatch-bound training shapes).
+#include <ATen/ATen.h>
 #include <ATen/ExpandUtils.h>
+#include <ATen/WrapDimUtils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
+
+#include "autograd_composite.h"
 
 namespace iwae_fused {
 namespace {
@@ -75,6 +80,52 @@ Tensor to_input(Tensor grad, const Tensor& input) {
   return grad;
 }
 
+
+// ---- the slow paths: forward-mode AD, double backward, torch.func -----------
+//
+// torch::autograd::Function (C++) supports neither forward-mode AD nor
+// functorch transforms (its apply() refuses a non-empty functorch stack, and
+// an input that carries only a tangent used to skip it and come back with no
+// tangent: the silent zero of issue 14). Rather than move the training path to
+// a Python autograd.Function (~100 us per call), the Autograd kernels below
+// keep the fused Function when neither is in play, and otherwise compute the
+// bound as a composite of differentiable ATen ops with the same -inf rules:
+// ATen's own autograd, forward AD and batching rules then give every order,
+// every transform and every composition of them (csrc/autograd_composite.cpp).
+// The checks cost a thread-local pointer test and one forward-grad lookup per
+// input (tens of ns; benchmarks/NOTES.md, entry 10).
+
+// Derivatives of a surrogate estimator are not derivatives of anything: its
+// gradients are returned through a node that raises this when differentiated
+// (the check happens only if someone does, as for once_differentiable).
+torch::autograd::variable_list raise_if_differentiated(
+    const char* op, torch::autograd::variable_list grads) {
+  if (!at::GradMode::is_enabled()) return grads;
+  const std::string msg = std::string(op) +
+      "(): double backward is not supported: its backward computes a surrogate "
+      "gradient estimator, not the derivative of its value, so the estimator "
+      "has no derivative to take. Differentiate iwae_fused.iwelbo for the bound's "
+      "higher derivatives.";
+  const auto n = static_cast<int64_t>(grads.size());
+  return torch::autograd::DelayedError(msg, n)(std::move(grads));
+}
+
+void check_surrogate_supported(const char* op, bool any_tangent, bool any_grad) {
+  TORCH_CHECK(
+      !any_tangent,
+      op, "(): forward-mode AD (torch.autograd.forward_ad, torch.func.jvp, jacfwd) "
+      "is not supported: its gradient is a surrogate estimator, not the derivative "
+      "of its value, so there is no tangent that agrees with it. Use "
+      "iwae_fused.iwelbo for the tangent of the bound.");
+  TORCH_CHECK(
+      !(any_grad && under_functorch_transform()),
+      op, "(): torch.func transforms that differentiate (grad, vjp, jacrev, "
+      "jacfwd, hessian, jvp) are not supported: its gradient is a surrogate "
+      "estimator, not the derivative of its value. Call loss.backward() / "
+      "torch.autograd.grad outside torch.func, or use iwae_fused.iwelbo. "
+      "torch.vmap without differentiation is supported.");
+}
+
 struct IwelboFunction : public torch::autograd::Function<IwelboFunction> {
   static Tensor forward(
       torch::autograd::AutogradContext* ctx, const Tensor& log_p,
@@ -96,6 +147,23 @@ struct IwelboFunction : public torch::autograd::Function<IwelboFunction> {
     const bool has_q = log_q.defined();
     const std::array<bool, 2> mask{
         ctx->needs_input_grad(0), has_q && ctx->needs_input_grad(1)};
+    if (at::GradMode::is_enabled() || has_tangent(grads[0]) ||
+        has_tangent(log_p) || has_tangent(log_q)) {
+      // create_graph=True (double backward), or forward-over-reverse: the
+      // gradient g * softmax(beta log w) from differentiable ops, so its own
+      // derivative is g beta (diag(w) - w w^T) along dim (0 on an all -inf
+      // slice), and a tangent flows through it.
+      const int64_t dim = ctx->saved_data["dim"].toInt();
+      const double alpha = ctx->saved_data["alpha"].toDouble();
+      const OptTensor q = has_q ? OptTensor(log_q) : std::nullopt;
+      Tensor w = weights_composite(log_p, q, dim, alpha);  // full shape ([1] for 0-dim)
+      Tensor g = grads[0];  // the bound's shape: dim dropped unless keepdim, [] for 0-dim
+      if (g.dim() < w.dim()) g = g.unsqueeze(at::maybe_wrap_dim(dim, w.dim()));
+      Tensor gw = (g * w).to(has_q ? at::result_type(log_p, log_q) : log_p.scalar_type());
+      return {
+          mask[0] ? to_input(gw, log_p) : Tensor(),
+          mask[1] ? to_input(-gw, log_q) : Tensor(), Tensor(), Tensor(), Tensor()};
+    }
     auto [gp, gq] = backward_op().call(
         grads[0], stats, log_p, has_q ? OptTensor(log_q) : std::nullopt,
         ctx->saved_data["dim"].toInt(), ctx->saved_data["keepdim"].toBool(),
@@ -111,6 +179,10 @@ Tensor iwelbo_autograd(
     double alpha) {
   const bool needs_grad = at::GradMode::is_enabled() &&
       (log_p.requires_grad() || (log_q.has_value() && log_q->requires_grad()));
+  if (has_tangent(log_p) || has_tangent(log_q) || under_functorch_transform()) {
+    // Forward-mode AD, or a torch.func transform: see the note above.
+    return iwelbo_composite(log_p, log_q, dim, keepdim, alpha);
+  }
   if (!needs_grad) {
     // Nothing to record: skip the graph node and the saved stats.
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -176,18 +248,23 @@ struct VimcoFunction : public torch::autograd::Function<VimcoFunction> {
       torch::autograd::AutogradContext* ctx,
       torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
+    check_surrogate_supported(
+        "vimco", has_tangent(grads[0]) || has_tangent(saved[0]) || has_tangent(saved[1]), false);
     const std::array<bool, 2> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
     auto [gp, gq] = vimco_backward_op().call(
         grads[0], saved[2], saved[0], saved[1], ctx->saved_data["dim"].toInt(),
         ctx->saved_data["keepdim"].toBool(), mask);
-    return {
+    return raise_if_differentiated("vimco", {
         mask[0] ? to_input(gp, saved[0]) : Tensor(),
-        mask[1] ? to_input(gq, saved[1]) : Tensor(), Tensor(), Tensor()};
+        mask[1] ? to_input(gq, saved[1]) : Tensor(), Tensor(), Tensor()});
   }
 };
 
 Tensor vimco_autograd(const Tensor& log_p, const Tensor& log_q, int64_t dim, bool keepdim) {
-  if (!(at::GradMode::is_enabled() && (log_p.requires_grad() || log_q.requires_grad()))) {
+  const bool needs_grad =
+      at::GradMode::is_enabled() && (log_p.requires_grad() || log_q.requires_grad());
+  check_surrogate_supported("vimco", has_tangent(log_p) || has_tangent(log_q), needs_grad);
+  if (!needs_grad) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return vimco_op().call(log_p, log_q, dim, keepdim);
   }
@@ -246,6 +323,9 @@ struct DregFunction : public torch::autograd::Function<DregFunction> {
       torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const Tensor &log_p = saved[0], &log_q = saved[1], &z = saved[2];
+    check_surrogate_supported(
+        "dreg", has_tangent(grads[0]) || has_tangent(log_p) || has_tangent(log_q) ||
+            has_tangent(z), false);
     const int64_t dim = ctx->saved_data["dim"].toInt();
     const std::string z_weight = ctx->saved_data["z_weight"].toStringRef();
     Tensor gp, corr;
@@ -265,14 +345,17 @@ struct DregFunction : public torch::autograd::Function<DregFunction> {
       if (log_p.requires_grad()) outs.push_back(log_p), gouts.push_back(corr);
       if (log_q.requires_grad()) outs.push_back(log_q), gouts.push_back(-corr);
       auto res = torch::autograd::grad(
-          outs, {z}, gouts, /*retain_graph=*/true, /*create_graph=*/false,
+          // create_graph keeps gz attached, so that differentiating it reaches
+          // the error below instead of a silent constant.
+          outs, {z}, gouts, /*retain_graph=*/true,
+          /*create_graph=*/at::GradMode::is_enabled(),
           /*allow_unused=*/true);
       gz = res[0];
     }
-    return {
+    return raise_if_differentiated("dreg", {
         ctx->needs_input_grad(0) ? to_input(gp, log_p) : Tensor(),
         ctx->needs_input_grad(1) ? to_input(-gp, log_q) : Tensor(),
-        ctx->needs_input_grad(2) ? gz : Tensor(), Tensor(), Tensor()};
+        ctx->needs_input_grad(2) ? gz : Tensor(), Tensor(), Tensor()});
   }
 };
 
@@ -280,6 +363,9 @@ Tensor dreg_autograd(
     const Tensor& log_p, const Tensor& log_q, const Tensor& z, int64_t dim,
     std::string z_weight) {
   const bool any = log_p.requires_grad() || log_q.requires_grad() || z.requires_grad();
+  check_surrogate_supported(
+      "dreg", has_tangent(log_p) || has_tangent(log_q) || has_tangent(z),
+      at::GradMode::is_enabled() && any);
   if (!(at::GradMode::is_enabled() && any)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return dreg_op().call(log_p, log_q, z, dim, std::move(z_weight));

@@ -76,7 +76,16 @@ def iwelbo(
     ``w = softmax(log_p - log_q, dim)`` the normalized importance weights,
     written in one element-wise pass from the log-sum-exp saved by the
     forward. A broadcast input receives its gradient summed over the broadcast.
-    Double backward is not supported (it raises).
+
+    Every autograd feature gives the eager expression's derivatives (README,
+    "Autograd features"): double backward (``create_graph=True``; the second
+    derivative along ``dim`` is ``g beta (diag(w) - w w^T)``, beta = 1 - alpha),
+    forward-mode AD (tangent ``sum_k w_k (t_p - t_q)_k``, the mean of the
+    tangents at alpha = 1), the torch.func transforms and their compositions,
+    and torch.vmap (a batching rule: the vmapped dim becomes a batch dim of the
+    same kernels). Plain ``backward()`` runs the fused kernels through a C++
+    autograd node; forward-mode AD, create_graph and torch.func transforms
+    run a differentiable composite of ATen ops with the same -inf rules.
 
     Numerics, where the eager expression is worse:
 
@@ -112,6 +121,10 @@ def normalized_weights(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int =
     wake-sleep and weight diagnostics use them as such, e.g. the wake-phi loss
     ``-(normalized_weights(log_p, log_q) * log_q).sum(0).mean()``. A slice
     whose log-weights are all ``-inf`` gets weights 0 (softmax gives NaN).
+    By the same design they carry no tangent under forward-mode AD (None;
+    ``torch.func.jvp`` reports zeros) and give zero gradients under
+    ``torch.func.grad``; for derivatives of the weights, use ``torch.softmax``
+    or differentiate :func:`iwelbo`.
     """
     return _normalized_weights(log_p, log_q, dim)
 
@@ -133,8 +146,9 @@ def weight_diagnostics(
     1 (one sample carries all the weight) to K (all equal); the largest weight
     from 1/K to 1. Both are computed from the online state (max, sum, sum of
     squares) of one read of the inputs, in float32 for half types, and are
-    constants (no gradient). An all -inf slice gives 0 and 0; NaN stays in its
-    slice. Arguments, broadcasting and errors as :func:`iwelbo`.
+    constants (no gradient, no forward-mode tangent, by design). An all -inf
+    slice gives 0 and 0; NaN stays in its slice. Arguments, broadcasting and
+    errors as :func:`iwelbo`.
     """
     return _weight_diagnostics(log_p, log_q, dim)
 
@@ -167,6 +181,13 @@ def vimco(log_p: Tensor, log_q: Tensor, dim: int = 0, keepdim: bool = False) -> 
     others is kept apart from the largest weight, and the arithmetic is in
     double whatever the input dtype). K = 1 is an error (no leave-one-out);
     an example whose log-weights are all -inf gives -inf and zero gradients.
+
+    The backward is an estimator, not the derivative of the value, so there is
+    nothing for higher-order or forward-mode AD to differentiate: forward-mode
+    AD, the differentiating torch.func transforms (grad, vjp, jvp, jacrev,
+    jacfwd, hessian) and differentiating the gradients (double backward) raise
+    an error naming vimco. ``create_graph=True`` itself and ``torch.vmap``
+    (without differentiation) work.
     """
     return _vimco(log_p, log_q, dim, keepdim)
 
@@ -218,7 +239,10 @@ def dreg(
 
     Shapes: ``log_p``, ``log_q`` as for :func:`iwelbo` (``dim`` the sample
     dim); ``z`` any tensor both were computed from. Not supported under
-    torch.compile's autograd (the backward is reentrant); eager only.
+    torch.compile's autograd (the backward is reentrant); eager only. As for
+    :func:`vimco`, the gradients are an estimator's: forward-mode AD, the
+    differentiating torch.func transforms and double backward raise an error
+    naming dreg; ``torch.vmap`` of the value works.
     """
     return _dreg(log_p, log_q, z, dim, z_weight)
 
@@ -395,3 +419,7 @@ def _dreg_backward_fake(grad, stats, log_p, log_q, dim, z_weight):
 def _normalized_weights_fake(log_p, log_q=None, dim=0):
     shape, _, dtype = _plan("normalized_weights", log_p, log_q, dim)
     return log_p.new_empty(shape, dtype=dtype)
+
+
+# vmap batching rules (a vmapped dim becomes a batch dim of the same kernels).
+from iwae_fused import batching as _batching  # noqa: E402,F401
