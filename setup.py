@@ -20,6 +20,7 @@ Environment:
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -42,8 +43,21 @@ def _prepare_cuda_home():
 
 _prepare_cuda_home()
 
-import torch  # noqa: E402
-from torch.utils import cpp_extension  # noqa: E402
+# Metadata-only commands (an sdist, or pip asking for build requirements in an
+# isolated environment) need no torch; every build does, the installed one.
+_METADATA_ONLY = bool(set(sys.argv[1:]) & {"sdist", "egg_info", "dist_info", "--version"}) and not (
+    set(sys.argv[1:]) & {"bdist_wheel", "build_ext", "build", "develop", "install", "editable_wheel"})
+try:
+    import torch  # noqa: E402
+    from torch.utils import cpp_extension  # noqa: E402
+except ImportError:
+    if not _METADATA_ONLY:
+        raise RuntimeError(
+            "iwae_fused builds against the torch already installed: install torch first "
+            "(pip install torch), then build without isolation: "
+            "pip install --no-build-isolation iwae_fused (or . from a checkout)"
+        ) from None
+    torch = None
 
 
 def _toolkit_ok(home):
@@ -180,19 +194,42 @@ def _emulator_extension():
     )
 
 
-EXTENSION, WITH_CUDA = _extension()
-EXTENSIONS = [EXTENSION] + ([_emulator_extension()] if _env_flag("IWAE_FUSED_CUDA_EMU") else [])
+if torch is None or "sdist" in sys.argv[1:]:
+    # An sdist is torch-agnostic: no extension decided, no torch tag in the version.
+    EXTENSIONS, CMDCLASS, FULL_VERSION = [], {}, VERSION
+else:
+    EXTENSION, WITH_CUDA = _extension()
+    EXTENSIONS = [EXTENSION] + ([_emulator_extension()] if _env_flag("IWAE_FUSED_CUDA_EMU") else [])
+    CMDCLASS = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    FULL_VERSION = _local_version(WITH_CUDA)
 
 setup(
     name="iwae_fused",
-    version=_local_version(WITH_CUDA),
+    version=FULL_VERSION,
     description="Fused, dispatcher-registered importance-weighted bounds for PyTorch",
     long_description=open(os.path.join(ROOT, "README.md")).read(),
     long_description_content_type="text/markdown",
+    author="The iwae_fused developers",
+    license="BSD-3-Clause",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Development Status :: 4 - Beta",
+        "Intended Audience :: Science/Research",
+        "License :: OSI Approved :: BSD License",
+        "Programming Language :: C++",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Environment :: GPU :: NVIDIA CUDA",
+    ],
+    keywords=["pytorch", "variational inference", "IWAE", "importance sampling", "CUDA"],
     packages=find_packages(include=["iwae_fused", "iwae_fused.*"]),
     ext_modules=EXTENSIONS,
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass=CMDCLASS,
     python_requires=">=3.9",
+    # A lower bound only: pip must never replace the torch a build was made
+    # against (the extension is tied to it; iwae_fused/_build.py checks).
+    install_requires=["torch>=2.11"],
     extras_require={
         "test": ["pytest", "hypothesis", "numpy"],
         "bench": ["pytest-benchmark", "matplotlib", "tqdm"],

@@ -112,6 +112,9 @@ def train(kind, k, args, data, device, log):
     curve = {"epoch": [], "train_bound": [], "test_ll": []}
     steps = 0
     bar = _tqdm(range(1, args.epochs + 1), desc=f"{kind} k={k}")
+    # A point at the first epoch and at least ~10 per run, so any run length
+    # draws readable curves.
+    every = max(1, min(args.eval_every, args.epochs // 10))
     for epoch in bar:
         xb_all = binarize(train_x, gen).to(device)
         order = torch.randperm(len(xb_all), generator=gen)
@@ -127,7 +130,7 @@ def train(kind, k, args, data, device, log):
             steps += 1
             if args.max_steps and steps >= args.max_steps:
                 break
-        if epoch % args.eval_every == 0 or epoch == args.epochs or args.max_steps:
+        if epoch == 1 or epoch % every == 0 or epoch == args.epochs or args.max_steps:
             ll, _ = evaluate(model, fixed_test, args.curve_samples, args.chunk_size, args.seed)
             curve["epoch"].append(epoch)
             curve["train_bound"].append(statistics.fmean(totals))
@@ -178,8 +181,8 @@ def plot_curves(results, path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for r in results:
         c, label = r["curve"], f"{r['kind'].upper()} k={r['k']}"
-        axes[0].plot(c["epoch"], c["train_bound"], label=label)
-        axes[1].plot(c["epoch"], c["test_ll"], label=label)
+        axes[0].plot(c["epoch"], c["train_bound"], "o-", ms=3, label=label)
+        axes[1].plot(c["epoch"], c["test_ll"], "o-", ms=3, label=label)
     axes[0].set(title="training bound (per example)", xlabel="epoch", ylabel="nats")
     axes[1].set(title="test log-likelihood estimate", xlabel="epoch", ylabel="nats")
     for ax in axes:
@@ -245,10 +248,11 @@ def parse_models(items):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--models", nargs="+",
                     default=["vae:1", "vae:5", "vae:50", "iwae:5", "iwae:50"],
-                    help="kind:k items (default: %(default)s)")
+                    help="kind:k items")
     ap.add_argument("--epochs", type=int, default=400)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -256,15 +260,21 @@ def main(argv=None):
     ap.add_argument("--z-dim", type=int, default=20)
     ap.add_argument("--eval-samples", type=int, default=5000, help="K for the final test estimate")
     ap.add_argument("--curve-samples", type=int, default=100, help="K for the curves' estimates")
-    ap.add_argument("--eval-every", type=int, default=20)
+    ap.add_argument("--eval-every", type=int, default=20,
+                    help="epochs between curve points (fewer for short runs: ~10 points at least)")
     ap.add_argument("--chunk-size", type=int, default=500)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=0, help="stop each model after this many steps (smoke runs)")
     ap.add_argument("--timing-k", type=int, nargs="*", default=[50, 1000],
                     help="k at which to time the training step (none: skip)")
-    ap.add_argument("--out", default="examples/output", help="folder for the PNG and the table")
+    ap.add_argument("--out", default=None,
+                    help="folder for the PNG and the table (default: examples/output/runs, which git "
+                         "ignores; --publish: examples/output, the committed results)")
+    ap.add_argument("--publish", action="store_true",
+                    help="refresh the committed results in examples/output on purpose")
     args = ap.parse_args(argv)
+    args.out = args.out or os.path.join("examples", "output", "" if args.publish else "runs")
 
     torch.manual_seed(args.seed)
     data = load_digits_split(seed=0)

@@ -31,7 +31,20 @@ __all__ = [
     "IwelboState",
     "estimate_log_likelihood",
 ]
-__version__ = "0.1.0"
+
+
+def _installed_version():
+    # The installed distribution's version, local tag included (0.1.0+pt213cpu
+    # names the torch and CUDA the build is tied to), as pip reports it.
+    from importlib import metadata
+
+    try:
+        return metadata.version("iwae_fused")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0.1.0"
+
+
+__version__ = _installed_version()
 
 
 def __getattr__(name):

@@ -8,6 +8,7 @@ torch.export), with the same error messages.
 """
 
 import math
+import operator
 from typing import Optional, Tuple
 
 import torch
@@ -104,7 +105,11 @@ def iwelbo(
     inputs on different devices (RuntimeError). An empty batch gives an empty
     result.
     """
-    return _iwelbo(log_p, log_q, dim, keepdim, alpha)
+    try:
+        return _iwelbo(log_p, log_q, dim, keepdim, alpha)
+    except (TypeError, RuntimeError):
+        _explain("iwelbo", log_p=log_p, log_q=log_q, dim=dim)
+        raise
 
 
 def normalized_weights(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> Tensor:
@@ -126,7 +131,11 @@ def normalized_weights(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int =
     ``torch.func.grad``; for derivatives of the weights, use ``torch.softmax``
     or differentiate :func:`iwelbo`.
     """
-    return _normalized_weights(log_p, log_q, dim)
+    try:
+        return _normalized_weights(log_p, log_q, dim)
+    except (TypeError, RuntimeError):
+        _explain("normalized_weights", log_p=log_p, log_q=log_q, dim=dim)
+        raise
 
 
 def weight_diagnostics(
@@ -150,13 +159,21 @@ def weight_diagnostics(
     slice gives 0 and 0; NaN stays in its slice. Arguments, broadcasting and
     errors as :func:`iwelbo`.
     """
-    return _weight_diagnostics(log_p, log_q, dim)
+    try:
+        return _weight_diagnostics(log_p, log_q, dim)
+    except (TypeError, RuntimeError):
+        _explain("weight_diagnostics", log_p=log_p, log_q=log_q, dim=dim)
+        raise
 
 
 def effective_sample_size(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> Tensor:
     """The effective sample size 1 / sum_k w~_k^2 per example; see
     :func:`weight_diagnostics`, which also gives the largest weight."""
-    return _weight_diagnostics(log_p, log_q, dim)[0]
+    try:
+        return _weight_diagnostics(log_p, log_q, dim)[0]
+    except (TypeError, RuntimeError):
+        _explain("effective_sample_size", log_p=log_p, log_q=log_q, dim=dim)
+        raise
 
 
 def vimco(log_p: Tensor, log_q: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
@@ -189,7 +206,11 @@ def vimco(log_p: Tensor, log_q: Tensor, dim: int = 0, keepdim: bool = False) -> 
     an error naming vimco. ``create_graph=True`` itself and ``torch.vmap``
     (without differentiation) work.
     """
-    return _vimco(log_p, log_q, dim, keepdim)
+    try:
+        return _vimco(log_p, log_q, dim, keepdim)
+    except (TypeError, RuntimeError):
+        _explain("vimco", log_p=log_p, log_q=log_q, dim=dim)
+        raise
 
 
 def dreg(
@@ -244,7 +265,27 @@ def dreg(
     differentiating torch.func transforms and double backward raise an error
     naming dreg; ``torch.vmap`` of the value works.
     """
-    return _dreg(log_p, log_q, z, dim, z_weight)
+    try:
+        return _dreg(log_p, log_q, z, dim, z_weight)
+    except (TypeError, RuntimeError):
+        _explain("dreg", log_p=log_p, log_q=log_q, z=z, dim=dim)
+        raise
+
+
+def _explain(op, dim=0, **tensors):
+    """After the dispatcher refused a call: a TypeError naming the argument of
+    the wrong type, if one is (the dispatcher's own message names C++ types, or
+    prints the whole value of a list). The successful path pays nothing."""
+    for name, t in tensors.items():
+        if t is None and name == "log_q":
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}(): expected {name} to be a torch.Tensor, but got "
+                            f"{type(t).__module__}.{type(t).__qualname__}".replace("builtins.", ""))
+    try:
+        operator.index(dim)
+    except TypeError:
+        raise TypeError(f"{op}(): expected dim to be an int, but got {type(dim).__name__} ({dim!r})") from None
 
 
 # ---- fake implementations (mirror csrc/plan.cpp) -----------------------------
@@ -288,7 +329,7 @@ def _plan(op, log_p, log_q, dim):
         _check_input(op, "log_q", log_q)
         if log_q.device != log_p.device:
             raise RuntimeError(
-                f"{op}(): expected log_p and log_q on the same device, but log_p is "
+                f"{op}(): expected all tensors on the same device, but log_p is "
                 f"on {log_p.device} and log_q is on {log_q.device}"
             )
         shape = _broadcast(op, list(log_p.shape), list(log_q.shape))

@@ -101,3 +101,27 @@ def test_double_backward_of_iwelbo_is_the_derivative_of_its_gradient():
     (g,) = torch.autograd.grad(iwae_fused.iwelbo(p).sum(), p, create_graph=True)
     (h,) = torch.autograd.grad(g[0].sum(), p)
     assert torch.isfinite(h).all() and h.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dim", [0.0, "0", None], ids=["float", "str", "None"])
+@pytest.mark.parametrize("name", ["iwelbo", "normalized_weights", "weight_diagnostics",
+                                  "effective_sample_size", "vimco"])
+def test_non_int_dim_names_the_argument(name, dim):
+    op = getattr(iwae_fused, name)
+    with pytest.raises(TypeError, match=rf"{name}\(\): expected dim to be an int, but got {type(dim).__name__}"):
+        op(torch.zeros(5, 4), torch.zeros(5, 4), dim=dim)
+
+
+@pytest.mark.parametrize("value", [[[0.0] * 4] * 500, "np"], ids=["list", "numpy"])
+def test_non_tensor_input_names_its_type_not_its_value(value):
+    import numpy as np
+
+    value = np.zeros((5, 4)) if value == "np" else value
+    with pytest.raises(TypeError) as err:
+        iwae_fused.iwelbo(value, torch.zeros(5, 4))
+    msg = str(err.value)
+    assert msg.startswith("iwelbo(): expected log_p to be a torch.Tensor, but got ")
+    assert msg.endswith("numpy.ndarray" if not isinstance(value, list) else "list")
+    assert len(msg) < 120  # the type, not the value
+    with pytest.raises(TypeError, match=r"dreg\(\): expected z to be a torch.Tensor, but got list"):
+        iwae_fused.dreg(torch.zeros(5, 4), torch.zeros(5, 4), [1.0])
