@@ -104,6 +104,20 @@ def _run(op, shape, dim, dtype):
     return cuda_emulator.launches(clear=True), p.numel(), outputs
 
 
+def _launch_text(r, sm_count=132, sm_warps=64, sm_blocks=32, sm_shared=228 * 1024):
+    """The configuration and its occupancy on an H100: resident warps are the
+    blocks that fit an SM at once (by warps, blocks and shared memory per SM;
+    registers are in the compiler report) times their warps, over all SMs."""
+    blocks = r["grid"][0] * r["grid"][1] * r["grid"][2]
+    threads = r["block"][0] * r["block"][1] * r["block"][2]
+    warps = (threads + 31) // 32
+    per_sm = min(sm_blocks, sm_warps // warps, sm_shared // r["shared_bytes"] if r["shared_bytes"] else sm_blocks)
+    resident = min(blocks, sm_count * per_sm) * warps
+    return (f"{r['kernel']} grid {r['grid'][0]}x{r['grid'][1]}x{r['grid'][2]} block "
+            f"{r['block'][0]}x{r['block'][1]} ({blocks} blocks, {blocks * threads} threads, "
+            f"{r['shared_bytes']} B shared; {resident} warps resident of {sm_count * sm_warps})")
+
+
 def _row(label, preset, scaled, dim, op, dtype):
     launches, numel, outputs = _run(op, scaled, dim, dtype)
     tot = {k: sum(r[k] for r in launches) for k in launches[0] if isinstance(launches[0][k], int)}
@@ -113,9 +127,7 @@ def _row(label, preset, scaled, dim, op, dtype):
     reqs = tot["load_requests"] + tot["store_requests"]
     sectors = tot["load_sectors"] + tot["store_sectors"]
     ideal = tot["load_ideal_sectors"] + tot["store_ideal_sectors"]
-    kernels = "; ".join(
-        f"{r['kernel']} grid {r['grid'][0]}x{r['grid'][1]}x{r['grid'][2]} block {r['block'][0]}x{r['block'][1]}"
-        for r in launches)
+    kernels = "; ".join(_launch_text(r) for r in launches)
     return dict(
         shape=f"{label} {list(preset)}:{dim} (as {list(scaled)})",
         op=op, dtype=str(dtype).replace("torch.", ""),

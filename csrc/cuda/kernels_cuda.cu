@@ -342,6 +342,58 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(
   }
 }
 
+// A thread's position in the flat index v = (run * vecs + j) with run = (o *
+// R + r): decomposed once, then advanced by the grid stride with additions
+// and one compare-and-subtract per digit, so the loop has no 64-bit division
+// (a long instruction sequence on the GPU, per vector).
+struct RunWalker {
+  int64_t o, r, j; // outer index, run within outer (k or i), vector in the run
+  int64_t dj, dr, dout; // the stride in the same digits
+  __device__ __forceinline__ RunWalker(int64_t v, int64_t stride, int64_t R, int64_t vecs) {
+    j = v % vecs;
+    const int64_t run = v / vecs;
+    r = run % R, o = run / R;
+    dj = stride % vecs;
+    const int64_t sr = stride / vecs;
+    dr = sr % R, dout = sr / R;
+  }
+  __device__ __forceinline__ void advance(int64_t R, int64_t vecs) {
+    j += dj;
+    int64_t carry = j >= vecs;
+    j -= carry * vecs;
+    r += dr + carry;
+    carry = r >= R;
+    r -= carry * R;
+    o += dout + carry;
+  }
+};
+
+// VEC values of T at p with stride 0 (one broadcast value) or 1, the first
+// `avail` real: in 16-byte vectors where contiguous and aligned.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_run(const T* p, int64_t stride, int64_t avail, T (&out)[VEC]) {
+  constexpr int kPer = sizeof(T) >= 16 ? 1 : 16 / sizeof(T);
+  if constexpr (VEC % kPer == 0 && VEC > 1) {
+    if (stride == 1 && avail >= VEC && reinterpret_cast<uintptr_t>(p) % 16 == 0) {
+#pragma unroll
+      for (int c = 0; c < VEC; c += kPer) {
+        const auto pk = ld_global(reinterpret_cast<const Pack<T, kPer>*>(p + c));
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) out[c + e] = pk.v[e];
+      }
+      return;
+    }
+  }
+  if (stride == 0) {
+    const T one = ld_global(p);
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) out[c] = one;
+    return;
+  }
+#pragma unroll
+  for (int c = 0; c < VEC; ++c) out[c] = c < avail ? ld_global(p + c) : T(0);
+}
+
 // Element-wise weights over runs of `len` contiguous elements: (o, k) runs
 // of the inner axis for columns, (o, i) runs of K for rows.
 template <typename scalar_t, int VEC, bool HAS_Q, bool COLS>
@@ -358,39 +410,46 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
   auto* out_q = static_cast<scalar_t*>(a.out_q);
   const opmath_t beta = static_cast<opmath_t>(a.beta);
   const int64_t total = runs * vecs_per_run;
-  for (int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; v < total;
-       v += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t run = v / vecs_per_run;
-    const int64_t j = (v - run * vecs_per_run) * VEC;
-    int64_t poff, qoff, ooff, sidx, gidx;
+  const int64_t R = COLS ? a.K : a.inner; // runs per outer index
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  const int64_t v0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  RunWalker at(v0, stride, R, vecs_per_run);
+  for (int64_t v = v0; v < total; v += stride, at.advance(R, vecs_per_run)) {
+    const int64_t o = at.o, j = at.j * VEC;
+    int64_t poff, qoff, ooff;
+    opmath_t sh[VEC], ln[VEC], gv[VEC];
+    const int64_t avail = len - j;
     if constexpr (COLS) {
-      const int64_t o = run / a.K, k = run - o * a.K;
+      const int64_t k = at.r;
       poff = o * a.p.so + k * a.p.sk + j;
       qoff = HAS_Q ? o * a.q.so + k * a.q.sk + j : 0;
       ooff = o * a.out_so + k * a.out_sk + j;
-      sidx = o * a.inner + j; // + c: one output per column
-      gidx = o * a.g_so + j * a.g_si; // + c * g_si
+      load_run(shift + o * a.inner + j, 1, avail, sh); // one output per column
+      load_run(log_norm + o * a.inner + j, 1, avail, ln);
+      if (g) {
+        scalar_t gs[VEC];
+        load_run(g + o * a.g_so + j * a.g_si, a.g_si, avail, gs);
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) gv[c] = static_cast<opmath_t>(gs[c]);
+      }
     } else {
-      const int64_t o = run / a.inner, i = run - o * a.inner;
+      const int64_t i = at.r, row = o * a.inner + i; // one output per row
       poff = o * a.p.so + i * a.p.si + j;
       qoff = HAS_Q ? o * a.q.so + i * a.q.si + j : 0;
       ooff = o * a.out_so + i * a.out_si + j;
-      sidx = run; // one output per row
-      gidx = o * a.g_so + i * a.g_si;
+      const opmath_t s1 = ld_global(shift + row), l1 = ld_global(log_norm + row);
+      const opmath_t g1 = g ? static_cast<opmath_t>(ld_global(g + o * a.g_so + i * a.g_si)) : opmath_t(1);
+#pragma unroll
+      for (int c = 0; c < VEC; ++c) sh[c] = s1, ln[c] = l1, gv[c] = g1;
     }
-    const int64_t avail = len - j;
     opmath_t x[VEC];
     load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(p, q, poff, qoff, avail, beta, x);
     Pack<scalar_t, VEC> wp, wq;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
-      const int64_t si = COLS ? sidx + c : sidx;
       const bool live = c < avail;
-      const opmath_t wn =
-          live ? Lane::weight(x[c] - ld_global(shift + si), ld_global(log_norm + si))
-               : opmath_t(0);
-      opmath_t w = wn;
-      if (g && live) w *= static_cast<opmath_t>(ld_global(g + (COLS ? gidx + c * a.g_si : gidx)));
+      const opmath_t wn = live ? Lane::weight(x[c] - sh[c], ln[c]) : opmath_t(0);
+      const opmath_t w = g && live ? wn * gv[c] : wn;
       wp.v[c] = static_cast<scalar_t>(w);
       // -g w; DReG's z-path corrections g w (w - 1) and -g w w (kernel_args.h).
       wq.v[c] = static_cast<scalar_t>(

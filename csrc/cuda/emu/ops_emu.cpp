@@ -42,6 +42,16 @@ void inputs(iwae_emu::Session& s, const Args& a, at::ScalarType dt) {
   }
 }
 
+// A backward's incoming gradient (one per output, strided) and its two
+// full-size outputs; WeightsArgs and VimcoArgs share these fields.
+template <typename Args>
+void gradient_regions(iwae_emu::Session& s, const Args& a) {
+  if (a.g) s.input("grad", a.g, elem(a.dtype) * extent(a.outer, 1, a.inner, a.g_so, 0, a.g_si));
+  const int64_t out = elem(a.dtype) * extent(a.outer, a.K, a.inner, a.out_so, a.out_sk, a.out_si);
+  if (a.out_p) s.output("grad_log_p", a.out_p, out);
+  if (a.out_q) s.output("grad_log_q", a.out_q, out);
+}
+
 struct EmuKernels {
   static void reduce(const ReduceArgs& a) {
     iwae_emu::Session s;
@@ -58,11 +68,8 @@ struct EmuKernels {
     iwae_emu::Session s;
     const int64_t n = a.outer * a.inner;
     inputs(s, a, a.dtype);
-    if (a.g) s.input("grad", a.g, elem(a.dtype) * extent(a.outer, 1, a.inner, a.g_so, 0, a.g_si));
     s.input("stats", a.stats, 2 * n * opmath_elem(a.dtype));
-    const int64_t out = elem(a.dtype) * extent(a.outer, a.K, a.inner, a.out_so, a.out_sk, a.out_si);
-    if (a.out_p) s.output("grad_log_p", a.out_p, out);
-    if (a.out_q) s.output("grad_log_q", a.out_q, out);
+    gradient_regions(s, a);
     cuda::CudaKernels::weights(a);
     s.check_outputs_written();
   }
@@ -83,11 +90,8 @@ struct EmuVimco {
     iwae_emu::Session s;
     const int64_t n = a.outer * a.inner;
     inputs(s, a, a.dtype);
-    s.input("grad", a.g, elem(a.dtype) * extent(a.outer, 1, a.inner, a.g_so, 0, a.g_si));
     s.input("state", a.state, vimco_math::kStateSize * n * 8);
-    const int64_t out = elem(a.dtype) * extent(a.outer, a.K, a.inner, a.out_so, a.out_sk, a.out_si);
-    if (a.out_p) s.output("grad_log_p", a.out_p, out);
-    if (a.out_q) s.output("grad_log_q", a.out_q, out);
+    gradient_regions(s, a);
     cuda::CudaVimco::vimco_backward(a);
     s.check_outputs_written();
   }
