@@ -346,7 +346,9 @@ def test_degenerate_shapes(case, dtype):
 
 
 VIMCO_PATHS = {  # shape, dim, forward kernel, split-K
-    "rows-warp": ((6, 45), 1, "vimco_rows_kernel", False),
+    "rows-tiles": ((70, 45), 1, "vimco_tiles_kernel", False),
+    "rows-tiles-multi": ((200, 33), 1, "vimco_tiles_kernel", False),
+    "rows-warp": ((6, 70), 1, "vimco_rows_kernel", False),
     "rows-splitk": ((1, 600), 1, "vimco_rows_kernel", True),
     "cols-thread": ((45, 6), 0, "vimco_cols_kernel", False),
     "middle-dim": ((3, 9, 4), 1, "vimco_cols_kernel", False),

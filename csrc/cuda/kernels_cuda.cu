@@ -28,6 +28,7 @@
 #include "../online_lse.h"
 #include "device_api.h"
 #include "kernel_api.h"
+#include "tiles.h"
 
 namespace iwae_fused::cuda {
 namespace {
@@ -268,16 +269,7 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
 // coalesced and in 16-byte vectors (every lane busy, every sector full), as
 // log-weights; after one barrier each thread reduces one output's K values
 // from the tile with the same online state, no shuffles. Any K up to
-// kTileMaxK, any inner size up to the block: one kernel, no case per K.
-constexpr int kTileElems = 4096; // log-weights per tile (16 KB in float)
-constexpr int kTileMaxK = 64; // longer slices keep the warp/block kernels
-
-// Tile position of element e, one word of padding per 32: thread j reading
-// e = j * K + k hits distinct banks for every K up to 32 (2-way at K = 64).
-__device__ __forceinline__ int tile_pos(int e) {
-  return e + (e >> 5);
-}
-
+// kTileMaxK (tiles.h), any inner size: one kernel, no case per K.
 template <typename scalar_t, int VEC, bool HAS_Q>
 __global__ void __launch_bounds__(kThreads) reduce_tiles_kernel(
     ReduceArgs a, int64_t slices_per_tile) {
@@ -499,24 +491,11 @@ bool operand_aligned(const Strided& op, const Args& g, int vec) {
                  : runs_aligned(op.data, op.so, g.outer, op.sk, g.K, vec);
 }
 
-// Slices per tile for the short-slice kernel, or 0 where it does not apply:
-// K up to kTileMaxK, a slice (K x inner) fitting a tile, and every operand's
-// slices contiguous and consecutive. The count is
-// a multiple of `align` (elements per 16-byte vector over the slice size's
-// common factor), so that every tile starts 16-byte aligned.
+// Slices per tile for the short-slice kernel, or 0 where it does not apply.
 int64_t tile_slices(const ReduceArgs& a, int vec) {
-  const int64_t slice = a.K * a.inner;
-  if (a.K > kTileMaxK || slice > kTileElems) return 0;
-  auto contiguous = [&](const Strided& op) {
-    const int64_t tk = a.vec_k ? 1 : a.inner, ti = a.vec_k ? a.K : 1;
-    return (a.outer == 1 || op.so == slice) && (a.K == 1 || op.sk == tk) &&
-        (a.inner == 1 || op.si == ti);
-  };
-  if (!contiguous(a.p) || (a.q.data && !contiguous(a.q))) return 0;
-  int64_t n = kTileElems / slice; // a thread may own several outputs
-  const int64_t align = vec / std::gcd<int64_t>(slice, vec);
-  if (n >= align) n -= n % align;
-  return n;
+  const int64_t tk = a.vec_k ? 1 : a.inner, ti = a.vec_k ? a.K : 1;
+  const int64_t strides[2][3] = {{a.p.so, a.p.sk, a.p.si}, {a.q.so, a.q.sk, a.q.si}};
+  return iwae_fused::cuda::tile_slices(a.outer, a.K, a.inner, tk, ti, strides, a.q.data ? 2 : 1, vec);
 }
 
 template <typename scalar_t, int VEC, bool HAS_Q>

@@ -3,7 +3,11 @@
 // leave-one-out signal from it in O(1)).
 //
 // Forward, by layout, so that a warp's loads are always coalesced:
-//  * samples contiguous (sk == 1, e.g. [B, K] over the last dim): a warp per
+//  * short contiguous rows (K <= 64, tiles.h): a block reads a tile of whole
+//    rows into shared memory (coalesced loads, every lane busy), then a
+//    thread per example runs the state over its row there and writes the
+//    bound and the state with its neighbours (coalesced stores).
+//  * other rows with contiguous samples (sk == 1): a warp per
 //    example, lane j absorbing samples j, j + 32, ..., the 32 states merged
 //    by shuffles. With too few examples to fill the GPU (B = 1 with a large
 //    K), gridDim.y splits K and vimco_merge_kernel combines the pieces.
@@ -19,6 +23,7 @@
 #include "../vimco_math.h"
 #include "device_api.h"
 #include "kernel_api.h"
+#include "tiles.h"
 
 namespace iwae_fused::cuda {
 namespace {
@@ -42,6 +47,34 @@ __device__ __forceinline__ vimco_math::State shfl_state(const vimco_math::State&
   o.fsum = __shfl_xor_sync(0xffffffffu, s.fsum, off);
   o.n_ninf = __shfl_xor_sync(0xffffffffu, s.n_ninf, off);
   return o;
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kVimcoThreads) vimco_tiles_kernel(
+    VimcoArgs a, int64_t rows_per_tile) {
+  IWAE_SHARED(double, tile, kTileElems + kTileElems / 32);
+  const auto* p = static_cast<const scalar_t*>(a.p.data);
+  const auto* q = static_cast<const scalar_t*>(a.q.data);
+  const int K = static_cast<int>(a.K);
+  const int64_t n = a.outer * a.inner;
+  const int64_t tiles = (n + rows_per_tile - 1) / rows_per_tile;
+  // The loop bound is the block's: its barriers are reached by every thread.
+  for (int64_t tl = blockIdx.x; tl < tiles; tl += gridDim.x) {
+    const int64_t r0 = tl * rows_per_tile;
+    const int rows = static_cast<int>(std::min<int64_t>(rows_per_tile, n - r0));
+    const int64_t base = r0 * K; // rows are contiguous and consecutive
+    for (int u = threadIdx.x; u < rows * K; u += blockDim.x) {
+      st_shared(tile + tile_pos(u), static_cast<double>(ld_global(p + base + u)) -
+                                        static_cast<double>(ld_global(q + base + u)));
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < rows; j += blockDim.x) {
+      vimco_math::State st;
+      for (int k = 0; k < K; ++k) vimco_math::absorb(st, ld_shared(tile + tile_pos(j * K + k)), k);
+      vimco_math::finish<scalar_t>(a, st, r0 + j);
+    }
+    __syncthreads(); // the next tile overwrites this one
+  }
 }
 
 // ws, when K is split: the pieces' states, [piece][kStateSize][example].
@@ -120,6 +153,17 @@ void CudaVimco::vimco_forward(const VimcoArgs& a) {
     const int64_t n = a.outer * a.inner;
     if (!samples_contiguous(a)) {
       dev::launch<vimco_cols_kernel<scalar_t>>(dim3(blocks_for(n)), dim3(kVimcoThreads), a);
+      return;
+    }
+    // Short rows, each contiguous and following the previous one in memory.
+    auto consecutive = [&](const Strided& op) {
+      return (a.K == 1 || op.sk == 1) && (a.inner == 1 || op.si == a.K) &&
+          (a.outer == 1 || op.so == a.inner * a.K);
+    };
+    if (a.K <= kTileMaxK && consecutive(a.p) && consecutive(a.q)) {
+      const int64_t per_tile = kTileElems / a.K, tiles = (n + per_tile - 1) / per_tile;
+      dev::launch<vimco_tiles_kernel<scalar_t>>(
+          dim3(std::min<int64_t>(tiles, 1 << 30)), dim3(kVimcoThreads), a, per_tile);
       return;
     }
     const dev::Limits lim = dev::limits();
