@@ -96,6 +96,29 @@ def test_strict_rejects_global_latents():
         elbo.loss(global_model, global_guide, X_GLOBAL)
 
 
+def test_strict_rejects_sites_in_different_plates():
+    def model():
+        with pyro.plate("a", 3):
+            pyro.sample("u", dist.Normal(0.0, 1.0))
+        with pyro.plate("b", 2):
+            pyro.sample("v", dist.Normal(0.0, 1.0))
+
+    def guide():
+        with pyro.plate("a", 3):
+            pyro.sample("u", dist.Normal(0.5, 1.2))
+        with pyro.plate("b", 2):
+            pyro.sample("v", dist.Normal(-0.3, 0.8))
+
+    with pytest.raises(ValueError, match="no vectorized plate holds all of them"):
+        IWAE_ELBO(num_particles=K, strict=True, max_plate_nesting=1).loss(model, guide)
+    # not strict: the joint bound, as RenyiELBO
+    pyro.set_rng_seed(2)
+    ours = IWAE_ELBO(num_particles=K, max_plate_nesting=1).loss(model, guide)
+    pyro.set_rng_seed(2)
+    renyi = RenyiELBO(num_particles=K, vectorize_particles=True, max_plate_nesting=1).loss(model, guide)
+    assert ours == pytest.approx(renyi, rel=1e-12) and abs(ours) > 1e-3
+
+
 # -- an amortized VAE: every latent local to the data plate --------------------
 
 N, D, Z, H = 7, 5, 2, 8

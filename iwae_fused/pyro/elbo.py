@@ -72,7 +72,6 @@ class IWAE_ELBO(ELBO):
         vectorize_particles=True,
         max_plate_nesting=float("inf"),
         strict=False,
-        ignore_jit_warnings=False,
         retain_graph=None,
     ):
         if not isinstance(num_particles, int) or num_particles < 1:
@@ -90,7 +89,6 @@ class IWAE_ELBO(ELBO):
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
             strict_enumeration_warning=False,
-            ignore_jit_warnings=ignore_jit_warnings,
             retain_graph=retain_graph,
         )
 
@@ -130,10 +128,11 @@ class IWAE_ELBO(ELBO):
         for model_trace, guide_trace, weights, _ in traces:
             frame, outside = _traces.data_plate(model_trace, guide_trace)
             if frame is None and self.strict:
+                where = (f"sites {outside} are outside every plate (global latents)" if outside
+                         else "no vectorized plate holds all of them")
                 raise ValueError(
                     "IWAE_ELBO(strict=True): the per-data-point bound needs a plate that every "
-                    f"sample site sits in, but sites {outside} are outside every plate "
-                    "(global latents); use strict=False for the joint bound")
+                    f"sample site sits in, but {where}; strict=False gives the joint bound")
             log_w = (_traces.trace_log_density(model_trace, frame, particle_dim)
                      - _traces.trace_log_density(guide_trace, frame, particle_dim))
             runs.append((log_w, frame, weights))
