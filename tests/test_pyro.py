@@ -433,6 +433,33 @@ def test_non_reparameterizable_guide_is_an_error(estimator):
         elbo.loss_and_grads(discrete_model, discrete_guide)
 
 
+@pytest.mark.parametrize("estimator", ["dreg", "stl"])
+def test_point_mass_guide_is_an_error_for_dreg(estimator):
+    from pyro.infer.autoguide import AutoDelta
+
+    _, model = conjugate()
+    guide = AutoDelta(model)
+    elbo = IWAE_ELBO(num_particles=K, estimator=estimator, max_plate_nesting=1)
+    with pytest.raises(ValueError, match="site 'z' is a point mass at its parameters"):
+        elbo.loss_and_grads(model, guide)
+
+
+@pytest.mark.parametrize("estimator", ["dreg", "stl"])
+def test_estimators_share_the_value(estimator):
+    # The estimator changes the gradient only: the same particles, the same bound.
+    vae = VAE()
+    values = []
+    for est in ("iwae", estimator):
+        pyro.set_rng_seed(15)
+        elbo = IWAE_ELBO(num_particles=K, estimator=est, max_plate_nesting=1)
+        values.append(elbo.loss_and_grads(vae.model, vae.guide, X_VAE, 4))
+        pyro.set_rng_seed(15)
+        values.append(elbo.loss(vae.model, vae.guide, X_VAE, 4))
+    assert values[0] == pytest.approx(values[1], rel=1e-12)
+    assert values[2] == pytest.approx(values[0], rel=1e-12)
+    assert values[3] == pytest.approx(values[0], rel=1e-12)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="estimator.*'vimco'"):
         IWAE_ELBO(estimator="vimco")
