@@ -460,6 +460,29 @@ def test_estimators_share_the_value(estimator):
     assert values[3] == pytest.approx(values[0], rel=1e-12)
 
 
+@pytest.mark.parametrize("estimator", ["iwae", "dreg"])
+def test_differentiable_loss_gives_the_same_gradients(estimator):
+    vae = VAE()
+    elbo = IWAE_ELBO(num_particles=K, estimator=estimator, max_plate_nesting=1)
+    pyro.set_rng_seed(16)
+    loss = elbo.loss_and_grads(vae.model, vae.guide, X_VAE, 4)
+    expected = {n: p.grad.clone() for n, p in vae.named_parameters()}
+    vae.zero_grad()
+    pyro.set_rng_seed(16)
+    tensor = elbo(vae.model, vae.guide)(X_VAE, 4)  # ELBOModule -> differentiable_loss
+    tensor.backward()
+    assert tensor.item() == pytest.approx(loss, rel=1e-12)
+    for n, p in vae.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-12, atol=1e-14, msg=n)
+
+
+def test_missing_pyro_is_a_clear_import_error():
+    code = ("import sys; sys.modules['pyro'] = None; import iwae_fused\n"
+            "try:\n    import iwae_fused.pyro\nexcept ImportError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert "iwae_fused.pyro needs pyro-ppl" in out.stdout
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="estimator.*'vimco'"):
         IWAE_ELBO(estimator="vimco")
