@@ -135,16 +135,16 @@ def table(results, eval_samples):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
-    ap.add_argument("--ks", type=int, nargs="+", default=[5, 50])
-    ap.add_argument("--epochs", type=int, default=60)
-    ap.add_argument("--batch-size", type=int, default=100)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--hidden", type=int, default=100)
-    ap.add_argument("--z-dim", type=int, default=20)
+    ap.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES, help="losses to train with")
+    ap.add_argument("--ks", type=int, nargs="+", default=[5, 50], help="numbers of particles K")
+    ap.add_argument("--epochs", type=int, default=60, help="epochs of len(train) // batch-size steps")
+    ap.add_argument("--batch-size", type=int, default=100, help="the data plate's subsample_size")
+    ap.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    ap.add_argument("--hidden", type=int, default=100, help="tanh units per hidden layer")
+    ap.add_argument("--z-dim", type=int, default=20, help="latent dimensions")
     ap.add_argument("--eval-samples", type=int, default=2000, help="K for the test log-likelihood")
-    ap.add_argument("--chunk-size", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunk-size", type=int, default=500, help="samples per chunk of the estimate")
+    ap.add_argument("--seed", type=int, default=0, help="seed of weights, minibatches and particles")
     ap.add_argument("--max-steps", type=int, default=0, help="stop each model after this many steps (smoke runs)")
     ap.add_argument("--out", default=None,
                     help="folder for the table (default: examples/output/runs, which git ignores; "
