@@ -233,6 +233,7 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", "numpy"],
         "bench": ["pytest-benchmark", "matplotlib", "tqdm"],
+        "pyro": ["pyro-ppl>=1.9"],
     },
     zip_safe=False,
 )

@@ -19,7 +19,7 @@ PY="${PYTHON:-python3}"
 "$PY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
 "$PY" -m pip install -q --disable-pip-version-check \
     setuptools wheel ninja pybind11 numpy pytest hypothesis pytest-benchmark tqdm matplotlib \
-    scikit-learn
+    scikit-learn pyro-ppl
 # --no-build-isolation: build against the torch above, not a freshly fetched one.
 # The tests also build the CUDA emulator (iwae_fused._cuda_emu: the CUDA kernels
 # run on the CPU), so the suite's CUDA cases run on any machine.
