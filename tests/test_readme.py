@@ -68,6 +68,8 @@ def test_readme_block_runs(index):
         pytest.skip(NOT_HERE[first])
     if "cuda_emulator" in block and not cuda_emulator.available():
         pytest.skip("built without the CUDA emulator")
+    if "pyro" in block:
+        pytest.importorskip("pyro", reason="pyro-ppl is an optional extra (pip install iwae_fused[pyro])")
     ns = namespace()
     exec(compile(block, f"README.md block {index}", "exec"), ns)
 
