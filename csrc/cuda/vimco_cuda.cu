@@ -94,27 +94,36 @@ __global__ void __launch_bounds__(kVimcoThreads) vimco_rows_kernel(
     }
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) vimco_math::merge(st, shfl_state(st, off));
-    if (lane == 0) {
-      if (ws) {
-        vimco_math::store(st, ws + blockIdx.y * vimco_math::kStateSize * n, n, r);
-      } else {
-        vimco_math::finish<scalar_t>(a, st, r);
+    if (ws) { // every lane holds the merged state: five lanes store a word each
+      // (a select chain, not an array indexed by lane: that would go to local memory)
+      const double word = lane == 0 ? st.m : lane == 1 ? st.s_excl : lane == 2 ? st.argmax
+          : lane == 3 ? st.fsum : st.n_ninf;
+      if (lane < vimco_math::kStateSize) {
+        st_global(ws + (blockIdx.y * vimco_math::kStateSize + lane) * n + r, word);
       }
+    } else if (lane == 0) {
+      vimco_math::finish<scalar_t>(a, st, r);
     }
   }
 }
 
+// A warp per example: lane j merges pieces j, j + 32, ..., then the lanes'
+// states merge by shuffles (few examples with many pieces is the case that
+// splits K at all, so one thread per example would leave the warp idle).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kVimcoThreads) vimco_merge_kernel(
     VimcoArgs a, const double* ws, int64_t pieces) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t n = a.outer * a.inner;
-  for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < n;
-       r += (int64_t)gridDim.x * blockDim.x) {
-    vimco_math::State st = vimco_math::load(ws, n, r);
-    for (int64_t p = 1; p < pieces; ++p) {
+  for (int64_t r = (int64_t)blockIdx.x * kVimcoWarps + warp; r < n;
+       r += (int64_t)gridDim.x * kVimcoWarps) {
+    vimco_math::State st;
+    for (int64_t p = lane; p < pieces; p += 32) {
       vimco_math::merge(st, vimco_math::load(ws + p * vimco_math::kStateSize * n, n, r));
     }
-    vimco_math::finish<scalar_t>(a, st, r);
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) vimco_math::merge(st, shfl_state(st, off));
+    if (lane == 0) vimco_math::finish<scalar_t>(a, st, r);
   }
 }
 
@@ -186,7 +195,8 @@ void CudaVimco::vimco_forward(const VimcoArgs& a) {
     at::Tensor ws = dev::workspace(pieces * vimco_math::kStateSize * n, at::kDouble);
     double* wsp = ws.mutable_data_ptr<double>();
     dev::launch<vimco_rows_kernel<scalar_t>>(grid, dim3(kVimcoThreads), a, kchunk, wsp);
-    dev::launch<vimco_merge_kernel<scalar_t>>(dim3(blocks_for(n)), dim3(kVimcoThreads), a,
+    dev::launch<vimco_merge_kernel<scalar_t>>(dim3(std::min<int64_t>(blocks, 1 << 30)),
+                                              dim3(kVimcoThreads), a,
                                               static_cast<const double*>(wsp), pieces);
   });
 }
