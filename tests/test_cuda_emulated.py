@@ -77,9 +77,10 @@ PATHS = {
     "rows-block": ((3, 5000), 1, "reduce_rows_kernel", "256", False, {}),
     "rows-block-splitk": ((2, 33000), 1, "reduce_rows_kernel", "256", True, {}),
     "cols-one-piece": ((72, 40), 0, "reduce_cols_kernel", None, False, {}),
-    "cols-splitk": ((1100, 40), 0, "reduce_cols_kernel", None, True, {}),
+    "cols-splitk": ((1700, 40), 0, "reduce_cols_kernel", None, True, {}),
     "cols-tx1": (None, 1, "reduce_cols_kernel", 1, False, {}),
-    "cols-tx32": ((70, 320), 0, "reduce_cols_kernel", 32, False, {}),
+    "cols-tx32": ((70, 256), 0, "reduce_cols_kernel", 32, False, {}),
+    "cols-tx-uneven": ((70, 200), 0, "reduce_cols_kernel", 25, False, {}),
     "cols-gridz-loop": ((10, 72, 8), 1, "reduce_cols_kernel", None, False, TOY_Z),
     # short slices (K <= 64, contiguous): a tile of whole slices per block
     "tiles-rows-K2": ((3000, 2), 1, "reduce_tiles_kernel", None, False, {}),

@@ -531,8 +531,17 @@ void launch_reduce(const ReduceArgs& a) {
     block = dim3(kThreads);
   } else {
     const int64_t vec_cols = ceil_div(a.inner, VEC);
+    // 16-byte vectors: the columns split evenly over as few blocks of at most
+    // 32 threads per row as needed (25 -> 25, 80 -> 3 x 27), so no lane idles
+    // for a power-of-two block (a warp then spans two sample rows, each a
+    // whole number of sectors). Scalar loads keep a power of two: a warp
+    // spanning two rows of 2-byte elements would touch twice the sectors.
     int tx = 1;
-    while (tx < 32 && tx < vec_cols) tx *= 2;
+    if (VEC > 1) {
+      tx = static_cast<int>(ceil_div(vec_cols, ceil_div(vec_cols, 32)));
+    } else {
+      while (tx < 32 && tx < vec_cols) tx *= 2;
+    }
     const int ty = kThreads / tx;
     const int64_t gx = ceil_div(vec_cols, tx);
     const int64_t gz = std::min<int64_t>(a.outer, lim.max_grid_z); // the kernel loops over the rest
