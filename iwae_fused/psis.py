@@ -139,7 +139,7 @@ def _log_weights(op, log_p, log_q, dim):
     _ops._explain(op, log_p=log_p, log_q=log_q, dim=dim)
     shape, d, dtype = _ops._plan(op, log_p, log_q, dim)
     log_w = log_p if log_q is None else log_p.to(dtype) - log_q.to(dtype)
-    log_w = log_w.to(torch.float64)
+    log_w = log_w.detach().to(torch.float64)  # a diagnostic: constants, no graph
     if not shape:
         return log_w.reshape(1, 1), [], 0, dtype, shape
     out_shape = shape[:d] + shape[d + 1 :]

@@ -210,6 +210,13 @@ def test_all_neg_inf_constant_tied_nan_and_posinf_slices():
     torch.testing.assert_close(psis_weights(y).sort(0).values, w_ref.sort(0).values)
 
 
+def test_results_are_constants():
+    log_p = torch.randn(50, 3, dtype=torch.float64, requires_grad=True)
+    log_q = torch.randn(50, 3, dtype=torch.float64, requires_grad=True)
+    assert not pareto_k(log_p, log_q).requires_grad
+    assert not psis_weights(log_p, log_q).requires_grad
+
+
 def test_errors():
     with pytest.raises(TypeError, match="expected log_p to be a torch.Tensor"):
         pareto_k([1.0, 2.0])
