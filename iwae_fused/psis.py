@@ -3,7 +3,8 @@ smoothed weights, batched over examples, in plain torch ops (any device).
 
 The algorithm is the one of Vehtari, Simpson, Gelman, Yao and Gabry, "Pareto
 Smoothed Importance Sampling", JMLR 25 (2024), as the authors implement it in
-the R package loo (psis(), gpdfit()); Yao, Vehtari, Simpson and Gelman, "Yes,
+the R packages loo (psis(), gpdfit()) and posterior (ps_tail(), which current
+loo calls); Yao, Vehtari, Simpson and Gelman, "Yes,
 but did it work?: evaluating variational inference", ICML 2018, use k-hat to
 judge a variational proposal. For S draws of log-weights per example:
 
@@ -30,10 +31,10 @@ When there is no tail to fit, k-hat is +inf, as in loo and ArviZ ("cannot be
 assessed": treat the estimate as unreliable):
   * M < 5, i.e. S <= 20 samples (loo's enough_tail_samples);
   * every log-weight of the slice is -inf;
-  * the M largest log-weights are all equal (loo refuses these: "all tail
-    values are the same"), or so many tie with the threshold that the
-    quartile exceedance y_q is 0 (the grid divides by y_q; loo's fit returns
-    NaN there and loo turns a NaN k into +inf).
+  * the M largest log-weights are all equal, to eps/100 (loo and posterior
+    refuse these: "all tail values are the same"), or so many tie with the
+    threshold that the quartile exceedance y_q is 0 (the grid divides by y_q;
+    loo's fit returns NaN there and loo turns a NaN k into +inf).
 A slice holding a NaN or +inf log-weight gives NaN: its weights are undefined.
 """
 
@@ -49,7 +50,7 @@ from iwae_fused import ops as _ops
 __all__ = ["tail_length", "pareto_k", "psis_weights"]
 
 _MIN_TAIL = 5  # loo: fewer tail draws than this cannot be fit
-_PRIOR_STRENGTH = 10.0  # the prior's pseudo-observations at k = 0.5 (PSIS paper, eq. (7) of arXiv v8)
+_PRIOR_STRENGTH = 10.0  # the prior's weight, in observations at k = 0.5 (loo's adjust_k_wip)
 _GRID_BYTES = 1 << 25  # the [examples, grid, M] block of the profile likelihood
 
 
