@@ -14,6 +14,7 @@ with iwae_fused.reference.iwelbo.
     python examples/train_iwae.py                       # VAE k=1,5,50 and IWAE k=5,50, CPU, ~4 min
     python examples/train_iwae.py --models vae:1 iwae:5 iwae:50 --epochs 100
     python examples/train_iwae.py --device cuda
+    python examples/train_iwae.py --diagnostics         # also PSIS k-hat per test point (iwae_fused.pareto_k)
 """
 
 import argparse
