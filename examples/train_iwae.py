@@ -14,6 +14,7 @@ with iwae_fused.reference.iwelbo.
     python examples/train_iwae.py                       # VAE k=1,5,50 and IWAE k=5,50, CPU, ~4 min
     python examples/train_iwae.py --models vae:1 iwae:5 iwae:50 --epochs 100
     python examples/train_iwae.py --device cuda
+    python examples/train_iwae.py --diagnostics         # also PSIS k-hat per test point (iwae_fused.pareto_k)
 """
 
 import argparse
@@ -86,8 +87,9 @@ def binarize(x, gen):
     return torch.bernoulli(x, generator=gen)
 
 
-def evaluate(model, x, num_samples, chunk_size, seed):
-    """Test log-likelihood per example (K importance samples) and active units."""
+def evaluate(model, x, num_samples, chunk_size, seed, diagnostics=False):
+    """Test log-likelihood per example (K importance samples) and active units;
+    with diagnostics, also the PSIS k-hat of every test point ([N] tensor)."""
     # Its own generator: evaluating must not replay the training noise.
     gen = torch.Generator(device=x.device).manual_seed(seed)
     with torch.no_grad():
@@ -96,10 +98,13 @@ def evaluate(model, x, num_samples, chunk_size, seed):
             log_p, log_q = model.log_weights(x, n, generator=gen)
             return log_p - log_q
 
-        ll = iwae_fused.estimate_log_likelihood(log_weight_fn, num_samples, chunk_size)
+        out = iwae_fused.estimate_log_likelihood(log_weight_fn, num_samples, chunk_size,
+                                                 diagnostics=diagnostics)
         mu, _ = model.q(x)
         active = int((mu.var(0) > 1e-2).sum())
-    return ll.mean().item(), active
+    if diagnostics:
+        return out.log_likelihood.mean().item(), active, out.pareto_k.cpu()
+    return out.mean().item(), active
 
 
 def train(kind, k, args, data, device, log):
@@ -139,10 +144,29 @@ def train(kind, k, args, data, device, log):
                 bar.set_postfix(train=f"{curve['train_bound'][-1]:.2f}", test=f"{ll:.2f}")
         if args.max_steps and steps >= args.max_steps:
             break
-    ll, active = evaluate(model, fixed_test, args.eval_samples, args.chunk_size, args.seed)
+    result = {"kind": kind, "k": k, "curve": curve}
+    if args.diagnostics:
+        ll, active, khat = evaluate(model, fixed_test, args.eval_samples, args.chunk_size,
+                                    args.seed, diagnostics=True)
+        result["pareto_k"] = khat
+    else:
+        ll, active = evaluate(model, fixed_test, args.eval_samples, args.chunk_size, args.seed)
+    result.update(test_ll=ll, active=active)
     log(f"{kind:4s} k={k:<3d}: test log-likelihood (K={args.eval_samples}) {ll:8.3f} nats, "
         f"active units {active}/{args.z_dim}")
-    return {"kind": kind, "k": k, "test_ll": ll, "active": active, "curve": curve}
+    if args.diagnostics:
+        log("          " + khat_summary(result["pareto_k"]))
+    return result
+
+
+def khat_summary(khat):
+    """One line on the PSIS k-hat of the test points (Vehtari et al. 2024):
+    above 0.7 a point's K-sample estimate is unreliable; 0.5-0.7 converges slowly."""
+    n = khat.numel()
+    above = int((khat > 0.7).sum())
+    middle = int(((khat > 0.5) & (khat <= 0.7)).sum())
+    return (f"PSIS k-hat: median {khat.median().item():.2f}, max {khat.max().item():.2f}; "
+            f"{above}/{n} test points > 0.7, {middle}/{n} in (0.5, 0.7]")
 
 
 def _tqdm(it, desc):
@@ -263,6 +287,8 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=20,
                     help="epochs between curve points (fewer for short runs: ~10 points at least)")
     ap.add_argument("--chunk-size", type=int, default=500)
+    ap.add_argument("--diagnostics", action="store_true",
+                    help="also report the PSIS k-hat of every test point's K-sample estimate")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=0, help="stop each model after this many steps (smoke runs)")

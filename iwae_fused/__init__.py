@@ -10,7 +10,13 @@ in iwae_fused.reference (imported on demand; the ops never use it).
 """
 
 from iwae_fused._build import _C
-from iwae_fused.evaluation import IwelboState, estimate_log_likelihood, iwelbo_state
+from iwae_fused.evaluation import (
+    IwelboState,
+    LogLikelihoodEstimate,
+    TopState,
+    estimate_log_likelihood,
+    iwelbo_state,
+)
 from iwae_fused.ops import (
     dreg,
     effective_sample_size,
@@ -19,6 +25,7 @@ from iwae_fused.ops import (
     vimco,
     weight_diagnostics,
 )
+from iwae_fused.psis import pareto_k, psis_weights, tail_length
 
 __all__ = [
     "iwelbo",
@@ -30,6 +37,11 @@ __all__ = [
     "iwelbo_state",
     "IwelboState",
     "estimate_log_likelihood",
+    "LogLikelihoodEstimate",
+    "TopState",
+    "pareto_k",
+    "psis_weights",
+    "tail_length",
 ]
 
 

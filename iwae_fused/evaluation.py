@@ -11,19 +11,34 @@ and the pair (shift, log-sum) of a chunk of samples is a mergeable state:
 two chunks combine exactly, in any order, and an all -inf chunk changes
 nothing. So K can be split into chunks, or across ranks, and the result is
 the one-shot iwelbo up to float rounding.
+
+With diagnostics=True the estimate comes with the effective sample size, the
+largest normalized weight and the PSIS k-hat over all samples. They need the
+state of the squared weights (another IwelboState, of 2 log w) and the M + 1
+largest log-weights per example (TopState): the union of two chunks' top sets
+holds the top set of both, so that state merges exactly too, and across
+processes by an all-gather.
 """
 
 import math
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
 from iwae_fused import ops as _ops  # noqa: F401  (registers the fakes)
+from iwae_fused import psis as _psis
+from iwae_fused.stream_diagnostics import LogLikelihoodEstimate, TopState, weight_summary
 
-__all__ = ["IwelboState", "iwelbo_state", "estimate_log_likelihood"]
+__all__ = [
+    "IwelboState",
+    "iwelbo_state",
+    "TopState",
+    "LogLikelihoodEstimate",
+    "estimate_log_likelihood",
+]
 
 _logsumexp_stats = torch.ops.iwae_fused.logsumexp_stats.default
 
@@ -149,7 +164,8 @@ def estimate_log_likelihood(
     chunk_size: Optional[int] = None,
     progress: Optional[bool] = None,
     group=None,
-) -> Tensor:
+    diagnostics: bool = False,
+) -> Union[Tensor, LogLikelihoodEstimate]:
     """Estimate log p(x) per example with `num_samples` importance samples.
 
     Args:
@@ -165,11 +181,19 @@ def estimate_log_likelihood(
             ``torch.distributed.group.WORLD``) to split the samples across its
             ranks; states merge by all-reduce, so every rank returns the
             estimate of all num_samples samples. None: this process only.
+        diagnostics: also return the weight diagnostics over all num_samples
+            samples: ESS, the largest normalized weight and the PSIS k-hat
+            (Vehtari et al. 2024; see iwae_fused.pareto_k). Memory grows by the
+            M + 1 = tail_length(num_samples) + 1 largest log-weights per example
+            (214 for K = 5000); the results equal those of weight_diagnostics
+            and pareto_k on all samples at once (k-hat exactly, ESS to rounding).
 
     Returns:
         The estimate L_K = log((1/K) sum_k w_k), ``[*batch]`` float64. By
         Jensen's inequality E[L_K] <= log p(x), and L_K rises to log p(x) as
-        K grows (Burda et al. 2016, Theorem 1).
+        K grows (Burda et al. 2016, Theorem 1). With diagnostics=True, a
+        :class:`LogLikelihoodEstimate` named tuple ``(log_likelihood, ess,
+        max_weight, pareto_k)`` instead; the default return is unchanged.
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(
@@ -183,7 +207,12 @@ def estimate_log_likelihood(
         )
     local = _share(num_samples, group)
     bar = _progress_bar(local, progress, group)
-    state = None
+    if not isinstance(diagnostics, bool):
+        raise TypeError(
+            f"estimate_log_likelihood(): diagnostics must be a bool, got {diagnostics!r}"
+        )
+    keep = _psis.tail_length(num_samples) + 1
+    state = squares = top = None
     done = 0
     try:
         with torch.no_grad():
@@ -198,6 +227,12 @@ def estimate_log_likelihood(
                     )
                 chunk = iwelbo_state(log_w, dim=0)
                 state = chunk if state is None else state.merge(chunk)
+                if diagnostics:
+                    # w^2 = exp(2 log w): doubling is exact in floating point.
+                    sq = iwelbo_state(2.0 * log_w, dim=0)
+                    squares = sq if squares is None else squares.merge(sq)
+                    t = TopState.of(log_w, keep)
+                    top = t if top is None else top.merge(t)
                 done += n
                 if bar is not None:
                     bar.update(n)
@@ -206,4 +241,10 @@ def estimate_log_likelihood(
             bar.close()
     if group is not None:
         state = state.all_reduce(group)
-    return state.finalize()
+        if diagnostics:
+            squares = squares.all_reduce(group)
+            top = top.all_gather(group)
+    if not diagnostics:
+        return state.finalize()
+    ess, max_weight = weight_summary(state, squares, top)
+    return LogLikelihoodEstimate(state.finalize(), ess, max_weight, top.pareto_k())
