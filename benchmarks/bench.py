@@ -32,7 +32,17 @@ GPU_SHAPES = DEFAULT_SHAPES + (
     ",8192x8192:1,16384x16384:1,1024x262144:1"
     ",1000000x1:0,1000000x8:0,1000000x64:0,64x1000000:1"
 )
-PRESETS = {"cpu": DEFAULT_SHAPES, "gpu": GPU_SHAPES}
+# Short slices (issue 13): [B, K] over the last dim with the small K of
+# training at large B, the same K as [K, B] columns, a small inner size, and
+# a tiny inner size with a huge K.
+_SHORT_K = (2, 3, 5, 8, 16, 50)
+_SHORT_B = (1 << 16, 1 << 20)
+SHORT_SHAPES = ",".join(
+    ["262144x5:1", "10000x5x2:1", "1048576x2:0"]
+    + [f"{b}x{k}:1" for b in _SHORT_B for k in _SHORT_K]
+    + [f"{k}x{b}:0" for b in _SHORT_B for k in _SHORT_K]
+)
+PRESETS = {"cpu": DEFAULT_SHAPES, "gpu": GPU_SHAPES, "short": SHORT_SHAPES}
 LABELS = {
     "50x128:0": "training",
     "5000x100:0": "evaluation",
@@ -48,6 +58,11 @@ LABELS = {
     "1000000x8:0": "B=8, K=1e6",
     "1000000x64:0": "B=64, K=1e6",
     "64x1000000:1": "B=64, K=1e6, rows",
+    "262144x5:1": "short rows, K=5",
+    "10000x5x2:1": "small inner",
+    "1048576x2:0": "inner 2, K=2^20",
+    **{f"{b}x{k}:1": f"short rows, K={k}" for b in _SHORT_B for k in _SHORT_K},
+    **{f"{k}x{b}:0": f"K={k}" for b in _SHORT_B for k in _SHORT_K},
 }
 
 
