@@ -46,6 +46,7 @@ constexpr int64_t kShortK = 128;
 // become cheap next to the slab (measured, NOTES.md CPU 10).
 constexpr int64_t kShortSlabVecs = 48;
 constexpr int64_t kLaneTileVecs = 4; // vectors of outputs per tile
+constexpr int64_t kMaxPhases = 16; // tile offsets cached up to this inner size
 // The weights pass streams each slab on its own from this many vectors of
 // K * inner elements on, and tiles of L slabs below.
 constexpr int64_t kStreamMinVecs = 4;
@@ -98,12 +99,28 @@ struct LaneTiles {
 
   // ---- the blocked online update of columns, over any lanes ----------------
   // Folds r buffered rows of nv state vectors (m, s, t) whose block maxima are
-  // bmax: one rescale per block and vector, one exp per element.
+  // bmax: one rescale per block and vector, one exp per element. The first
+  // block of a state (first = true, the state still empty) takes its max
+  // as is: the rescale of an empty state is exp(-inf) = 0 times s = 0, an
+  // exp per vector that short slices (one block) would pay per output.
   template <bool DIAG, int64_t N>
   static void absorb_block(
       V* m, V* s, V* t, const V* bmax, V (*buf)[N], int64_t r,
-      int64_t nv) {
+      int64_t nv, bool first) {
     for (int64_t v = 0; v < nv; ++v) {
+      if (first) {
+        m[v] = bmax[v];
+        const V sh = Lane::shift(bmax[v]);
+        V acc(0), acc2(0);
+        for (int64_t j = 0; j < r; ++j) {
+          const V e = Lane::exp(buf[j][v] - sh);
+          acc = acc + e;
+          if constexpr (DIAG) acc2 = acc2 + e * e;
+        }
+        s[v] = acc;
+        if constexpr (DIAG) t[v] = acc2;
+        continue;
+      }
       if constexpr (DIAG) {
         const V sh = absorb_max2(m[v], s[v], t[v], bmax[v]);
         V acc(0), acc2(0);
@@ -125,14 +142,56 @@ struct LaneTiles {
 
   // ---- reduction across outputs ---------------------------------------------
 
-  template <bool HAS_Q, bool DIAG>
+  // Whether the slabs of s follow each other densely (rows: K contiguous
+  // samples each; columns: [K, inner] contiguous each).
+  static bool slabs_dense(const Strided& s, const ReduceArgs& a) {
+    return slab_dense(s, a.K, a.inner) &&
+        (a.outer == 1 || s.so == a.K * a.inner);
+  }
+
+  // Offsets of the `lanes` lanes of a tile of n outputs whose first output
+  // is at inner index i0, relative to that output (DENSE: in the buffer of
+  // whole slabs, from the first slab's start). Lanes past the last output
+  // repeat it: valid reads, never stored.
+  template <bool HAS_Q, bool DENSE>
+  static void lane_offsets(
+      const ReduceArgs& a, int64_t i0, int64_t n, int64_t lanes, idx_t* ip,
+      idx_t* iq) {
+    int64_t o = 0, i = i0;
+    for (int64_t j = 0; j < lanes; ++j) {
+      if constexpr (DENSE) {
+        ip[j] = o * a.K * a.inner + i;
+      } else {
+        ip[j] = o * a.p.so + (i - i0) * a.p.si;
+        if constexpr (HAS_Q) iq[j] = o * a.q.so + (i - i0) * a.q.si;
+      }
+      if (j + 1 < n && ++i == a.inner) i = 0, ++o;
+    }
+  }
+
+  // DENSE: the slabs a tile touches are one contiguous run; its log-weights
+  // are computed once with contiguous loads into an L1 buffer (widened and
+  // scaled) and gathered from there: one gather per sample from L1 instead
+  // of one per operand from memory (several times slower on this VM, NOTES.md
+  // CPU 10).
+  template <bool HAS_Q, bool DIAG, bool DENSE>
   static void reduce_across_outputs(const ReduceArgs& a) {
     const int64_t n_out = a.outer * a.inner;
     const int64_t tiles = ceil_div(n_out, T);
     const int64_t grain = std::max<int64_t>(1, kParallelElems / (a.K * T));
+    const int64_t slab = a.K * a.inner;
     const auto* P = static_cast<const scalar_t*>(a.p.data);
     const auto* Q = static_cast<const scalar_t*>(a.q.data);
     const V beta(static_cast<opmath_t>(a.beta));
+    // The offsets of a full tile depend only on the phase r0 % inner of its
+    // first output: computed once per phase where there are few.
+    const int64_t phases = a.inner <= kMaxPhases ? a.inner : 0;
+    std::vector<idx_t> phase_p(phases * T), phase_q(HAS_Q ? phases * T : 0);
+    for (int64_t ph = 0; ph < phases; ++ph) {
+      lane_offsets<HAS_Q, DENSE>(
+          a, ph, T, T, phase_p.data() + ph * T,
+          HAS_Q ? phase_q.data() + ph * T : nullptr);
+    }
     at::parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
       opmath_t mo[T], so[T], to[DIAG ? T : 1];
       idx_t ip[T], iq[T];
@@ -140,22 +199,41 @@ struct LaneTiles {
           bmax[kLaneTileVecs];
       V buf[kBlock][kLaneTileVecs];
       VI vp[kLaneTileVecs], vq[kLaneTileVecs];
+      // A tile spans at most T / inner + 2 slabs.
+      std::vector<opmath_t> xbuf(DENSE ? (T / a.inner + 2) * slab : 0);
       for (int64_t tile = b; tile < e; ++tile) {
         const int64_t r0 = tile * T, n = std::min(T, n_out - r0);
         const int64_t nv = ceil_div(n, L);
         const int64_t o0 = r0 / a.inner, i0 = r0 % a.inner;
         const scalar_t* p0 = P + o0 * a.p.so + i0 * a.p.si;
         const scalar_t* q0 = HAS_Q ? Q + o0 * a.q.so + i0 * a.q.si : nullptr;
-        // Lanes past the last output repeat it: valid reads, never stored.
-        int64_t o = o0, i = i0;
-        for (int64_t j = 0; j < nv * L; ++j) {
-          ip[j] = (o - o0) * a.p.so + (i - i0) * a.p.si;
-          if constexpr (HAS_Q) iq[j] = (o - o0) * a.q.so + (i - i0) * a.q.si;
-          if (j + 1 < n && ++i == a.inner) i = 0, ++o;
+        if constexpr (DENSE) {
+          const int64_t c = ((r0 + n - 1) / a.inner - o0 + 1) * slab;
+          const scalar_t* ps = P + o0 * slab;
+          const scalar_t* qs = HAS_Q ? Q + o0 * slab : nullptr;
+          int64_t j = 0;
+          for (; j + L <= c; j += L) {
+            V x = IO::load(ps + j);
+            if constexpr (HAS_Q) x = x - IO::load(qs + j);
+            (x * beta).store(xbuf.data() + j);
+          }
+          if (j < c) {
+            V x = IO::load(ps + j, c - j);
+            if constexpr (HAS_Q) x = x - IO::load(qs + j, c - j);
+            (x * beta).store(xbuf.data() + j, c - j);
+          }
+        }
+        const idx_t* ipt = ip;
+        const idx_t* iqt = iq;
+        if (n == T && i0 < phases) {
+          ipt = phase_p.data() + i0 * T;
+          iqt = phase_q.data() + i0 * T;
+        } else {
+          lane_offsets<HAS_Q, DENSE>(a, i0, n, nv * L, ip, iq);
         }
         for (int64_t v = 0; v < nv; ++v) {
-          vp[v] = VI::loadu(ip + v * L);
-          if constexpr (HAS_Q) vq[v] = VI::loadu(iq + v * L);
+          vp[v] = VI::loadu(ipt + v * L);
+          if constexpr (HAS_Q && !DENSE) vq[v] = VI::loadu(iqt + v * L);
           m[v] = V(-INFINITY), s[v] = V(0);
           if constexpr (DIAG) t[v] = V(0);
         }
@@ -166,14 +244,20 @@ struct LaneTiles {
             const scalar_t* pk = p0 + (kb + j) * a.p.sk;
             const scalar_t* qk = HAS_Q ? q0 + (kb + j) * a.q.sk : nullptr;
             for (int64_t v = 0; v < nv; ++v) {
-              V x = gather(pk, vp[v], ip + v * L);
-              if constexpr (HAS_Q) x = x - gather(qk, vq[v], iq + v * L);
-              x = x * beta;
+              V x;
+              if constexpr (DENSE) {
+                x = at::vec::gather<sizeof(opmath_t)>(
+                    xbuf.data() + (kb + j) * a.inner, vp[v]);
+              } else {
+                x = gather(pk, vp[v], ipt + v * L);
+                if constexpr (HAS_Q) x = x - gather(qk, vq[v], iqt + v * L);
+                x = x * beta;
+              }
               buf[j][v] = x;
               bmax[v] = Lane::max(x, bmax[v]);
             }
           }
-          absorb_block<DIAG>(m, s, t, bmax, buf, r, nv);
+          absorb_block<DIAG>(m, s, t, bmax, buf, r, nv, kb == 0);
         }
         for (int64_t v = 0; v < nv; ++v) {
           m[v].store(mo + v * L);
@@ -230,7 +314,7 @@ struct LaneTiles {
           bmax[v] = Lane::max(x, bmax[v]);
         }
       }
-      absorb_block<DIAG>(m, s, t, bmax, buf, r, PV);
+      absorb_block<DIAG>(m, s, t, bmax, buf, r, PV, e0 == 0);
     }
     // Fold the lanes into their outputs: lane l of vector v is output
     // (v L + l) % inner.
@@ -306,12 +390,16 @@ struct LaneTiles {
     if (map == Map::None) return false;
     const bool q = a.q.data != nullptr;
     if (map == Map::AcrossOutputs) {
-      if (a.ess) {
-        q ? reduce_across_outputs<true, true>(a)
-          : reduce_across_outputs<false, true>(a);
+      const bool dense = slabs_dense(a.p, a) && (!q || slabs_dense(a.q, a));
+      if (a.ess) { // diagnostics are rare: the general loads only
+        q ? reduce_across_outputs<true, true, false>(a)
+          : reduce_across_outputs<false, true, false>(a);
+      } else if (dense) {
+        q ? reduce_across_outputs<true, false, true>(a)
+          : reduce_across_outputs<false, false, true>(a);
       } else {
-        q ? reduce_across_outputs<true, false>(a)
-          : reduce_across_outputs<false, false>(a);
+        q ? reduce_across_outputs<true, false, false>(a)
+          : reduce_across_outputs<false, false, false>(a);
       }
     } else {
       if (a.ess) {
