@@ -172,8 +172,8 @@ struct LaneTiles {
   // DENSE: the slabs a tile touches are one contiguous run; its log-weights
   // are computed once with contiguous loads into an L1 buffer (widened and
   // scaled) and gathered from there: one gather per sample from L1 instead
-  // of one per operand from memory (several times slower on this VM, NOTES.md
-  // CPU 10).
+  // of one per operand from memory, and half types widened with vector
+  // loads instead of scalar ones (NOTES.md CPU 10).
   template <bool HAS_Q, bool DIAG, bool DENSE>
   static void reduce_across_outputs(const ReduceArgs& a) {
     const int64_t n_out = a.outer * a.inner;
