@@ -102,11 +102,24 @@ struct Kernels {
           bmax[full] = Lane::max(x, bmax[full]);
         }
       }
-      // The blocked update of short_rows.h, which skips the empty state's
-      // rescale in the first block (one exp per vector; short K pays it
-      // per output).
-      LaneTiles<scalar_t>::template absorb_block<DIAG>(
-          m, s, t, bmax, buf, r, nv, kb == k0);
+      for (int64_t v = 0; v < nv; ++v) {
+        if constexpr (DIAG) {
+          const V sh = absorb_max2(m[v], s[v], t[v], bmax[v]);
+          V acc(0), acc2(0);
+          for (int64_t j = 0; j < r; ++j) {
+            const V e = Lane::exp(buf[j][v] - sh);
+            acc = acc + e;
+            acc2 = acc2 + e * e;
+          }
+          s[v] = s[v] + acc;
+          t[v] = t[v] + acc2;
+        } else {
+          const V sh = absorb_max(m[v], s[v], bmax[v]);
+          V acc(0);
+          for (int64_t j = 0; j < r; ++j) acc = acc + Lane::exp(buf[j][v] - sh);
+          s[v] = s[v] + acc;
+        }
+      }
     }
     for (int64_t v = 0; v < nv; ++v) {
       const int64_t n = std::min(L, w - v * L);
