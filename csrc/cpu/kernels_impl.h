@@ -103,6 +103,22 @@ struct Kernels {
         }
       }
       for (int64_t v = 0; v < nv; ++v) {
+        if (kb == k0) {
+          // The first block of an empty state takes its max as is: the
+          // rescale exp(-inf) = 0 of s = 0 is an exp per vector that short K
+          // pays per output (NOTES.md CPU 10).
+          m[v] = bmax[v];
+          const V sh = Lane::shift(bmax[v]);
+          V acc(0), acc2(0);
+          for (int64_t j = 0; j < r; ++j) {
+            const V e = Lane::exp(buf[j][v] - sh);
+            acc = acc + e;
+            if constexpr (DIAG) acc2 = acc2 + e * e;
+          }
+          s[v] = acc;
+          if constexpr (DIAG) t[v] = acc2;
+          continue;
+        }
         if constexpr (DIAG) {
           const V sh = absorb_max2(m[v], s[v], t[v], bmax[v]);
           V acc(0), acc2(0);
