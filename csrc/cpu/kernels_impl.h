@@ -49,6 +49,9 @@ inline int64_t choose_ksplit(int64_t items, int64_t K, int64_t width) {
 }
 
 template <typename scalar_t>
+struct LaneTiles; // short_rows.h: slices too short to fill a vector
+
+template <typename scalar_t>
 struct Kernels {
   using IO = VecIO<scalar_t>;
   using opmath_t = typename IO::opmath_t;
@@ -100,6 +103,22 @@ struct Kernels {
         }
       }
       for (int64_t v = 0; v < nv; ++v) {
+        if (kb == k0) {
+          // The first block of an empty state takes its max as is: the
+          // rescale exp(-inf) = 0 of s = 0 is an exp per vector that short K
+          // pays per output (NOTES.md CPU 10).
+          m[v] = bmax[v];
+          const V sh = Lane::shift(bmax[v]);
+          V acc(0), acc2(0);
+          for (int64_t j = 0; j < r; ++j) {
+            const V e = Lane::exp(buf[j][v] - sh);
+            acc = acc + e;
+            if constexpr (DIAG) acc2 = acc2 + e * e;
+          }
+          s[v] = acc;
+          if constexpr (DIAG) t[v] = acc2;
+          continue;
+        }
         if constexpr (DIAG) {
           const V sh = absorb_max2(m[v], s[v], t[v], bmax[v]);
           V acc(0), acc2(0);
@@ -334,6 +353,7 @@ struct Kernels {
 
   static void reduce(const ReduceArgs& a) {
     if (a.outer * a.inner == 0) return;
+    if (LaneTiles<scalar_t>::reduce(a)) return;
     const bool q = a.q.data != nullptr;
     if (a.ess) { // diagnostics are rare: one instantiation, log_q read as given
       a.vec_k ? (q ? reduce_rows<true, true>(a) : reduce_rows<false, true>(a))
@@ -379,8 +399,9 @@ struct Kernels {
     if (j < n) step(j, n - j);
   }
 
+  // The slabs (outer indices) [o_begin, outer).
   template <bool HAS_Q>
-  static void weights_impl(const WeightsArgs& a) {
+  static void weights_impl(const WeightsArgs& a, int64_t o_begin) {
     const auto* p = static_cast<const scalar_t*>(a.p.data);
     const auto* q = static_cast<const scalar_t*>(a.q.data);
     const auto* shift = static_cast<const opmath_t*>(a.stats);
@@ -396,7 +417,7 @@ struct Kernels {
       // are vectors over the run.
       const int64_t runs = a.outer * a.K;
       const int64_t grain = std::max<int64_t>(1, kParallelElems / a.inner);
-      at::parallel_for(0, runs, grain, [&](int64_t b, int64_t e) {
+      at::parallel_for(o_begin * a.K, runs, grain, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
           const int64_t o = r / a.K, k = r % a.K;
           const opmath_t* sh = shift + o * a.inner;
@@ -421,7 +442,7 @@ struct Kernels {
     // Rows: one run per output, K contiguous; stats and g are scalars.
     const int64_t rows = a.outer * a.inner;
     const int64_t grain = std::max<int64_t>(1, kParallelElems / a.K);
-    at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+    at::parallel_for(o_begin * a.inner, rows, grain, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const int64_t o = r / a.inner, i = r % a.inner;
         const auto st = std::make_pair(V(shift[r]), V(log_norm[r]));
@@ -439,9 +460,20 @@ struct Kernels {
 
   static void weights(const WeightsArgs& a) {
     if (a.outer * a.inner * a.K == 0) return;
-    a.q.data ? weights_impl<true>(a) : weights_impl<false>(a);
+    // Short slices: the lane tiles do what they can, this the rest.
+    const int64_t o_begin = std::max<int64_t>(0, LaneTiles<scalar_t>::weights(a));
+    if (o_begin >= a.outer) return;
+    a.q.data ? weights_impl<true>(a, o_begin) : weights_impl<false>(a, o_begin);
   }
 };
+
+} // namespace CPU_CAPABILITY
+} // namespace iwae_fused::cpu
+
+#include "short_rows.h"
+
+namespace iwae_fused::cpu {
+inline namespace CPU_CAPABILITY {
 
 inline void reduce(const ReduceArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -1,0 +1,565 @@
+// Lane tiles: the CPU kernels for slices too short to fill a vector (issue 13).
+// Included by kernels_impl.h after Kernels<scalar_t>, in the same namespace.
+//
+// The rows kernel gives the L lanes of a vector L samples of one output and
+// merges the lanes at the end of every row; the columns kernel gives them L
+// outputs side by side. Both waste lanes when the vectorised axis is short:
+// [B, K] over the last dim with K < L leaves most lanes as padding and pays
+// a lane merge per row, and columns with inner < L fill only inner lanes.
+//
+// One design covers all the short cases: every lane is given one (output,
+// sample phase) pair and walks that output's samples with the column
+// kernel's blocked online update (a block's max into an L1 buffer, then its
+// exps against the updated max, online_lse.h's absorb_max); lanes that share
+// an output are merged once at the very end. Two lane maps:
+//  * across outputs (many short slices: rows with K < kShortK, columns with
+//    inner <= L/2 and short slabs): the L lanes hold L consecutive outputs,
+//    loaded with one gather per sample (lane offsets o * so + i * si, fixed
+//    for a tile; sample stride sk), so no lane is padding and no row pays a
+//    merge. A tile is kTileVecs vectors of outputs, for independent chains.
+//  * across samples (columns with inner <= L/2 and long slabs, each slab
+//    [K, inner] contiguous): a plain load of L consecutive elements holds
+//    L / inner samples of each output; lane l of vector v of a period of PV =
+//    inner / gcd(inner, L) vectors always belongs to output (v L + l) % inner,
+//    so the state is PV vectors, folded into inner outputs once per piece of
+//    K (K is split across threads as for columns).
+// The backward's weights pass is element-wise: over the contiguous element
+// stream, each element's (shift, log_norm) and incoming gradient are
+// gathered from the per-output arrays with an index pattern that repeats
+// every `period` vectors (the same two lane maps: a tile of L short slabs of
+// K * inner elements, or one long slab's inner outputs), instead of one run
+// of K (rows) or inner (columns) elements per output and sample.
+// The plan's geometry is unchanged; which kernel runs is decided here from
+// K, inner and the strides, and everything else (the stats, DIAG, Renyi's
+// beta, the finish) is the existing kernels' code.
+#pragma once
+
+namespace iwae_fused::cpu {
+inline namespace CPU_CAPABILITY {
+
+// Rows shorter than this run on lanes across outputs; from it on the rows
+// kernel is as fast (measured, benchmarks/NOTES.md CPU 10).
+constexpr int64_t kShortK = 128;
+// Columns with inner <= L / 2 run on lanes across outputs while a slab of
+// K * inner elements is shorter than this many vectors, and on lanes across
+// samples from there on, where the per-slab lane fold (L scalar merges) has
+// become cheap next to the slab (measured, NOTES.md CPU 10).
+constexpr int64_t kShortSlabVecs = 48;
+constexpr int64_t kLaneTileVecs = 4; // vectors of outputs per tile
+constexpr int64_t kMaxPhases = 16; // tile offsets cached up to this inner size
+// The weights pass streams each slab on its own from this many vectors of
+// K * inner elements on, and tiles of L slabs below.
+constexpr int64_t kStreamMinVecs = 4;
+
+// gcd here rather than std::gcd: a std:: template instantiated under this
+// file's target could be the copy the linker keeps for another instruction
+// set (kernels_prelude.h).
+constexpr int64_t lane_gcd(int64_t a, int64_t b) {
+  return b == 0 ? a : lane_gcd(b, a % b);
+}
+
+template <typename scalar_t>
+struct LaneTiles {
+  using Base = Kernels<scalar_t>;
+  using IO = VecIO<scalar_t>;
+  using opmath_t = typename IO::opmath_t;
+  using V = typename IO::V;
+  using Lane = LaneOps<V>;
+  using idx_t = at::vec::int_same_size_t<opmath_t>;
+  using VI = at::vec::Vectorized<idx_t>;
+  static constexpr int64_t L = IO::L;
+  static constexpr int64_t T = kLaneTileVecs * L; // outputs per tile
+
+  // L elements base[idx[l]], widened to opmath. Hardware gathers for
+  // float/double; half types go through a scalar buffer (no 16-bit gather).
+  static V gather(const scalar_t* base, const VI& vidx, const idx_t* idx) {
+    if constexpr (IO::kWiden) {
+      scalar_t tmp[L];
+      for (int64_t l = 0; l < L; ++l) tmp[l] = base[idx[l]];
+      return IO::load(tmp);
+    } else {
+      return at::vec::gather<sizeof(scalar_t)>(base, vidx);
+    }
+  }
+
+  // Whether every element offset of the operands fits the gather index type.
+  template <typename Args>
+  static bool offsets_fit(const Args& a) {
+    auto span = [&](const Strided& s) {
+      return (a.outer - 1) * s.so + (a.K - 1) * s.sk + (a.inner - 1) * s.si;
+    };
+    const int64_t lim = int64_t(1) << (8 * sizeof(idx_t) - 2);
+    return span(a.p) < lim && (!a.q.data || span(a.q) < lim);
+  }
+
+  // Whether one slab [K, inner] of s is contiguous (K == 1: any sk).
+  static bool slab_dense(const Strided& s, int64_t K, int64_t inner) {
+    return (K == 1 || s.sk == inner) && (inner == 1 || s.si == 1);
+  }
+
+  // ---- the blocked online update of columns, over any lanes ----------------
+  // Folds r buffered rows of nv state vectors (m, s, t) whose block maxima are
+  // bmax: one rescale per block and vector, one exp per element. The first
+  // block of a state (first = true, the state still empty) takes its max
+  // as is: the rescale of an empty state is exp(-inf) = 0 times s = 0, an
+  // exp per vector that short slices (one block) would pay per output.
+  template <bool DIAG, int64_t N>
+  static void absorb_block(
+      V* m, V* s, V* t, const V* bmax, V (*buf)[N], int64_t r,
+      int64_t nv, bool first) {
+    for (int64_t v = 0; v < nv; ++v) {
+      if (first) {
+        m[v] = bmax[v];
+        const V sh = Lane::shift(bmax[v]);
+        V acc(0), acc2(0);
+        for (int64_t j = 0; j < r; ++j) {
+          const V e = Lane::exp(buf[j][v] - sh);
+          acc = acc + e;
+          if constexpr (DIAG) acc2 = acc2 + e * e;
+        }
+        s[v] = acc;
+        if constexpr (DIAG) t[v] = acc2;
+        continue;
+      }
+      if constexpr (DIAG) {
+        const V sh = absorb_max2(m[v], s[v], t[v], bmax[v]);
+        V acc(0), acc2(0);
+        for (int64_t j = 0; j < r; ++j) {
+          const V e = Lane::exp(buf[j][v] - sh);
+          acc = acc + e;
+          acc2 = acc2 + e * e;
+        }
+        s[v] = s[v] + acc;
+        t[v] = t[v] + acc2;
+      } else {
+        const V sh = absorb_max(m[v], s[v], bmax[v]);
+        V acc(0);
+        for (int64_t j = 0; j < r; ++j) acc = acc + Lane::exp(buf[j][v] - sh);
+        s[v] = s[v] + acc;
+      }
+    }
+  }
+
+  // ---- reduction across outputs ---------------------------------------------
+
+  // Whether the slabs of s follow each other densely (rows: K contiguous
+  // samples each; columns: [K, inner] contiguous each).
+  static bool slabs_dense(const Strided& s, const ReduceArgs& a) {
+    return slab_dense(s, a.K, a.inner) &&
+        (a.outer == 1 || s.so == a.K * a.inner);
+  }
+
+  // Offsets of the `lanes` lanes of a tile of n outputs whose first output
+  // is at inner index i0, relative to that output (DENSE: in the buffer of
+  // whole slabs, from the first slab's start). Lanes past the last output
+  // repeat it: valid reads, never stored.
+  template <bool HAS_Q, bool DENSE>
+  static void lane_offsets(
+      const ReduceArgs& a, int64_t i0, int64_t n, int64_t lanes, idx_t* ip,
+      idx_t* iq) {
+    int64_t o = 0, i = i0;
+    for (int64_t j = 0; j < lanes; ++j) {
+      if constexpr (DENSE) {
+        ip[j] = o * a.K * a.inner + i;
+      } else {
+        ip[j] = o * a.p.so + (i - i0) * a.p.si;
+        if constexpr (HAS_Q) iq[j] = o * a.q.so + (i - i0) * a.q.si;
+      }
+      if (j + 1 < n && ++i == a.inner) i = 0, ++o;
+    }
+  }
+
+  // DENSE: the slabs a tile touches are one contiguous run; its log-weights
+  // are computed once with contiguous loads into an L1 buffer (widened and
+  // scaled) and gathered from there: one gather per sample from L1 instead
+  // of one per operand from memory, and half types widened with vector
+  // loads instead of scalar ones (NOTES.md CPU 10).
+  template <bool HAS_Q, bool DIAG, bool DENSE>
+  static void reduce_across_outputs(const ReduceArgs& a) {
+    const int64_t n_out = a.outer * a.inner;
+    const int64_t tiles = ceil_div(n_out, T);
+    const int64_t grain = std::max<int64_t>(1, kParallelElems / (a.K * T));
+    const int64_t slab = a.K * a.inner;
+    const auto* P = static_cast<const scalar_t*>(a.p.data);
+    const auto* Q = static_cast<const scalar_t*>(a.q.data);
+    const V beta(static_cast<opmath_t>(a.beta));
+    // The offsets of a full tile depend only on the phase r0 % inner of its
+    // first output: computed once per phase where there are few.
+    const int64_t phases = a.inner <= kMaxPhases ? a.inner : 0;
+    std::vector<idx_t> phase_p(phases * T), phase_q(HAS_Q ? phases * T : 0);
+    for (int64_t ph = 0; ph < phases; ++ph) {
+      lane_offsets<HAS_Q, DENSE>(
+          a, ph, T, T, phase_p.data() + ph * T,
+          HAS_Q ? phase_q.data() + ph * T : nullptr);
+    }
+    at::parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
+      opmath_t mo[T], so[T], to[DIAG ? T : 1];
+      idx_t ip[T], iq[T];
+      V m[kLaneTileVecs], s[kLaneTileVecs], t[kLaneTileVecs],
+          bmax[kLaneTileVecs];
+      V buf[kBlock][kLaneTileVecs];
+      VI vp[kLaneTileVecs], vq[kLaneTileVecs];
+      // A tile spans at most T / inner + 2 slabs.
+      std::vector<opmath_t> xbuf(DENSE ? (T / a.inner + 2) * slab : 0);
+      for (int64_t tile = b; tile < e; ++tile) {
+        const int64_t r0 = tile * T, n = std::min(T, n_out - r0);
+        const int64_t nv = ceil_div(n, L);
+        const int64_t o0 = r0 / a.inner, i0 = r0 % a.inner;
+        const scalar_t* p0 = P + o0 * a.p.so + i0 * a.p.si;
+        const scalar_t* q0 = HAS_Q ? Q + o0 * a.q.so + i0 * a.q.si : nullptr;
+        if constexpr (DENSE) {
+          const int64_t c = ((r0 + n - 1) / a.inner - o0 + 1) * slab;
+          const scalar_t* ps = P + o0 * slab;
+          const scalar_t* qs = HAS_Q ? Q + o0 * slab : nullptr;
+          int64_t j = 0;
+          for (; j + L <= c; j += L) {
+            V x = IO::load(ps + j);
+            if constexpr (HAS_Q) x = x - IO::load(qs + j);
+            (x * beta).store(xbuf.data() + j);
+          }
+          if (j < c) {
+            V x = IO::load(ps + j, c - j);
+            if constexpr (HAS_Q) x = x - IO::load(qs + j, c - j);
+            (x * beta).store(xbuf.data() + j, c - j);
+          }
+        }
+        const idx_t* ipt = ip;
+        const idx_t* iqt = iq;
+        if (n == T && i0 < phases) {
+          ipt = phase_p.data() + i0 * T;
+          iqt = phase_q.data() + i0 * T;
+        } else {
+          lane_offsets<HAS_Q, DENSE>(a, i0, n, nv * L, ip, iq);
+        }
+        for (int64_t v = 0; v < nv; ++v) {
+          vp[v] = VI::loadu(ipt + v * L);
+          if constexpr (HAS_Q && !DENSE) vq[v] = VI::loadu(iqt + v * L);
+          m[v] = V(-INFINITY), s[v] = V(0);
+          if constexpr (DIAG) t[v] = V(0);
+        }
+        for (int64_t kb = 0; kb < a.K; kb += kBlock) {
+          const int64_t r = std::min(kBlock, a.K - kb);
+          for (int64_t v = 0; v < nv; ++v) bmax[v] = V(-INFINITY);
+          for (int64_t j = 0; j < r; ++j) {
+            const scalar_t* pk = p0 + (kb + j) * a.p.sk;
+            const scalar_t* qk = HAS_Q ? q0 + (kb + j) * a.q.sk : nullptr;
+            for (int64_t v = 0; v < nv; ++v) {
+              V x;
+              if constexpr (DENSE) {
+                x = at::vec::gather<sizeof(opmath_t)>(
+                    xbuf.data() + (kb + j) * a.inner, vp[v]);
+              } else {
+                x = gather(pk, vp[v], ipt + v * L);
+                if constexpr (HAS_Q) x = x - gather(qk, vq[v], iqt + v * L);
+                x = x * beta;
+              }
+              buf[j][v] = x;
+              bmax[v] = Lane::max(x, bmax[v]);
+            }
+          }
+          absorb_block<DIAG>(m, s, t, bmax, buf, r, nv, kb == 0);
+        }
+        for (int64_t v = 0; v < nv; ++v) {
+          m[v].store(mo + v * L);
+          s[v].store(so + v * L);
+          if constexpr (DIAG) t[v].store(to + v * L);
+        }
+        Base::finish(a, r0, mo, so, to, n);
+      }
+    });
+  }
+
+  // ---- reduction across samples ---------------------------------------------
+
+  // The inner outputs of slab o over samples [k0, k1) (slab contiguous).
+  template <bool HAS_Q, bool DIAG>
+  static void samples_state(
+      const ReduceArgs& a, int64_t o, int64_t k0, int64_t k1, opmath_t* m_out,
+      opmath_t* s_out, opmath_t* t_out) {
+    constexpr int64_t kMaxPV = L / 2;
+    const int64_t inner = a.inner;
+    const int64_t PV = inner / lane_gcd(inner, L), G = PV * L;
+    const int64_t n = (k1 - k0) * inner;
+    const auto* P =
+        static_cast<const scalar_t*>(a.p.data) + o * a.p.so + k0 * inner;
+    const auto* Q = HAS_Q
+        ? static_cast<const scalar_t*>(a.q.data) + o * a.q.so + k0 * inner
+        : nullptr;
+    const V beta(static_cast<opmath_t>(a.beta));
+    V m[kMaxPV], s[kMaxPV], t[kMaxPV], bmax[kMaxPV];
+    V buf[kBlock][kMaxPV];
+    for (int64_t v = 0; v < PV; ++v) {
+      m[v] = V(-INFINITY), s[v] = V(0);
+      if constexpr (DIAG) t[v] = V(0);
+    }
+    for (int64_t e0 = 0; e0 < n; e0 += kBlock * G) {
+      const int64_t r = std::min(kBlock, ceil_div(n - e0, G));
+      for (int64_t v = 0; v < PV; ++v) bmax[v] = V(-INFINITY);
+      for (int64_t j = 0; j < r; ++j) {
+        for (int64_t v = 0; v < PV; ++v) {
+          const int64_t at = e0 + j * G + v * L, c = n - at;
+          V x;
+          if (c >= L) {
+            x = IO::load(P + at);
+            if constexpr (HAS_Q) x = x - IO::load(Q + at);
+            x = x * beta;
+          } else if (c > 0) { // lanes past the slab hold -inf, the identity
+            x = IO::load(P + at, c);
+            if constexpr (HAS_Q) x = x - IO::load(Q + at, c);
+            x = V::set(V(-INFINITY), x * beta, c);
+          } else {
+            x = V(-INFINITY);
+          }
+          buf[j][v] = x;
+          bmax[v] = Lane::max(x, bmax[v]);
+        }
+      }
+      absorb_block<DIAG>(m, s, t, bmax, buf, r, PV, e0 == 0);
+    }
+    // Fold the lanes into their outputs: lane l of vector v is output
+    // (v L + l) % inner.
+    opmath_t lm[kMaxPV * L], ls[kMaxPV * L], lt[kMaxPV * L];
+    for (int64_t v = 0; v < PV; ++v) {
+      m[v].store(lm + v * L);
+      s[v].store(ls + v * L);
+      if constexpr (DIAG) t[v].store(lt + v * L);
+    }
+    for (int64_t i = 0; i < inner; ++i) {
+      opmath_t M = lm[i], S = ls[i], T2 = DIAG ? lt[i] : 0;
+      for (int64_t j = i + inner; j < G; j += inner) {
+        if constexpr (DIAG) {
+          merge2(M, S, T2, lm[j], ls[j], lt[j]);
+        } else {
+          merge(M, S, lm[j], ls[j]);
+        }
+      }
+      m_out[i] = M;
+      s_out[i] = S;
+      if constexpr (DIAG) t_out[i] = T2;
+    }
+  }
+
+  template <bool HAS_Q, bool DIAG>
+  static void reduce_across_samples(const ReduceArgs& a) {
+    const int64_t n_out = a.outer * a.inner;
+    const int64_t pieces = choose_ksplit(a.outer, a.K, a.inner);
+    const int64_t kchunk = ceil_div(a.K, pieces);
+    std::vector<opmath_t> m(pieces * n_out), s(pieces * n_out),
+        t(DIAG ? pieces * n_out : 1);
+    const int64_t grain = std::max<int64_t>(
+        1, kParallelElems / (std::min(kchunk, a.K) * a.inner));
+    at::parallel_for(0, a.outer * pieces, grain, [&](int64_t b, int64_t e) {
+      for (int64_t it = b; it < e; ++it) {
+        const int64_t piece = it / a.outer, o = it % a.outer;
+        const int64_t k0 = piece * kchunk, k1 = std::min(a.K, k0 + kchunk);
+        const int64_t base = piece * n_out + o * a.inner;
+        opmath_t* tt = DIAG ? t.data() + base : nullptr;
+        if (k0 >= k1) {
+          std::fill_n(m.data() + base, a.inner, opmath_t(-INFINITY));
+          std::fill_n(s.data() + base, a.inner, opmath_t(0));
+          if constexpr (DIAG) std::fill_n(tt, a.inner, opmath_t(0));
+          continue;
+        }
+        samples_state<HAS_Q, DIAG>(
+            a, o, k0, k1, m.data() + base, s.data() + base, tt);
+      }
+    });
+    Base::template merge_pieces<DIAG>(
+        m.data(), s.data(), t.data(), pieces, n_out);
+    Base::finish(a, 0, m.data(), s.data(), t.data(), n_out);
+  }
+
+  enum class Map { None, AcrossOutputs, AcrossSamples };
+
+  template <typename Args>
+  static Map choose(const Args& a) {
+    if (!offsets_fit(a)) return Map::None;
+    if (a.vec_k) return a.K < kShortK ? Map::AcrossOutputs : Map::None;
+    if (2 * a.inner > L) return Map::None;
+    if (a.K * a.inner < kShortSlabVecs * L) return Map::AcrossOutputs;
+    if (slab_dense(a.p, a.K, a.inner) &&
+        (!a.q.data || slab_dense(a.q, a.K, a.inner))) {
+      return Map::AcrossSamples;
+    }
+    return Map::None;
+  }
+
+  // Runs the reduction if a lane tile fits it; false: the caller's kernels.
+  static bool reduce(const ReduceArgs& a) {
+    const Map map = choose(a);
+    if (map == Map::None) return false;
+    const bool q = a.q.data != nullptr;
+    if (map == Map::AcrossOutputs) {
+      const bool dense = slabs_dense(a.p, a) && (!q || slabs_dense(a.q, a));
+      if (a.ess) { // diagnostics are rare: the general loads only
+        q ? reduce_across_outputs<true, true, false>(a)
+          : reduce_across_outputs<false, true, false>(a);
+      } else if (dense) {
+        q ? reduce_across_outputs<true, false, true>(a)
+          : reduce_across_outputs<false, false, true>(a);
+      } else {
+        q ? reduce_across_outputs<true, false, false>(a)
+          : reduce_across_outputs<false, false, false>(a);
+      }
+    } else {
+      if (a.ess) {
+        q ? reduce_across_samples<true, true>(a)
+          : reduce_across_samples<false, true>(a);
+      } else {
+        q ? reduce_across_samples<true, false>(a)
+          : reduce_across_samples<false, false>(a);
+      }
+    }
+    return true;
+  }
+
+  // ---- weights over the element stream --------------------------------------
+
+  // n contiguous elements P[0..n) (Q, OP, OQ alike) whose vector v takes its
+  // stats at sh/ln[sidx[v % period]] and its g at g[gidx[v % period]].
+  template <bool HAS_Q>
+  static void weights_stream(
+      const WeightsArgs& a, const scalar_t* P, const scalar_t* Q,
+      scalar_t* OP, scalar_t* OQ, int64_t n, const opmath_t* sh,
+      const opmath_t* ln, const scalar_t* g, const idx_t* sidx,
+      const idx_t* gidx, int64_t period) {
+    const V beta(static_cast<opmath_t>(a.beta));
+    // A period of one vector (inner divides L) gathers its stats once.
+    V sh1(0), ln1(0), g1(1);
+    if (period == 1) {
+      const VI si = VI::loadu(sidx);
+      sh1 = at::vec::gather<sizeof(opmath_t)>(sh, si);
+      ln1 = at::vec::gather<sizeof(opmath_t)>(ln, si);
+      if (g) g1 = gather(g, VI::loadu(gidx), gidx);
+    }
+    auto step = [&](int64_t j, int64_t c, int64_t pv) {
+      V x = c == L ? IO::load(P + j) : IO::load(P + j, c);
+      if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
+      x = x * beta;
+      V shv = sh1, lnv = ln1, gv = g1;
+      if (period > 1) {
+        const VI si = VI::loadu(sidx + pv * L);
+        shv = at::vec::gather<sizeof(opmath_t)>(sh, si);
+        lnv = at::vec::gather<sizeof(opmath_t)>(ln, si);
+        if (g) gv = gather(g, VI::loadu(gidx + pv * L), gidx + pv * L);
+      }
+      const V wn = Lane::weight(x - shv, lnv);
+      const V w = g ? wn * gv : wn;
+      if (OP) IO::store(OP + j, w, c);
+      if (OQ) {
+        // As Kernels::weights_run: -g w; g w (w - 1); -g w w.
+        const V oq = a.mode == kNegWeight ? V(0) - w
+            : a.mode == kDregSquare       ? w * (wn - V(1))
+                                          : V(0) - w * wn;
+        IO::store(OQ + j, oq, c);
+      }
+    };
+    int64_t j = 0, pv = 0;
+    for (; j + L <= n; j += L) {
+      step(j, L, pv);
+      if (++pv == period) pv = 0;
+    }
+    if (j < n) step(j, n - j, pv);
+  }
+
+  static bool out_dense(const WeightsArgs& a) {
+    Strided o;
+    o.so = a.out_so, o.sk = a.out_sk, o.si = a.out_si;
+    return slab_dense(o, a.K, a.inner);
+  }
+
+  template <bool HAS_Q>
+  static void weights_slab_tiles(const WeightsArgs& a, int64_t tiles) {
+    // A tile is L slabs of K * inner elements: period K * inner vectors.
+    const int64_t slab = a.K * a.inner, period = slab;
+    std::vector<idx_t> sidx(period * L), gidx(period * L);
+    for (int64_t e = 0; e < period * L; ++e) {
+      const int64_t o = e / slab, i = e % a.inner;
+      sidx[e] = o * a.inner + i;
+      gidx[e] = o * a.g_so + i * a.g_si;
+    }
+    const auto* p = static_cast<const scalar_t*>(a.p.data);
+    const auto* q = static_cast<const scalar_t*>(a.q.data);
+    const auto* shift = static_cast<const opmath_t*>(a.stats);
+    const opmath_t* log_norm = shift + a.outer * a.inner;
+    const auto* g = static_cast<const scalar_t*>(a.g);
+    auto* op = static_cast<scalar_t*>(a.out_p);
+    auto* oq = static_cast<scalar_t*>(a.out_q);
+    const int64_t grain = std::max<int64_t>(1, kParallelElems / (L * slab));
+    at::parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
+      for (int64_t tile = b; tile < e; ++tile) {
+        const int64_t o0 = tile * L, off = o0 * a.out_so;
+        weights_stream<HAS_Q>(
+            a, p + o0 * a.p.so, HAS_Q ? q + o0 * a.q.so : nullptr,
+            op ? op + off : nullptr, oq ? oq + off : nullptr, L * slab,
+            shift + o0 * a.inner, log_norm + o0 * a.inner,
+            g ? g + o0 * a.g_so : nullptr, sidx.data(), gidx.data(), period);
+      }
+    });
+  }
+
+  template <bool HAS_Q>
+  static void weights_per_slab(const WeightsArgs& a) {
+    // One slab's inner outputs: period PV = inner / gcd(inner, L) vectors of
+    // G = PV L elements; pieces of a slab start at multiples of G.
+    const int64_t PV = a.inner / lane_gcd(a.inner, L), G = PV * L;
+    std::vector<idx_t> sidx(G), gidx(G);
+    for (int64_t e = 0; e < G; ++e) {
+      sidx[e] = e % a.inner;
+      gidx[e] = (e % a.inner) * a.g_si;
+    }
+    const int64_t n = a.K * a.inner;
+    const int64_t chunk = std::max<int64_t>(1, kParallelElems / G) * G;
+    const int64_t chunks = ceil_div(n, chunk);
+    const auto* p = static_cast<const scalar_t*>(a.p.data);
+    const auto* q = static_cast<const scalar_t*>(a.q.data);
+    const auto* shift = static_cast<const opmath_t*>(a.stats);
+    const opmath_t* log_norm = shift + a.outer * a.inner;
+    const auto* g = static_cast<const scalar_t*>(a.g);
+    auto* op = static_cast<scalar_t*>(a.out_p);
+    auto* oq = static_cast<scalar_t*>(a.out_q);
+    at::parallel_for(0, a.outer * chunks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t it = b; it < e; ++it) {
+        const int64_t o = it / chunks, e0 = (it % chunks) * chunk;
+        const int64_t off = o * a.out_so + e0;
+        weights_stream<HAS_Q>(
+            a, p + o * a.p.so + e0, HAS_Q ? q + o * a.q.so + e0 : nullptr,
+            op ? op + off : nullptr, oq ? oq + off : nullptr,
+            std::min(chunk, n - e0), shift + o * a.inner,
+            log_norm + o * a.inner, g ? g + o * a.g_so : nullptr, sidx.data(),
+            gidx.data(), PV);
+      }
+    });
+  }
+
+  // Runs the weights pass where a lane map runs the reduction and the
+  // operands are dense slabs: long slabs stream one by one, short ones in
+  // tiles of L slabs. Returns the first slab (outer index) the caller must
+  // still do (the tail slabs short of a tile), or -1 for all of them.
+  static int64_t weights(const WeightsArgs& a) {
+    if (choose(a) == Map::None || !out_dense(a) ||
+        !slab_dense(a.p, a.K, a.inner) ||
+        (a.q.data && !slab_dense(a.q, a.K, a.inner))) {
+      return -1;
+    }
+    const bool q = a.q.data != nullptr;
+    const int64_t slab = a.K * a.inner;
+    if (slab >= kStreamMinVecs * L) {
+      q ? weights_per_slab<true>(a) : weights_per_slab<false>(a);
+      return a.outer;
+    }
+    // Slabs must follow each other densely for the stream of a tile.
+    const bool dense = a.outer == 1 ||
+        (a.p.so == slab && (!q || a.q.so == slab) && a.out_so == slab);
+    if (!dense) return -1;
+    const int64_t tiles = a.outer / L;
+    if (tiles > 0) {
+      q ? weights_slab_tiles<true>(a, tiles)
+        : weights_slab_tiles<false>(a, tiles);
+    }
+    return tiles * L;
+  }
+};
+
+} // namespace CPU_CAPABILITY
+} // namespace iwae_fused::cpu
