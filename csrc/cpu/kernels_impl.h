@@ -32,6 +32,8 @@ inline namespace CPU_CAPABILITY {
 
 constexpr int64_t kTileVecs = 16; // columns: outputs per tile, in vectors
 constexpr int64_t kBlock = 16; // rows of a column block / vectors of a row chunk
+constexpr int64_t kOneBlockVecs = 32; // see Kernels::tile_width
+constexpr int64_t kWeightsTile = 2048; // columns' weights pass: columns per tile
 // Below this many elements one thread does it all: at 2-16 threads the
 // fork/join costs a few microseconds, the time of ~30k exps.
 constexpr int64_t kParallelElems = 32768;
@@ -62,6 +64,37 @@ struct Kernels {
 
   // ---- reduction ----------------------------------------------------------
 
+  // Folds r buffered rows (buf[j][v], j < r) of nv state vectors (m, s, t)
+  // whose block maxima are bmax: one rescale per block and vector, one exp
+  // per element. The first block of a state (first = true, the state still
+  // empty) takes its max as is: the rescale of an empty state is exp(-inf) =
+  // 0 times s = 0, an exp per vector that short slices (one block) would pay
+  // per output (NOTES.md CPU 10). Shared by the columns and the lane tiles.
+  template <bool DIAG, typename Buf>
+  static void absorb_block(
+      V* m, V* s, V* t, const V* bmax, Buf& buf, int64_t r, int64_t nv,
+      bool first) {
+    for (int64_t v = 0; v < nv; ++v) {
+      V sh;
+      if (first) {
+        m[v] = bmax[v];
+        sh = Lane::shift(bmax[v]);
+      } else if constexpr (DIAG) {
+        sh = absorb_max2(m[v], s[v], t[v], bmax[v]);
+      } else {
+        sh = absorb_max(m[v], s[v], bmax[v]);
+      }
+      V acc(0), acc2(0);
+      for (int64_t j = 0; j < r; ++j) {
+        const V e = Lane::exp(buf[j][v] - sh);
+        acc = acc + e;
+        if constexpr (DIAG) acc2 = acc2 + e * e;
+      }
+      s[v] = first ? acc : s[v] + acc;
+      if constexpr (DIAG) t[v] = first ? acc2 : t[v] + acc2;
+    }
+  }
+
   // States of the w <= W column outputs (o, i0 .. i0 + w) over samples
   // [k0, k1), into m[0..w) and s[0..w) (and the second moment t[0..w) with
   // DIAG).
@@ -75,12 +108,8 @@ struct Kernels {
         ? static_cast<const scalar_t*>(a.q.data) + o * a.q.so + i0
         : nullptr;
     const V beta(static_cast<opmath_t>(a.beta));
-    V m[kTileVecs], s[kTileVecs], t[DIAG ? kTileVecs : 1], bmax[kTileVecs];
-    V buf[kBlock][kTileVecs];
-    for (int64_t v = 0; v < nv; ++v) m[v] = V(-INFINITY), s[v] = V(0);
-    if constexpr (DIAG) {
-      for (int64_t v = 0; v < nv; ++v) t[v] = V(0);
-    }
+    UninitVecs<V, kTileVecs> m, s, t, bmax;
+    UninitTile<V, kBlock, kTileVecs> buf;
     for (int64_t kb = k0; kb < k1; kb += kBlock) {
       const int64_t r = std::min(kBlock, k1 - kb);
       for (int64_t v = 0; v < nv; ++v) bmax[v] = V(-INFINITY);
@@ -102,40 +131,8 @@ struct Kernels {
           bmax[full] = Lane::max(x, bmax[full]);
         }
       }
-      for (int64_t v = 0; v < nv; ++v) {
-        if (kb == k0) {
-          // The first block of an empty state takes its max as is: the
-          // rescale exp(-inf) = 0 of s = 0 is an exp per vector that short K
-          // pays per output (NOTES.md CPU 10).
-          m[v] = bmax[v];
-          const V sh = Lane::shift(bmax[v]);
-          V acc(0), acc2(0);
-          for (int64_t j = 0; j < r; ++j) {
-            const V e = Lane::exp(buf[j][v] - sh);
-            acc = acc + e;
-            if constexpr (DIAG) acc2 = acc2 + e * e;
-          }
-          s[v] = acc;
-          if constexpr (DIAG) t[v] = acc2;
-          continue;
-        }
-        if constexpr (DIAG) {
-          const V sh = absorb_max2(m[v], s[v], t[v], bmax[v]);
-          V acc(0), acc2(0);
-          for (int64_t j = 0; j < r; ++j) {
-            const V e = Lane::exp(buf[j][v] - sh);
-            acc = acc + e;
-            acc2 = acc2 + e * e;
-          }
-          s[v] = s[v] + acc;
-          t[v] = t[v] + acc2;
-        } else {
-          const V sh = absorb_max(m[v], s[v], bmax[v]);
-          V acc(0);
-          for (int64_t j = 0; j < r; ++j) acc = acc + Lane::exp(buf[j][v] - sh);
-          s[v] = s[v] + acc;
-        }
-      }
+      absorb_block<DIAG>(
+          m.data(), s.data(), t.data(), bmax.data(), buf, r, nv, kb == k0);
     }
     for (int64_t v = 0; v < nv; ++v) {
       const int64_t n = std::min(L, w - v * L);
@@ -158,7 +155,7 @@ struct Kernels {
     constexpr int64_t C = kBlock * L;
     const V beta(static_cast<opmath_t>(a.beta));
     V m(-INFINITY), s(0), t(0);
-    V buf[kBlock];
+    UninitVecs<V, kBlock> buf;
     for (int64_t kb = k0; kb < k1; kb += C) {
       const int64_t c = std::min(C, k1 - kb), full = c / L, rem = c % L;
       V bmax(-INFINITY);
@@ -241,7 +238,8 @@ struct Kernels {
       const V ls = Lane::log(sv);
       if (shift) {
         sh.store(shift + idx + j, c);
-        (a.plain_log_sum ? ls : Lane::log_norm(sv)).store(log_norm + idx + j, c);
+        (a.plain_log_sum ? ls : Lane::log_norm_of(sv, ls))
+            .store(log_norm + idx + j, c);
       }
       if (out) IO::store(out + idx + j, (sh + (ls - log_k)) / beta, c);
     }
@@ -263,11 +261,25 @@ struct Kernels {
     }
   }
 
+  // Columns per tile: kTileVecs vectors, except where all of K fits one
+  // block. A tile then reads its K rows (2K with log_q) in bursts of the
+  // tile's width, once; narrower tiles, about kOneBlockVecs vectors in flight
+  // per tile, ran up to 1.3x faster there, where long slices need the wide
+  // tile (NOTES.md CPU 11).
+  static int64_t tile_width(const ReduceArgs& a) {
+    if (a.K > kBlock) return W;
+    const int64_t streams = a.K * (a.q.data ? 2 : 1);
+    int64_t vecs = kTileVecs;
+    while (vecs > 1 && vecs * streams > kOneBlockVecs) vecs /= 2;
+    return vecs * L;
+  }
+
   template <bool HAS_Q, bool DIAG>
   static void reduce_cols(const ReduceArgs& a) {
-    const int64_t ntiles = ceil_div(a.inner, W);
+    const int64_t tw = tile_width(a);
+    const int64_t ntiles = ceil_div(a.inner, tw);
     const int64_t items = a.outer * ntiles;
-    const int64_t width = std::min(a.inner, W);
+    const int64_t width = std::min(a.inner, tw);
     const int64_t pieces = choose_ksplit(items, a.K, width);
     const int64_t kchunk = ceil_div(a.K, pieces);
     if (pieces == 1) {
@@ -275,8 +287,8 @@ struct Kernels {
       at::parallel_for(0, items, grain, [&](int64_t b, int64_t e) {
         opmath_t m[W], s[W], t[DIAG ? W : 1];
         for (int64_t it = b; it < e; ++it) {
-          const int64_t o = it / ntiles, i0 = (it % ntiles) * W;
-          const int64_t w = std::min(W, a.inner - i0);
+          const int64_t o = it / ntiles, i0 = (it % ntiles) * tw;
+          const int64_t w = std::min(tw, a.inner - i0);
           cols_state<HAS_Q, DIAG>(a, o, i0, w, 0, a.K, m, s, t);
           finish(a, o * a.inner + i0, m, s, t, w);
         }
@@ -290,8 +302,8 @@ struct Kernels {
     at::parallel_for(0, items * pieces, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t piece = it / items, tile = it % items;
-        const int64_t o = tile / ntiles, i0 = (tile % ntiles) * W;
-        const int64_t w = std::min(W, a.inner - i0);
+        const int64_t o = tile / ntiles, i0 = (tile % ntiles) * tw;
+        const int64_t w = std::min(tw, a.inner - i0);
         const int64_t k0 = piece * kchunk, k1 = std::min(a.K, k0 + kchunk);
         const int64_t base = piece * n_out + o * a.inner + i0;
         opmath_t* tt = DIAG ? t.data() + base : nullptr;
@@ -399,6 +411,15 @@ struct Kernels {
     if (j < n) step(j, n - j);
   }
 
+  // Columns per tile of the columns' weights pass: kWeightsTile, halved
+  // (down to 4 vectors) while that leaves fewer than 4 tiles per thread.
+  static int64_t weights_tile(const WeightsArgs& a) {
+    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+    int64_t tw = kWeightsTile;
+    while (tw > 4 * L && a.outer * ceil_div(a.inner, tw) < 4 * threads) tw /= 2;
+    return tw;
+  }
+
   // The slabs (outer indices) [o_begin, outer).
   template <bool HAS_Q>
   static void weights_impl(const WeightsArgs& a, int64_t o_begin) {
@@ -413,29 +434,49 @@ struct Kernels {
       return base ? base + off : nullptr;
     };
     if (!a.vec_k) {
-      // Columns: one run per (o, k), the inner axis contiguous; stats and g
-      // are vectors over the run.
-      const int64_t runs = a.outer * a.K;
+      // Columns: runs of w contiguous elements of row (o, k) from column i0;
+      // stats and g are vectors over the run.
+      auto run = [&](int64_t o, int64_t k, int64_t i0, int64_t w) {
+        const opmath_t* sh = shift + o * a.inner + i0;
+        const opmath_t* ls = log_norm + o * a.inner + i0;
+        const scalar_t* gg = g ? g + o * a.g_so + i0 * a.g_si : nullptr;
+        const int64_t off = o * a.out_so + k * a.out_sk + i0;
+        weights_run<HAS_Q>(
+            a, p + o * a.p.so + k * a.p.sk + i0,
+            HAS_Q ? q + o * a.q.so + k * a.q.sk + i0 : nullptr,
+            out_at(op, off), out_at(oq, off), w,
+            [&](int64_t j, int64_t c) {
+              return std::make_pair(V::loadu(sh + j, c), V::loadu(ls + j, c));
+            },
+            [&](int64_t j, int64_t c) {
+              if (a.g_si == 0) return V(static_cast<opmath_t>(gg[0]));
+              return c == L ? IO::load(gg + j) : IO::load(gg + j, c);
+            });
+      };
+      if (a.K <= kBlock) {
+        // Few rows: a tile of columns, all K rows of it, so the tile's stats
+        // and g come from memory once and from cache K - 1 times, where runs
+        // over all of inner re-read them per row (NOTES.md CPU 12).
+        const int64_t tw = weights_tile(a);
+        const int64_t ntiles = ceil_div(a.inner, tw);
+        const int64_t grain =
+            std::max<int64_t>(1, kParallelElems / (a.K * std::min(tw, a.inner)));
+        at::parallel_for(
+            o_begin * ntiles, a.outer * ntiles, grain, [&](int64_t b, int64_t e) {
+              for (int64_t it = b; it < e; ++it) {
+                const int64_t o = it / ntiles, i0 = (it % ntiles) * tw;
+                for (int64_t k = 0; k < a.K; ++k) {
+                  run(o, k, i0, std::min(tw, a.inner - i0));
+                }
+              }
+            });
+        return;
+      }
+      // Many rows: one run per (o, k) over all of inner; long streams, and
+      // K runs to share among the threads (tiles measured slower here).
       const int64_t grain = std::max<int64_t>(1, kParallelElems / a.inner);
-      at::parallel_for(o_begin * a.K, runs, grain, [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r) {
-          const int64_t o = r / a.K, k = r % a.K;
-          const opmath_t* sh = shift + o * a.inner;
-          const opmath_t* ls = log_norm + o * a.inner;
-          const scalar_t* gg = g ? g + o * a.g_so : nullptr;
-          const int64_t off = o * a.out_so + k * a.out_sk;
-          weights_run<HAS_Q>(
-              a, p + o * a.p.so + k * a.p.sk,
-              HAS_Q ? q + o * a.q.so + k * a.q.sk : nullptr, out_at(op, off),
-              out_at(oq, off), a.inner,
-              [&](int64_t j, int64_t c) {
-                return std::make_pair(V::loadu(sh + j, c), V::loadu(ls + j, c));
-              },
-              [&](int64_t j, int64_t c) {
-                if (a.g_si == 0) return V(static_cast<opmath_t>(gg[0]));
-                return c == L ? IO::load(gg + j) : IO::load(gg + j, c);
-              });
-        }
+      at::parallel_for(o_begin * a.K, a.outer * a.K, grain, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) run(r / a.K, r % a.K, 0, a.inner);
       });
       return;
     }

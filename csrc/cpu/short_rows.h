@@ -97,49 +97,6 @@ struct LaneTiles {
     return (K == 1 || s.sk == inner) && (inner == 1 || s.si == 1);
   }
 
-  // ---- the blocked online update of columns, over any lanes ----------------
-  // Folds r buffered rows of nv state vectors (m, s, t) whose block maxima are
-  // bmax: one rescale per block and vector, one exp per element. The first
-  // block of a state (first = true, the state still empty) takes its max
-  // as is: the rescale of an empty state is exp(-inf) = 0 times s = 0, an
-  // exp per vector that short slices (one block) would pay per output.
-  template <bool DIAG, int64_t N>
-  static void absorb_block(
-      V* m, V* s, V* t, const V* bmax, V (*buf)[N], int64_t r,
-      int64_t nv, bool first) {
-    for (int64_t v = 0; v < nv; ++v) {
-      if (first) {
-        m[v] = bmax[v];
-        const V sh = Lane::shift(bmax[v]);
-        V acc(0), acc2(0);
-        for (int64_t j = 0; j < r; ++j) {
-          const V e = Lane::exp(buf[j][v] - sh);
-          acc = acc + e;
-          if constexpr (DIAG) acc2 = acc2 + e * e;
-        }
-        s[v] = acc;
-        if constexpr (DIAG) t[v] = acc2;
-        continue;
-      }
-      if constexpr (DIAG) {
-        const V sh = absorb_max2(m[v], s[v], t[v], bmax[v]);
-        V acc(0), acc2(0);
-        for (int64_t j = 0; j < r; ++j) {
-          const V e = Lane::exp(buf[j][v] - sh);
-          acc = acc + e;
-          acc2 = acc2 + e * e;
-        }
-        s[v] = s[v] + acc;
-        t[v] = t[v] + acc2;
-      } else {
-        const V sh = absorb_max(m[v], s[v], bmax[v]);
-        V acc(0);
-        for (int64_t j = 0; j < r; ++j) acc = acc + Lane::exp(buf[j][v] - sh);
-        s[v] = s[v] + acc;
-      }
-    }
-  }
-
   // ---- reduction across outputs ---------------------------------------------
 
   // Whether the slabs of s follow each other densely (rows: K contiguous
@@ -195,10 +152,9 @@ struct LaneTiles {
     at::parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
       opmath_t mo[T], so[T], to[DIAG ? T : 1];
       idx_t ip[T], iq[T];
-      V m[kLaneTileVecs], s[kLaneTileVecs], t[kLaneTileVecs],
-          bmax[kLaneTileVecs];
-      V buf[kBlock][kLaneTileVecs];
-      VI vp[kLaneTileVecs], vq[kLaneTileVecs];
+      UninitVecs<V, kLaneTileVecs> m, s, t, bmax;
+      UninitTile<V, kBlock, kLaneTileVecs> buf;
+      UninitVecs<VI, kLaneTileVecs> vp, vq;
       // A tile spans at most T / inner + 2 slabs.
       std::vector<opmath_t> xbuf(DENSE ? (T / a.inner + 2) * slab : 0);
       for (int64_t tile = b; tile < e; ++tile) {
@@ -257,7 +213,8 @@ struct LaneTiles {
               bmax[v] = Lane::max(x, bmax[v]);
             }
           }
-          absorb_block<DIAG>(m, s, t, bmax, buf, r, nv, kb == 0);
+          Base::template absorb_block<DIAG>(
+              m.data(), s.data(), t.data(), bmax.data(), buf, r, nv, kb == 0);
         }
         for (int64_t v = 0; v < nv; ++v) {
           m[v].store(mo + v * L);
@@ -286,8 +243,8 @@ struct LaneTiles {
         ? static_cast<const scalar_t*>(a.q.data) + o * a.q.so + k0 * inner
         : nullptr;
     const V beta(static_cast<opmath_t>(a.beta));
-    V m[kMaxPV], s[kMaxPV], t[kMaxPV], bmax[kMaxPV];
-    V buf[kBlock][kMaxPV];
+    UninitVecs<V, kMaxPV> m, s, t, bmax;
+    UninitTile<V, kBlock, kMaxPV> buf;
     for (int64_t v = 0; v < PV; ++v) {
       m[v] = V(-INFINITY), s[v] = V(0);
       if constexpr (DIAG) t[v] = V(0);
@@ -314,7 +271,8 @@ struct LaneTiles {
           bmax[v] = Lane::max(x, bmax[v]);
         }
       }
-      absorb_block<DIAG>(m, s, t, bmax, buf, r, PV, e0 == 0);
+      Base::template absorb_block<DIAG>(
+          m.data(), s.data(), t.data(), bmax.data(), buf, r, PV, e0 == 0);
     }
     // Fold the lanes into their outputs: lane l of vector v is output
     // (v L + l) % inner.

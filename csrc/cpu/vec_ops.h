@@ -7,6 +7,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/OpMathType.h>
 
+#include <new>
 #include <type_traits>
 
 #include "../online_lse.h"
@@ -73,10 +74,59 @@ struct LaneOps<at::vec::Vectorized<T>> {
     return _mm512_scalef_ps(_mm512_add_ps(p, _mm512_set1_ps(1.f)), n);
   }
 #endif
-  static V log(V x) { return x.log(); }
+  C10_ALWAYS_INLINE static V log(V x) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float>) return log_avx512(x);
+#endif
+    return x.log();
+  }
+
+#if defined(CPU_CAPABILITY_AVX512)
+  // log for float lanes, inline (Sleef's u10 log is an out-of-line call, a
+  // quarter of a short slice's forward at one log per three elements; NOTES.md
+  // CPU 11). x = m 2^e exactly, with e from vgetexpps of x sqrt(2) so that m
+  // lies in [sqrt(1/2), sqrt(2)), and vscalefps for m (denormals included);
+  // log(m) = f - f^2/2 + f^3 P(f), f = m - 1, with Cephes' minimax P, and e
+  // ln2 added in two parts. <= 0.83 ulp against double log over 2^-100..2^100
+  // and [1, 3] (test_cpu_math.py pins it). Special values come from
+  // vgetexpps itself: +-0 -> -inf, +inf -> +inf, NaN -> NaN; x < 0 -> NaN.
+  C10_ALWAYS_INLINE static V log_avx512(V v) {
+    const __m512 x = v;
+    const __m512 e =
+        _mm512_getexp_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.41421356237f)));
+    const __m512 m = _mm512_scalef_ps(x, _mm512_sub_ps(_mm512_setzero_ps(), e));
+    const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.f));
+    const __m512 z = _mm512_mul_ps(f, f);
+    __m512 p = _mm512_set1_ps(7.0376836292e-2f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-1.1514610310e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.1676998740e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-1.2420140846e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.4249322787e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-1.6668057665e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.0000714765e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-2.4999993993e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(3.3333331174e-1f));
+    __m512 y = _mm512_mul_ps(_mm512_mul_ps(p, f), z);
+    y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);
+    y = _mm512_fnmadd_ps(z, _mm512_set1_ps(0.5f), y);
+    __m512 r = _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(f, y));
+    // Anything but a positive finite number (class bits: NaN, +-0, +-inf,
+    // negative, not denormal): vgetexpps's answer, NaN for x < 0.
+    const __mmask16 special = _mm512_fpclass_ps_mask(x, 0xDF);
+    if (special) {
+      const __m512 g = _mm512_mask_blend_ps(
+          _mm512_fpclass_ps_mask(x, 0x50), _mm512_getexp_ps(x),
+          _mm512_set1_ps(NAN));
+      r = _mm512_mask_blend_ps(special, r, g);
+    }
+    return r;
+  }
+#endif
   static V shift(V m) { return V::blendv(m, V(T(0)), m.abs() == V(T(INFINITY))); }
-  static V log_norm(V s) {
-    return V::blendv(s.log(), V(T(INFINITY)), s == V(T(0)));
+  static V log_norm(V s) { return log_norm_of(s, log(s)); }
+  // log_norm from a log(s) already taken (the finish needs both).
+  static V log_norm_of(V s, V log_s) {
+    return V::blendv(log_s, V(T(INFINITY)), s == V(T(0)));
   }
   static V weight(V d, V log_norm) { return exp(d - log_norm); }
 };
@@ -84,6 +134,31 @@ struct LaneOps<at::vec::Vectorized<T>> {
 } // namespace IWAE_ISA
 
 namespace cpu {
+// In the instruction set's namespace too: VecIO<c10::Half>::load, say, has
+// one mangled name for every set, and where a compiler keeps an out-of-line
+// copy the linker would pick one set's body for all (an AVX-512 body, with
+// its register ABI, called from the DEFAULT kernels). test_build.py checks
+// the built library for such symbols.
+inline namespace IWAE_ISA {
+
+// N vectors of uninitialised storage. at::vec::Vectorized's default
+// constructor zeroes, so a `V buf[16][16]` block buffer is a 16 KB memset on
+// every call: as long as a short slice's whole reduction (NOTES.md CPU 11).
+// The kernels write every element before they read it. Vectorized is
+// trivially copyable and destructible, so its objects may live in raw bytes.
+template <typename V, int64_t N>
+struct UninitVecs {
+  alignas(V) unsigned char raw[N * sizeof(V)];
+  V* data() { return std::launder(reinterpret_cast<V*>(raw)); }
+  V& operator[](int64_t i) { return data()[i]; }
+};
+
+// R rows of C vectors, uninitialised: buf[j][v].
+template <typename V, int64_t R, int64_t C>
+struct UninitTile {
+  UninitVecs<V, R * C> v;
+  V* operator[](int64_t j) { return v.data() + j * C; }
+};
 
 // Loads and stores of one opmath vector (L elements) from/to scalar_t memory.
 template <typename scalar_t>
@@ -121,5 +196,6 @@ struct VecIO {
   }
 };
 
+} // namespace IWAE_ISA
 } // namespace cpu
 } // namespace iwae_fused
