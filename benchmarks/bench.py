@@ -165,7 +165,8 @@ def to_markdown(rows, copy_bps, args):
         cols[6:6] = ["compile"]
         cols += ["vs compile"]
     cols += ["GB/s", "of copy", "x floor"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = targets_table(rows) if args.preset == "short" and has_compile else []
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [f"[{r['shape']}]", str(r["dim"]), r["label"], r["mode"],
                  _us(r["iwae_fused_us"]), _us(r["eager_us"])]
@@ -177,6 +178,55 @@ def to_markdown(rows, copy_bps, args):
         cells += [f"{r['gbps']:.1f}", f"{100 * r['of_copy']:.0f}%", f"{r['floor_x']:.1f}x"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(head + lines) + "\n"
+
+
+# Issue 13's targets for the short preset: fwd and fwd+bwd at least this much
+# faster than eager and compile, the forward within this many memory floors.
+TARGETS = {"vs_eager": 2.0, "vs_compile": 1.2, "floor_x": 2.0}
+
+
+def targets_table(rows):
+    """One line per shape: fwd and fwd+bwd times and ratios, misses in bold."""
+    by_case = {}
+    for r in rows:
+        by_case.setdefault((r["shape"], r["dim"]), {})[r["mode"]] = r
+    lines = [
+        "| shape | dim | fwd ms (fused / eager / compile) | fwd vs eager | vs compile "
+        "| x floor | fwd+bwd ms (fused / eager / compile) | vs eager | vs compile |",
+        "|" + "---|" * 9,
+    ]
+    misses = 0
+
+    def ratio(r, key):
+        nonlocal misses
+        v = r.get(key)
+        if v is None:
+            return "-"
+        miss = v > TARGETS[key] if key == "floor_x" else v < TARGETS[key]
+        misses += miss
+        text = f"{v:.1f}x" if key == "floor_x" else f"{v:.2f}x"
+        return f"**{text}**" if miss else text
+
+    def times(r):
+        ms = [r.get(f"{n}_us") for n in ("iwae_fused", "eager", "compile")]
+        return " / ".join("-" if t is None else f"{t / 1e3:.3g}" for t in ms)
+
+    for (shape, dim), modes in by_case.items():
+        cells = [f"[{shape.replace('x', ', ')}]", str(dim)]
+        f, fb = modes.get("fwd"), modes.get("fwdbwd")
+        cells += [times(f), ratio(f, "vs_eager"), ratio(f, "vs_compile"),
+                  ratio(f, "floor_x")] if f else ["-"] * 4
+        cells += [times(fb), ratio(fb, "vs_eager"), ratio(fb, "vs_compile")] if fb else ["-"] * 3
+        lines.append("| " + " | ".join(cells) + " |")
+    head = [
+        "## Targets (issue 13)",
+        "",
+        "Fwd and fwd+bwd at least 2x faster than eager and 1.2x faster than "
+        "torch.compile; the forward within 2x of the memory floor (x floor <= 2.0). "
+        f"Misses in bold: {misses}.",
+        "",
+    ]
+    return head + lines + ["", "## All rows", ""]
 
 
 def _us(t):

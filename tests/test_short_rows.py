@@ -9,6 +9,9 @@ Test ids name the path the CPU kernels take for the case:
               inner <= L / 2 and slabs of K * inner < SHORT_SLAB_VECS * L)
   lanes_smp   lanes across samples (columns with inner <= L / 2, longer slabs)
   rows/cols   the long-slice kernels on the other side of the threshold
+  cols1blk    the columns kernel with all of K in one block (K <= 16): tiles
+              narrowed to the stream count, and the weights pass in tiles
+              of columns over all K rows (benchmarks/NOTES.md CPU 11, 12)
 """
 
 import math
@@ -23,6 +26,7 @@ from conftest import DTYPES, close, in_layout, log_weights_like
 
 SHORT_K = 128  # kShortK in csrc/cpu/short_rows.h
 SHORT_SLAB_VECS = 48  # kShortSlabVecs
+ONE_BLOCK_K = 16  # kBlock in csrc/cpu/kernels_impl.h
 ops = torch.ops.iwae_fused
 
 
@@ -37,7 +41,7 @@ def path(shape, dim, dtype):
     if inner == 1:
         return "lanes_out" if K < SHORT_K else "rows"
     if 2 * inner > lanes(dtype):
-        return "cols"
+        return "cols1blk" if K <= ONE_BLOCK_K else "cols"
     return "lanes_out" if K * inner < SHORT_SLAB_VECS * lanes(dtype) else "lanes_smp"
 
 
@@ -102,6 +106,26 @@ def test_small_inner_every_k(K, B, inner, dtype):
     # move the threshold, which is why both sides of it are in the K list.
     p, q = inputs((B, K, inner), dtype, seed=K)
     check_fwd_bwd(p, q, 1, dtype)
+
+
+# Columns with all of K in one block: every tile width (16 vectors at K = 1
+# down to 1 at K >= 9 with log_q), tails of every length, and the weights
+# pass's column tiles: 2048 columns where a thread has 4 of them ([4, K,
+# 4100]: 12 tiles, a 4-column tail), halved below that ([K, 300]).
+ONE_BLOCK_CASES = [((k, 300), 0) for k in range(1, ONE_BLOCK_K + 3)] + [
+    ((4, k, 4100), 1) for k in (1, 2, 3, 5, 8, 16, 17)
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "shape,dim", ONE_BLOCK_CASES,
+    ids=[case_id("cols", s, d, torch.float32) for s, d in ONE_BLOCK_CASES],
+)
+def test_columns_one_block_every_k(shape, dim, dtype):
+    p, q = inputs(shape, dtype, seed=shape[dim])
+    check_fwd_bwd(p, q, dim, dtype)
+    check_fwd_bwd(p, None, dim, dtype)  # half the streams: wider tiles
 
 
 # ---- tiny inner, many samples: split-K or not ------------------------------
@@ -206,7 +230,10 @@ def test_dreg_backward_modes(shape, dim, z_weight):
 
 # ---- layouts and broadcasts --------------------------------------------------
 
-LAYOUT_CASES = [((515, 3), 1), ((515, 33), 1), ((257, 5, 2), 1), ((9001, 2), 0), ((9001, 6), 0)]
+LAYOUT_CASES = [
+    ((515, 3), 1), ((515, 33), 1), ((257, 5, 2), 1), ((9001, 2), 0), ((9001, 6), 0),
+    ((5, 300), 0), ((3, 2100), 0),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
