@@ -110,7 +110,7 @@ def run(args):
                 args.op, compile=not args.no_compile, replayable=mode == "bwd"
             )
             steps = {
-                name: harness.make_step(fn, case, mode, dtype, args.device)
+                name: harness.make_step(fn, case, mode, dtype, args.device, scale=args.scale)
                 for name, fn in contenders.items()
             }
             med = harness.interleaved_medians(steps, timer, args.repeats)
@@ -149,7 +149,8 @@ def to_markdown(rows, copy_bps, args):
         f"Python {platform.python_version()}",
         f"- date: {datetime.date.today().isoformat()}",
         f"- device copy bandwidth (same run): {copy_bps / 1e9:.1f} GB/s (read + write)",
-        f"- medians of {args.repeats} interleaved runs; fwd under no_grad; fwdbwd is "
+        f"- log_p, log_q ~ N(0, {args.scale:g}^2); "
+        f"medians of {args.repeats} interleaved runs; fwd under no_grad; fwdbwd is "
         "the forward and `out.backward(g)` with a ready g, gradients reset to None; bwd "
         "replays the backward alone (retain_graph)",
         "- GB/s: bytes that must move (inputs read once, outputs written once) / time; "
@@ -274,6 +275,9 @@ def main(argv=None):
                     choices=["fwd", "bwd", "fwdbwd"],
                     help="bwd replays out.backward(g, retain_graph=True) on one forward")
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="log_p and log_q ~ N(0, scale^2); 100 spreads the log-weights "
+                         "over hundreds of nats, as early training does")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--markdown", help="write the table here")
     ap.add_argument("--csv", help="write the rows here")

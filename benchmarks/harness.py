@@ -168,11 +168,15 @@ class Timer:
         return (time.perf_counter() - t0) / n
 
 
-def make_step(fn, case, mode, dtype, device, seed=0):
-    """A zero-argument callable running one forward (or forward+backward)."""
+def make_step(fn, case, mode, dtype, device, seed=0, scale=1.0):
+    """A zero-argument callable running one forward (or forward+backward).
+
+    log_p and log_q are standard normal times `scale`: at scale 1 every weight
+    is within ~10 nats of its slice's max; from ~30 on many are more than 87
+    below it, denormal in float32 (benchmarks/NOTES.md CPU 13)."""
     gen = torch.Generator().manual_seed(seed)
-    p = torch.randn(case.shape, generator=gen).to(dtype).to(device)
-    q = torch.randn(case.shape, generator=gen).to(dtype).to(device)
+    p = (torch.randn(case.shape, generator=gen) * scale).to(dtype).to(device)
+    q = (torch.randn(case.shape, generator=gen) * scale).to(dtype).to(device)
     if mode == "fwd":
 
         def step():

@@ -2,6 +2,8 @@
 expression: -inf slices and samples, NaN isolation, +inf, huge magnitudes."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -157,3 +159,45 @@ def test_float32_logs_are_accurate_over_their_range(K, device):
     ref = R.iwelbo(v.double().cpu(), dim=0)
     err = (out - ref).abs().max().item()
     assert err < (4e-7 if K == 2 else 1e-6), err
+
+
+@pytest.mark.parametrize(
+    "dtype,gap", [(torch.float32, 100.0), (torch.float64, 720.0)], ids=["float32", "float64"]
+)
+def test_weights_below_the_smallest_normal_are_exactly_zero(dtype, gap):
+    # exp(-gap) is a denormal (float32: 3.7e-44; float64: 1.6e-313). The CPU
+    # kernels flush denormal results to 0 (csrc/cpu/denormals.h): computing
+    # them costs a microcode assist each, 10x the forward's time for
+    # log-weights spread over 100 nats. The bound is unaffected.
+    x = torch.tensor([[0.0] * 3, [-gap, -gap / 2, 0.0]], dtype=dtype)
+    w = iwae_fused.normalized_weights(x)
+    assert w[1, 0].item() == 0.0
+    assert w[1, 1].item() > 0  # exp(-gap / 2) is a normal number: kept
+    xg = x.clone().requires_grad_()
+    iwae_fused.iwelbo(xg).sum().backward()
+    assert xg.grad[1, 0].item() == 0.0
+    close(iwae_fused.iwelbo(x), R.iwelbo(x), dtype)
+
+
+def test_the_callers_denormal_mode_is_restored():
+    # The kernels set flush-to-zero per thread and must put it back: torch ops
+    # after them, on the calling thread and on the worker threads, still
+    # produce denormals. In a fresh process, so that the intra-op pool's
+    # threads are created inside our first call (threads inherit the
+    # creating thread's mode: a guard around the parallel region leaked so).
+    script = """
+import torch, iwae_fused
+torch.set_num_threads(2)
+x = torch.randn(64, 100_000)  # no parallel op before ours: it makes the pool
+iwae_fused.iwelbo(x)
+x = x * 100
+iwae_fused.normalized_weights(x)
+xg = x.clone().requires_grad_()
+iwae_fused.iwelbo(xg, dim=1).sum().backward()
+iwae_fused.iwelbo(torch.randn(100_000, 2) * 100, dim=0)  # split-K tail
+tiny = torch.full((1 << 20,), 1e-30) * 1e-10  # 1e-40, a denormal float32
+assert bool(torch.all(tiny > 0)), "a worker thread kept flush-to-zero"
+assert (torch.tensor([1e-30]) * 1e-10).item() > 0, "the caller kept flush-to-zero"
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

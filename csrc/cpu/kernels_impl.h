@@ -41,6 +41,19 @@ constexpr int64_t kMinSplitK = 256; // samples per piece when K is split
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// at::parallel_for with denormals flushed in every chunk, on whichever thread
+// runs it (denormals.h: an underflowing exp costs a microcode assist). Never
+// a guard around a parallel region: the threads a pool creates inherit the
+// creating thread's MXCSR, and would keep the flush for good (a test in
+// test_numerics.py caught exactly that).
+template <typename F>
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
+    FlushDenormals ftz;
+    f(b, e);
+  });
+}
+
 // How many pieces to cut K into so that `items` independent reductions of K
 // samples (each `width` elements wide) keep every thread busy.
 inline int64_t choose_ksplit(int64_t items, int64_t K, int64_t width) {
@@ -274,6 +287,17 @@ struct Kernels {
     return vecs * L;
   }
 
+  // The serial tail of a split-K reduction, after its parallel region: merge
+  // the pieces, then finish, with denormals flushed (see parallel_for).
+  template <bool DIAG>
+  static void merge_and_finish(
+      const ReduceArgs& a, opmath_t* m, opmath_t* s, opmath_t* t,
+      int64_t pieces, int64_t n_out) {
+    FlushDenormals ftz;
+    merge_pieces<DIAG>(m, s, t, pieces, n_out);
+    finish(a, 0, m, s, t, n_out);
+  }
+
   template <bool HAS_Q, bool DIAG>
   static void reduce_cols(const ReduceArgs& a) {
     const int64_t tw = tile_width(a);
@@ -284,7 +308,7 @@ struct Kernels {
     const int64_t kchunk = ceil_div(a.K, pieces);
     if (pieces == 1) {
       const int64_t grain = std::max<int64_t>(1, kParallelElems / (a.K * width));
-      at::parallel_for(0, items, grain, [&](int64_t b, int64_t e) {
+      parallel_for(0, items, grain, [&](int64_t b, int64_t e) {
         opmath_t m[W], s[W], t[DIAG ? W : 1];
         for (int64_t it = b; it < e; ++it) {
           const int64_t o = it / ntiles, i0 = (it % ntiles) * tw;
@@ -299,7 +323,7 @@ struct Kernels {
     const int64_t n_out = a.outer * a.inner;
     std::vector<opmath_t> m(pieces * n_out), s(pieces * n_out),
         t(DIAG ? pieces * n_out : 1);
-    at::parallel_for(0, items * pieces, 1, [&](int64_t b, int64_t e) {
+    parallel_for(0, items * pieces, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t piece = it / items, tile = it % items;
         const int64_t o = tile / ntiles, i0 = (tile % ntiles) * tw;
@@ -317,8 +341,7 @@ struct Kernels {
             a, o, i0, w, k0, k1, m.data() + base, s.data() + base, tt);
       }
     });
-    merge_pieces<DIAG>(m.data(), s.data(), t.data(), pieces, n_out);
-    finish(a, 0, m.data(), s.data(), t.data(), n_out);
+    merge_and_finish<DIAG>(a, m.data(), s.data(), t.data(), pieces, n_out);
   }
 
   template <bool HAS_Q, bool DIAG>
@@ -327,7 +350,7 @@ struct Kernels {
     const int64_t pieces = choose_ksplit(rows, a.K, 1);
     if (pieces == 1) {
       const int64_t grain = std::max<int64_t>(1, kParallelElems / a.K);
-      at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+      parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
         // Finish in batches so the final log and stores are vectorised.
         constexpr int64_t kBatch = 64;
         opmath_t m[kBatch], s[kBatch], t[kBatch];
@@ -345,7 +368,7 @@ struct Kernels {
     }
     const int64_t kchunk = ceil_div(a.K, pieces);
     std::vector<opmath_t> m(pieces * rows), s(pieces * rows), t(pieces * rows);
-    at::parallel_for(0, rows * pieces, 1, [&](int64_t b, int64_t e) {
+    parallel_for(0, rows * pieces, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t piece = it / rows, r = it % rows;
         const int64_t k0 = piece * kchunk, k1 = std::min(a.K, k0 + kchunk);
@@ -359,8 +382,7 @@ struct Kernels {
         row_state<HAS_Q, DIAG>(a, r / a.inner, r % a.inner, k0, k1, mm, ss, tt);
       }
     });
-    merge_pieces<DIAG>(m.data(), s.data(), t.data(), pieces, rows);
-    finish(a, 0, m.data(), s.data(), t.data(), rows);
+    merge_and_finish<DIAG>(a, m.data(), s.data(), t.data(), pieces, rows);
   }
 
   static void reduce(const ReduceArgs& a) {
@@ -461,7 +483,7 @@ struct Kernels {
         const int64_t ntiles = ceil_div(a.inner, tw);
         const int64_t grain =
             std::max<int64_t>(1, kParallelElems / (a.K * std::min(tw, a.inner)));
-        at::parallel_for(
+        parallel_for(
             o_begin * ntiles, a.outer * ntiles, grain, [&](int64_t b, int64_t e) {
               for (int64_t it = b; it < e; ++it) {
                 const int64_t o = it / ntiles, i0 = (it % ntiles) * tw;
@@ -475,7 +497,7 @@ struct Kernels {
       // Many rows: one run per (o, k) over all of inner; long streams, and
       // K runs to share among the threads (tiles measured slower here).
       const int64_t grain = std::max<int64_t>(1, kParallelElems / a.inner);
-      at::parallel_for(o_begin * a.K, a.outer * a.K, grain, [&](int64_t b, int64_t e) {
+      parallel_for(o_begin * a.K, a.outer * a.K, grain, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) run(r / a.K, r % a.K, 0, a.inner);
       });
       return;
@@ -483,7 +505,7 @@ struct Kernels {
     // Rows: one run per output, K contiguous; stats and g are scalars.
     const int64_t rows = a.outer * a.inner;
     const int64_t grain = std::max<int64_t>(1, kParallelElems / a.K);
-    at::parallel_for(o_begin * a.inner, rows, grain, [&](int64_t b, int64_t e) {
+    parallel_for(o_begin * a.inner, rows, grain, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const int64_t o = r / a.inner, i = r % a.inner;
         const auto st = std::make_pair(V(shift[r]), V(log_norm[r]));

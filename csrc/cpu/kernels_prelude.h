@@ -19,5 +19,6 @@
 #include <type_traits>
 #include <vector>
 
+#include "denormals.h"
 #include "kernel_api.h"
 // Not ../online_lse.h: it is compiled per instruction set (see there).

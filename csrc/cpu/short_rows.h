@@ -149,7 +149,7 @@ struct LaneTiles {
           a, ph, T, T, phase_p.data() + ph * T,
           HAS_Q ? phase_q.data() + ph * T : nullptr);
     }
-    at::parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
+    parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
       opmath_t mo[T], so[T], to[DIAG ? T : 1];
       idx_t ip[T], iq[T];
       UninitVecs<V, kLaneTileVecs> m, s, t, bmax;
@@ -306,7 +306,7 @@ struct LaneTiles {
         t(DIAG ? pieces * n_out : 1);
     const int64_t grain = std::max<int64_t>(
         1, kParallelElems / (std::min(kchunk, a.K) * a.inner));
-    at::parallel_for(0, a.outer * pieces, grain, [&](int64_t b, int64_t e) {
+    parallel_for(0, a.outer * pieces, grain, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t piece = it / a.outer, o = it % a.outer;
         const int64_t k0 = piece * kchunk, k1 = std::min(a.K, k0 + kchunk);
@@ -322,9 +322,8 @@ struct LaneTiles {
             a, o, k0, k1, m.data() + base, s.data() + base, tt);
       }
     });
-    Base::template merge_pieces<DIAG>(
-        m.data(), s.data(), t.data(), pieces, n_out);
-    Base::finish(a, 0, m.data(), s.data(), t.data(), n_out);
+    Base::template merge_and_finish<DIAG>(
+        a, m.data(), s.data(), t.data(), pieces, n_out);
   }
 
   enum class Map { None, AcrossOutputs, AcrossSamples };
@@ -444,7 +443,7 @@ struct LaneTiles {
     auto* op = static_cast<scalar_t*>(a.out_p);
     auto* oq = static_cast<scalar_t*>(a.out_q);
     const int64_t grain = std::max<int64_t>(1, kParallelElems / (L * slab));
-    at::parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
+    parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
       for (int64_t tile = b; tile < e; ++tile) {
         const int64_t o0 = tile * L, off = o0 * a.out_so;
         weights_stream<HAS_Q>(
@@ -476,7 +475,7 @@ struct LaneTiles {
     const auto* g = static_cast<const scalar_t*>(a.g);
     auto* op = static_cast<scalar_t*>(a.out_p);
     auto* oq = static_cast<scalar_t*>(a.out_q);
-    at::parallel_for(0, a.outer * chunks, 1, [&](int64_t b, int64_t e) {
+    parallel_for(0, a.outer * chunks, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t o = it / chunks, e0 = (it % chunks) * chunk;
         const int64_t off = o * a.out_so + e0;

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "../vimco_glue.h"
+#include "denormals.h"
 
 namespace iwae_fused {
 namespace {
@@ -18,6 +19,7 @@ struct CpuVimco {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "vimco_cpu", [&] {
       at::parallel_for(0, a.outer * a.inner, std::max<int64_t>(1, kGrainElems / a.K),
                        [&](int64_t b, int64_t e) {
+                         FlushDenormals ftz; // denormals.h
                          for (int64_t r = b; r < e; ++r) vimco_math::forward_example<scalar_t>(a, r);
                        });
     });
@@ -27,6 +29,7 @@ struct CpuVimco {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "vimco_cpu_bwd", [&] {
       at::parallel_for(0, a.outer * a.inner, std::max<int64_t>(1, kGrainElems / a.K),
                        [&](int64_t b, int64_t e) {
+                         FlushDenormals ftz;
                          for (int64_t r = b; r < e; ++r) vimco_math::backward_example<scalar_t>(a, r);
                        });
     });
