@@ -179,6 +179,20 @@ def test_weights_below_the_smallest_normal_are_exactly_zero(dtype, gap):
     close(iwae_fused.iwelbo(x), R.iwelbo(x), dtype)
 
 
+def test_float16_subnormals_survive_the_flush():
+    # Flush-to-zero acts on float32/float64 arithmetic; float16's subnormal
+    # range (below 6.1e-5) is normal in the float32 the kernels compute in,
+    # and the conversions keep it: a weight of 1e-6 stored as float16, and a
+    # float16 log-weight of 1e-6, are not lost.
+    x = torch.tensor([[0.0, 0.0], [math.log(1e-6), 1e-6]], dtype=torch.float16)
+    w = iwae_fused.normalized_weights(x)
+    ref = torch.softmax(x.double(), 0)
+    assert w[1, 0].item() > 0
+    close(w, ref, torch.float16)
+    close(iwae_fused.iwelbo(x), R.iwelbo(x.double()), torch.float16)
+    assert iwae_fused.iwelbo(x)[1].item() > 0  # log((2 + 1e-6) / 2), from the 1e-6 input
+
+
 def test_the_callers_denormal_mode_is_restored():
     # The kernels set flush-to-zero per thread and must put it back: torch ops
     # after them, on the calling thread and on the worker threads, still
