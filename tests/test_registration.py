@@ -236,9 +236,14 @@ ISA_CHECK = textwrap.dedent(
     from iwae_fused import reference as R
     print(iwae_fused._C.cpu_kernels())
     g = torch.Generator().manual_seed(0)
-    for shape, dim in [((50, 37), 0), ((37, 50), 1), ((3000, 5), 0), ((2, 9000), 1)]:
+    # columns, short rows (lane tiles), small inner, long rows, columns with K
+    # in one block (narrow tiles, tiled weights pass), and log-weights spread
+    # over hundreds of nats (denormal weights, flushed).
+    cases = [((50, 37), 0, 3), ((37, 50), 1, 3), ((3000, 5), 0, 3), ((2, 9000), 1, 3),
+             ((5, 300), 0, 3), ((12, 2100), 0, 3), ((64, 40), 0, 100)]
+    for shape, dim, scale in cases:
         for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-            p = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(dt).requires_grad_()
+            p = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dt).requires_grad_()
             q = torch.randn(shape, generator=g, dtype=torch.float64).to(dt).requires_grad_()
             out = iwae_fused.iwelbo(p, q, dim)
             out.sum().backward()
