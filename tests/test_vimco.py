@@ -88,6 +88,38 @@ def test_vimco_all_neg_inf_example_and_nan(device):
     assert torch.isfinite(gq[:, [0, 2]]).all()
 
 
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("K", [2, 3, 5, 17])
+@pytest.mark.parametrize("B", [1, 7, 8, 9, 17])
+def test_vimco_lane_tails_ties_and_neg_inf(B, K, dim, device):
+    # The CPU kernels put L consecutive examples in the lanes of a vector of
+    # doubles (csrc/cpu/vimco_lanes.h): batches that are not a multiple of L,
+    # an example with one -inf sample (the geometric mean of the others then
+    # excludes it, or is 0 for the others), tied maxima (the first is the
+    # argmax) and examples where the max is sample 0 or the last.
+    g = torch.Generator().manual_seed(B * 100 + K)
+    p = torch.randn(K, B, generator=g, dtype=torch.float64) * 3
+    q = torch.randn(K, B, generator=g, dtype=torch.float64)
+    p[K // 2, 0] = -math.inf
+    if B > 1:
+        p[:, 1] = 0.0
+        q[:, 1] = 0.0  # all tied
+    if B > 2:
+        p[0, 2] += 50.0  # the max at sample 0
+    if B > 3:
+        p[K - 1, 3] += 50.0  # the max at the last sample
+    if dim == 1:
+        p, q = p.T.contiguous(), q.T.contiguous()
+    p, q = p.to(device), q.to(device)
+    out, gp, gq = grads(iwae_fused.vimco, p, q, dim)
+    _, rgp, rgq = grads(R.vimco, p, q, dim)
+    # The value is the IWAE bound (the reference's surrogate gives NaN at
+    # K = 2 with a -inf sample: its other sample's signal is +inf).
+    close(out, R.iwelbo(p, q, dim), torch.float64)
+    close(gp, rgp, torch.float64)
+    close(gq, rgq, torch.float64, scale=1 + rgq.abs().max().item())
+
+
 @pytest.mark.parametrize("dev", ["cpu", "meta"])
 def test_vimco_needs_two_samples(dev):
     with pytest.raises(ValueError, match=r"vimco\(\): needs at least 2 samples.*K = 1"):

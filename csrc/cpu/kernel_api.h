@@ -9,10 +9,13 @@ namespace iwae_fused::cpu {
 
 using ReduceFn = void (*)(const ReduceArgs&);
 using WeightsFn = void (*)(const WeightsArgs&);
+using VimcoFn = void (*)(const VimcoArgs&);
 
 struct KernelTable {
   ReduceFn reduce;
   WeightsFn weights;
+  VimcoFn vimco_forward; // bound and state (vimco_lanes.h)
+  VimcoFn vimco_backward; // both gradients from the state
   const char* name; // the instruction set, for diagnostics
 };
 

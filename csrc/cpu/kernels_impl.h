@@ -534,6 +534,7 @@ struct Kernels {
 } // namespace iwae_fused::cpu
 
 #include "short_rows.h"
+#include "vimco_lanes.h"
 
 namespace iwae_fused::cpu {
 inline namespace CPU_CAPABILITY {
@@ -552,7 +553,9 @@ inline void weights(const WeightsArgs& a) {
 
 #define IWAE_STRINGIFY2(x) #x
 #define IWAE_STRINGIFY(x) IWAE_STRINGIFY2(x)
-inline constexpr KernelTable table{&reduce, &weights, IWAE_STRINGIFY(CPU_CAPABILITY)};
+inline constexpr KernelTable table{
+    &reduce, &weights, &vimco_forward, &vimco_backward,
+    IWAE_STRINGIFY(CPU_CAPABILITY)};
 
 } // namespace CPU_CAPABILITY
 } // namespace iwae_fused::cpu
