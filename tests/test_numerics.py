@@ -2,6 +2,7 @@
 expression: -inf slices and samples, NaN isolation, +inf, huge magnitudes."""
 
 import math
+import platform
 import subprocess
 import sys
 
@@ -161,6 +162,10 @@ def test_float32_logs_are_accurate_over_their_range(K, device):
     assert err < (4e-7 if K == 2 else 1e-6), err
 
 
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64"),
+    reason="the flush is x86's MXCSR (csrc/cpu/denormals.h); elsewhere denormals are kept",
+)
 @pytest.mark.parametrize(
     "dtype,gap", [(torch.float32, 100.0), (torch.float64, 720.0)], ids=["float32", "float64"]
 )
