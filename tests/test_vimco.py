@@ -93,7 +93,8 @@ def test_vimco_all_neg_inf_example_and_nan(device):
 @pytest.mark.parametrize("B", [1, 7, 8, 9, 17])
 def test_vimco_lane_tails_ties_and_neg_inf(B, K, dim, device):
     # The CPU kernels put L consecutive examples in the lanes of a vector of
-    # doubles (csrc/cpu/vimco_lanes.h): batches that are not a multiple of L,
+    # doubles (csrc/cpu/vimco_lanes.h) from 8 examples on, and run one example
+    # per thread below that (B = 1, 7 here): batches that are not a multiple of L,
     # an example with one -inf sample (the geometric mean of the others then
     # excludes it, or is 0 for the others), tied maxima (the first is the
     # argmax) and examples where the max is sample 0 or the last.
