@@ -10,8 +10,9 @@ Test ids name the path the CPU kernels take for the case:
   lanes_smp   lanes across samples (columns with inner <= L / 2, longer slabs)
   rows/cols   the long-slice kernels on the other side of the threshold
   cols1blk    the columns kernel with all of K in one block (K <= 16): tiles
-              narrowed to the stream count, and the weights pass in tiles
-              of columns over all K rows (benchmarks/NOTES.md CPU 11, 12)
+              narrowed to the stream count up to K = 8, and the weights pass
+              in tiles of columns over all K rows (benchmarks/NOTES.md CPU
+              11, 12)
 """
 
 import math
@@ -109,7 +110,7 @@ def test_small_inner_every_k(K, B, inner, dtype):
 
 
 # Columns with all of K in one block: every tile width (16 vectors at K = 1
-# down to 1 at K >= 9 with log_q), tails of every length, and the weights
+# down to 2 at K = 8 with log_q, 16 again from K = 9), tails of every length, and the weights
 # pass's column tiles: 2048 columns where a thread has 4 of them ([4, K,
 # 4100]: 12 tiles, a 4-column tail), halved below that ([K, 300]).
 ONE_BLOCK_CASES = [((k, 300), 0) for k in range(1, ONE_BLOCK_K + 3)] + [

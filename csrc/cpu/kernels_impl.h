@@ -33,6 +33,7 @@ inline namespace CPU_CAPABILITY {
 constexpr int64_t kTileVecs = 16; // columns: outputs per tile, in vectors
 constexpr int64_t kBlock = 16; // rows of a column block / vectors of a row chunk
 constexpr int64_t kOneBlockVecs = 32; // see Kernels::tile_width
+constexpr int64_t kNarrowMaxK = 8; // see Kernels::tile_width
 constexpr int64_t kWeightsTile = 2048; // columns' weights pass: columns per tile
 // Below this many elements one thread does it all: at 2-16 threads the
 // fork/join costs a few microseconds, the time of ~30k exps.
@@ -274,13 +275,14 @@ struct Kernels {
     }
   }
 
-  // Columns per tile: kTileVecs vectors, except where all of K fits one
-  // block. A tile then reads its K rows (2K with log_q) in bursts of the
-  // tile's width, once; narrower tiles, about kOneBlockVecs vectors in flight
-  // per tile, ran up to 1.3x faster there, where long slices need the wide
-  // tile (NOTES.md CPU 11).
+  // Columns per tile: kTileVecs vectors, except for short slices (K <= 8).
+  // A tile then reads its K rows (2K with log_q) in bursts of the tile's
+  // width, once; narrower tiles, about kOneBlockVecs vectors in flight per
+  // tile, ran up to 1.3x faster there out of cache. From K = 9 on the
+  // narrowed tile would be one or two vectors, which ran slower in and out
+  // of cache (per-tile costs), as long slices do (NOTES.md CPU 11).
   static int64_t tile_width(const ReduceArgs& a) {
-    if (a.K > kBlock) return W;
+    if (a.K > kNarrowMaxK) return W;
     const int64_t streams = a.K * (a.q.data ? 2 : 1);
     int64_t vecs = kTileVecs;
     while (vecs > 1 && vecs * streams > kOneBlockVecs) vecs /= 2;
