@@ -405,6 +405,14 @@ struct Kernels {
 
   // ---- element-wise weights -----------------------------------------------
 
+  // What out_q holds for the weight w = g wn (WeightsArgs::mode): -g w;
+  // g (w^2 - w) = g w (w - 1); g (w - w^2 - w) = -g w w.
+  static V q_grad(int mode, V w, V wn) {
+    return mode == kNegWeight ? V(0) - w
+        : mode == kDregSquare ? w * (wn - V(1))
+                              : V(0) - w * wn;
+  }
+
   // One contiguous run of n elements: log_w from P (and Q), weights against
   // the per-element stats and g given by the caller's lambdas.
   template <bool HAS_Q, typename StatsAt, typename GAt>
@@ -422,13 +430,7 @@ struct Kernels {
       const V wn = Lane::weight(x - sh, ls);
       const V w = a.g ? wn * g_at(j, c) : wn;
       if (OP) IO::store(OP + j, w, c);
-      if (OQ) {
-        // -g w; g (w^2 - w) = g w (w - 1); g (w - w^2 - w) = -g w w.
-        const V oq = a.mode == kNegWeight ? V(0) - w
-            : a.mode == kDregSquare       ? w * (wn - V(1))
-                                          : V(0) - w * wn;
-        IO::store(OQ + j, oq, c);
-      }
+      if (OQ) IO::store(OQ + j, q_grad(a.mode, w, wn), c);
     };
     int64_t j = 0;
     for (; j + L <= n; j += L) step(j, L);

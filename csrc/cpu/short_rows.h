@@ -403,13 +403,7 @@ struct LaneTiles {
       const V wn = Lane::weight(x - shv, lnv);
       const V w = g ? wn * gv : wn;
       if (OP) IO::store(OP + j, w, c);
-      if (OQ) {
-        // As Kernels::weights_run: -g w; g w (w - 1); -g w w.
-        const V oq = a.mode == kNegWeight ? V(0) - w
-            : a.mode == kDregSquare       ? w * (wn - V(1))
-                                          : V(0) - w * wn;
-        IO::store(OQ + j, oq, c);
-      }
+      if (OQ) IO::store(OQ + j, Base::q_grad(a.mode, w, wn), c);
     };
     int64_t j = 0, pv = 0;
     for (; j + L <= n; j += L) {
