@@ -405,6 +405,22 @@ struct Kernels {
 
   // ---- element-wise weights -----------------------------------------------
 
+  // A weights pass's operands, typed: the stats are [2, outer * inner]
+  // (shift, then log_norm); any of q, g, op, oq may be null.
+  struct WeightsPtrs {
+    const scalar_t *p, *q, *g;
+    const opmath_t *shift, *log_norm;
+    scalar_t *op, *oq;
+    explicit WeightsPtrs(const WeightsArgs& a)
+        : p(static_cast<const scalar_t*>(a.p.data)),
+          q(static_cast<const scalar_t*>(a.q.data)),
+          g(static_cast<const scalar_t*>(a.g)),
+          shift(static_cast<const opmath_t*>(a.stats)),
+          log_norm(shift + a.outer * a.inner),
+          op(static_cast<scalar_t*>(a.out_p)),
+          oq(static_cast<scalar_t*>(a.out_q)) {}
+  };
+
   // What out_q holds for the weight w = g wn (WeightsArgs::mode): -g w;
   // g (w^2 - w) = g w (w - 1); g (w - w^2 - w) = -g w w.
   static V q_grad(int mode, V w, V wn) {
@@ -449,13 +465,10 @@ struct Kernels {
   // The slabs (outer indices) [o_begin, outer).
   template <bool HAS_Q>
   static void weights_impl(const WeightsArgs& a, int64_t o_begin) {
-    const auto* p = static_cast<const scalar_t*>(a.p.data);
-    const auto* q = static_cast<const scalar_t*>(a.q.data);
-    const auto* shift = static_cast<const opmath_t*>(a.stats);
-    const opmath_t* log_norm = shift + a.outer * a.inner;
-    const auto* g = static_cast<const scalar_t*>(a.g);
-    auto* op = static_cast<scalar_t*>(a.out_p);
-    auto* oq = static_cast<scalar_t*>(a.out_q);
+    const WeightsPtrs ptr(a);
+    const auto *p = ptr.p, *q = ptr.q, *g = ptr.g;
+    const opmath_t *shift = ptr.shift, *log_norm = ptr.log_norm;
+    auto *op = ptr.op, *oq = ptr.oq;
     auto out_at = [&](scalar_t* base, int64_t off) {
       return base ? base + off : nullptr;
     };

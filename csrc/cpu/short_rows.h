@@ -429,13 +429,10 @@ struct LaneTiles {
       sidx[e] = o * a.inner + i;
       gidx[e] = o * a.g_so + i * a.g_si;
     }
-    const auto* p = static_cast<const scalar_t*>(a.p.data);
-    const auto* q = static_cast<const scalar_t*>(a.q.data);
-    const auto* shift = static_cast<const opmath_t*>(a.stats);
-    const opmath_t* log_norm = shift + a.outer * a.inner;
-    const auto* g = static_cast<const scalar_t*>(a.g);
-    auto* op = static_cast<scalar_t*>(a.out_p);
-    auto* oq = static_cast<scalar_t*>(a.out_q);
+    const typename Base::WeightsPtrs ptr(a);
+    const auto *p = ptr.p, *q = ptr.q, *g = ptr.g;
+    const opmath_t *shift = ptr.shift, *log_norm = ptr.log_norm;
+    auto *op = ptr.op, *oq = ptr.oq;
     const int64_t grain = std::max<int64_t>(1, kParallelElems / (L * slab));
     parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
       for (int64_t tile = b; tile < e; ++tile) {
@@ -462,13 +459,10 @@ struct LaneTiles {
     const int64_t n = a.K * a.inner;
     const int64_t chunk = std::max<int64_t>(1, kParallelElems / G) * G;
     const int64_t chunks = ceil_div(n, chunk);
-    const auto* p = static_cast<const scalar_t*>(a.p.data);
-    const auto* q = static_cast<const scalar_t*>(a.q.data);
-    const auto* shift = static_cast<const opmath_t*>(a.stats);
-    const opmath_t* log_norm = shift + a.outer * a.inner;
-    const auto* g = static_cast<const scalar_t*>(a.g);
-    auto* op = static_cast<scalar_t*>(a.out_p);
-    auto* oq = static_cast<scalar_t*>(a.out_q);
+    const typename Base::WeightsPtrs ptr(a);
+    const auto *p = ptr.p, *q = ptr.q, *g = ptr.g;
+    const opmath_t *shift = ptr.shift, *log_norm = ptr.log_norm;
+    auto *op = ptr.op, *oq = ptr.oq;
     parallel_for(0, a.outer * chunks, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t o = it / chunks, e0 = (it % chunks) * chunk;
