@@ -19,10 +19,9 @@ _FIXES = (
 )
 
 
-def running_tag(version=None, cuda=None):
-    """The local version tag of a build for this torch, e.g. 'pt215cu130'."""
-    version = torch.__version__ if version is None else version
-    cuda = torch.version.cuda if cuda is None else cuda
+def running_tag(version, cuda):
+    """The local version tag of a build for torch `version` with CUDA `cuda`
+    (None: a CPU-only torch), e.g. 'pt215cu130', 'pt213cpu'."""
     major, minor = version.split("+")[0].split(".")[:2]
     return f"pt{major}{minor}" + ("cu" + cuda.replace(".", "") if cuda else "cpu")
 
@@ -32,14 +31,15 @@ def _fixes(running, running_cuda, want):
                          want=f" (`pip install torch=={want}`)" if want else "")
 
 
-def built_for(package_version):
+def built_for(package_version, pinned_torch=None):
     """What an installed iwae_fused says it was built for, from its version's
-    local tag ('0.1.0+pt215cu130' -> 'torch 2.15 with CUDA 13.0'); None when
-    the version has no such tag (a checkout that was never installed)."""
+    local tag ('0.1.0+pt215cu130' -> 'torch 2.15 with CUDA 13.0'), with the
+    exact torch a release wheel requires when given ('2.15.0'); None when the
+    version has no such tag (a checkout that was never installed)."""
     m = re.fullmatch(r"[^+]*\+pt(\d)(\d+)(?:cu(\d+?)(\d)|cpu)", package_version or "")
     if not m:
         return None
-    text = f"torch {m.group(1)}.{m.group(2)}"
+    text = f"torch {pinned_torch or m.group(1) + '.' + m.group(2)}"
     return text + (f" with CUDA {m.group(3)}.{m.group(4)}" if m.group(3) else " (CPU only)")
 
 
@@ -60,25 +60,30 @@ def mismatch(ext_torch, ext_cuda, with_cuda, running, running_cuda):
     return None
 
 
-def _package_version():
+def _installed():
+    """(version, exactly required torch or None) of the installed iwae_fused;
+    (None, None) for a checkout on sys.path that was never installed."""
     try:
-        from importlib.metadata import version
+        from importlib import metadata
 
-        return version("iwae_fused")
-    except Exception:  # not installed (a checkout on sys.path)
-        return None
+        version, requires = metadata.version("iwae_fused"), metadata.requires("iwae_fused") or []
+    except Exception:
+        return None, None
+    pins = [m.group(1) for r in requires for m in [re.match(r"torch\s*\(?\s*==\s*([^\s;)]+)", r)] if m]
+    return version, (pins[0] if pins else None)
 
 
 def _load():
     try:
         from iwae_fused import _C
     except ImportError as e:
-        made_for = built_for(_package_version())
+        version, pinned = _installed()
+        made_for = built_for(version, pinned)
         raise ImportError(
             "iwae_fused: the compiled extension iwae_fused._C could not be loaded under torch "
             f"{torch.__version__}" + (f"; this build of iwae_fused is for {made_for}" if made_for else "")
             + f" ({e}). It is usually built for another torch or CUDA version, or not built at all. "
-            + _fixes(torch.__version__, torch.version.cuda, None)
+            + _fixes(torch.__version__, torch.version.cuda, pinned)
         ) from e
     message = mismatch(_C.torch_version, _C.cuda_version, _C.with_cuda, torch.__version__,
                        torch.version.cuda)

@@ -83,6 +83,48 @@ echo "building wheels of $WHAT for torch ${VERSIONS[*]} with nvcc $NVCC_VERSION"
 EXCLUDES=(--exclude 'libtorch*.so' --exclude 'libc10*.so' --exclude 'libcudart.so.*'
           --exclude 'libgomp.so.*')
 
+# The find-links pages: every wheel in $OUT, and one page per torch and CUDA.
+write_index() {
+python3 - "$OUT" <<'PY'
+import hashlib, html, os, re, sys, zipfile
+from urllib.parse import quote
+
+out = sys.argv[1]
+groups = {}
+for name in sorted(os.listdir(out)):
+    if not (name.startswith("iwae_fused-") and name.endswith(".whl")):
+        continue
+    with zipfile.ZipFile(os.path.join(out, name)) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    torch_req = re.search(r"^Requires-Dist: torch\s*\(?==\s*([0-9.]+)", meta, re.M)
+    local = re.search(r"\+pt\d+(cu\d+|cpu)", name)
+    torch_v = torch_req.group(1) if torch_req else "any"
+    key = f"torch-{torch_v}+{local.group(1) if local else 'unknown'}"
+    digest = hashlib.sha256(open(os.path.join(out, name), "rb").read()).hexdigest()
+    groups.setdefault(key, []).append((name, digest))
+
+def links(items):
+    return "".join(f'<a href="{quote(n)}#sha256={d}">{html.escape(n)}</a><br>\n' for n, d in items)
+
+for key, items in groups.items():
+    with open(os.path.join(out, f"{key}.html"), "w") as f:
+        f.write(f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>iwae_fused wheels for {key}"
+                f"</title></head><body>\n<h1>iwae_fused wheels for {key}</h1>\n{links(items)}</body></html>\n")
+with open(os.path.join(out, "index.html"), "w") as f:
+    f.write("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>iwae_fused wheels</title></head>"
+            "<body>\n<h1>iwae_fused wheels</h1>\n<p>Each wheel works with one torch release and CUDA "
+            "version only. Use the page for yours as pip's find-links, e.g. <code>pip install iwae_fused "
+            f"-f &lt;this folder&gt;/{max(groups)}.html</code>, or name your torch: <code>pip install "
+            f"iwae_fused torch=={max(groups).split('-')[1].split('+')[0]} -f &lt;this folder&gt;/index.html</code> "
+            "(each wheel requires exactly its torch).</p>\n")
+    for key, items in sorted(groups.items()):
+        f.write(f'<h2><a href="{quote(key)}.html">{key}</a></h2>\n{links(items)}')
+    f.write("</body></html>\n")
+print(f"find-links pages in {out}: index.html, " + ", ".join(f"{k}.html" for k in sorted(groups)),
+      file=sys.stderr)
+PY
+}
+
 ROWS=()
 declare -A WHEEL_OF VENV_OF
 for v in "${VERSIONS[@]}"; do
@@ -176,7 +218,15 @@ PY
     "$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
         > "$("$sv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch_venv.pth"
     # (No pip configuration: a machine's constraints must not decide this.)
-    PIP_CONFIG_FILE=/dev/null "$sv/bin/python" -m pip install -q --disable-pip-version-check --no-index "$whl"
+    # Through the find-links index, naming the torch (as a user would): pip
+    # must pick this wheel among all in $OUT by the torch it requires.
+    write_index 2> /dev/null
+    torch_dist="$("$py" -c 'from importlib.metadata import version; print(version("torch"))')"
+    PIP_CONFIG_FILE=/dev/null "$sv/bin/python" -m pip install -q --disable-pip-version-check --no-index \
+        -f "$OUT/index.html" iwae_fused "torch==$torch_dist"
+    got="$("$sv/bin/python" -c 'from importlib.metadata import version; print(version("iwae_fused"))')"
+    [[ "$(basename "$whl")" == "iwae_fused-$got-"* ]] || {
+      echo "pip picked iwae_fused $got from the index for torch $torch_dist, not $(basename "$whl")" >&2; exit 1; }
     (cd "$TMP" && "$sv/bin/python" "$ROOT/scripts/smoke.py") >&2
     smoke="passed"
   fi
@@ -199,50 +249,16 @@ if [ -n "$SMOKE" ] && [ ${#VERSIONS[@]} -gt 1 ]; then
         echo "the wheel for torch $a imported under torch $b without an error" >&2; exit 1
       fi
       msg="$(tail -n 1 "$TMP/cross.txt")"
-      [[ "$msg" == *"torch $a"* && "$msg" == *"torch $b"* ]] || {
+      # (torch A.B.C where the library loads; where the loader fails, a wheel
+      # older than its pinned-requirement reading names torch A.B)
+      [[ "$msg" == *"torch ${a%.*}"* && "$msg" == *"torch $b"* ]] || {
         echo "the mismatch message does not name torch $a and torch $b: $msg" >&2; exit 1; }
       echo "wheel for torch $a under torch $b: $msg" >&2
     done
   done
 fi
 
-# The find-links pages: every wheel in $OUT, and one page per torch and CUDA.
-python3 - "$OUT" <<'PY'
-import hashlib, html, os, re, sys, zipfile
-from urllib.parse import quote
-
-out = sys.argv[1]
-groups = {}
-for name in sorted(os.listdir(out)):
-    if not (name.startswith("iwae_fused-") and name.endswith(".whl")):
-        continue
-    with zipfile.ZipFile(os.path.join(out, name)) as z:
-        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
-    torch_req = re.search(r"^Requires-Dist: torch\s*\(?==\s*([0-9.]+)", meta, re.M)
-    local = re.search(r"\+pt\d+(cu\d+|cpu)", name)
-    torch_v = torch_req.group(1) if torch_req else "any"
-    key = f"torch-{torch_v}+{local.group(1) if local else 'unknown'}"
-    digest = hashlib.sha256(open(os.path.join(out, name), "rb").read()).hexdigest()
-    groups.setdefault(key, []).append((name, digest))
-
-def links(items):
-    return "".join(f'<a href="{quote(n)}#sha256={d}">{html.escape(n)}</a><br>\n' for n, d in items)
-
-for key, items in groups.items():
-    with open(os.path.join(out, f"{key}.html"), "w") as f:
-        f.write(f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>iwae_fused wheels for {key}"
-                f"</title></head><body>\n<h1>iwae_fused wheels for {key}</h1>\n{links(items)}</body></html>\n")
-with open(os.path.join(out, "index.html"), "w") as f:
-    f.write("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>iwae_fused wheels</title></head>"
-            "<body>\n<h1>iwae_fused wheels</h1>\n<p>Each wheel works with one torch release and CUDA "
-            "version only. Use the page for yours as pip's find-links, e.g. <code>pip install iwae_fused "
-            "-f &lt;this folder&gt;/torch-2.15.0+cu130.html</code>.</p>\n")
-    for key, items in sorted(groups.items()):
-        f.write(f'<h2><a href="{quote(key)}.html">{key}</a></h2>\n{links(items)}')
-    f.write("</body></html>\n")
-print(f"find-links pages in {out}: index.html, " + ", ".join(f"{k}.html" for k in sorted(groups)),
-      file=sys.stderr)
-PY
+write_index
 
 {
   echo

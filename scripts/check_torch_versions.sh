@@ -100,6 +100,7 @@ PY
   read -r passed failed skipped total failed_ids <<< "$counts"
   [ "$total" -gt 0 ] && [ "$failed" -eq 0 ] || STATUS=1
   ROWS+=("| $torch_full | $kind | $build_s s | $passed | $failed | $skipped | $test_s s | $failed_ids |")
+  echo "   ${ROWS[-1]}" >&2  # each row as soon as it is known: a version takes many minutes
 done
 
 {

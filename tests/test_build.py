@@ -131,7 +131,9 @@ def test_built_for_reads_the_local_version_tag():
     assert _build.built_for("0.1.0+pt213cu128") == "torch 2.13 with CUDA 12.8"
     assert _build.built_for("0.1.0+pt213cpu") == "torch 2.13 (CPU only)"
     assert _build.built_for("0.1.0") is None and _build.built_for(None) is None
+    assert _build.built_for("0.1.0+pt215cu132", "2.15.0") == "torch 2.15.0 with CUDA 13.2"
     assert _build.running_tag("2.15.0+cu130", "13.0") == "pt215cu130"
+    assert _build.running_tag("2.13.0+cpu", None) == "pt213cpu"  # whatever torch runs the test
 
 
 def _import_with_fake_extension(setup_code):
@@ -165,14 +167,16 @@ def test_import_of_an_extension_that_does_not_load_names_its_build():
         "sys.modules['iwae_fused._C'] = None  # the import raises ImportError\n"
         "import importlib.metadata as md\n"
         "_real = md.version\n"
-        "md.version = lambda name: '0.1.0+pt299cu130' if name == 'iwae_fused' else _real(name)"
+        "md.version = lambda name: '0.1.0+pt299cu130' if name == 'iwae_fused' else _real(name)\n"
+        "_req = md.requires\n"
+        "md.requires = lambda name: ['torch==2.99.1'] if name == 'iwae_fused' else _req(name)"
     )
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: iwae_fused: the compiled extension iwae_fused._C could not "
                            f"be loaded under torch {torch.__version__}; this build of iwae_fused is "
-                           "for torch 2.99 with CUDA 13.0"), res.stderr
-    assert "--no-build-isolation" in last
+                           "for torch 2.99.1 with CUDA 13.0"), res.stderr
+    assert "pip install torch==2.99.1" in last and "--no-build-isolation" in last
 
 
 # ---- the torch requirement in the metadata ---------------------------------
