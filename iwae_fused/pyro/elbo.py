@@ -7,7 +7,7 @@ from pyro.infer.elbo import ELBO
 from pyro.util import warn_if_nan
 
 import iwae_fused
-from iwae_fused.pyro import _traces
+from iwae_fused.pyro import _detach, _traces
 
 ESTIMATORS = ("iwae", "dreg", "stl")
 
@@ -44,15 +44,24 @@ class IWAE_ELBO(ELBO):
     * ``"iwae"``: the gradient of the bound (reparameterized guides only);
     * ``"dreg"``: doubly reparameterized (Tucker et al. 2018), as
       :func:`iwae_fused.dreg`: the guide's log-density is re-evaluated with its
-      parameters detached (those read through ``pyro.param``, ``pyro.module``
-      or a ``PyroModule`` in the global param store), and the gradient through
-      the samples z is weighted by the squared normalized weights;
+      parameters detached, and the gradient through the samples z is weighted
+      by the squared normalized weights;
     * ``"stl"``: sticking the landing (Roeder et al. 2017): the same, with the
       normalized weights.
 
     ``"dreg"`` and ``"stl"`` need ``alpha == 0`` and a guide whose latents are
     all drawn by ``rsample`` (Delta sites computed from them, as in Pyro's
-    AutoContinuous guides, are fine).
+    AutoContinuous guides, are fine). Detached are all the parameters Pyro
+    hands out, with the global param store and under
+    ``pyro.settings.context(module_local_params=True)`` alike: ``pyro.param``,
+    a PyroModule's PyroParams, plain ``nn.Parameter`` and ``nn.Module``
+    attributes (nested PyroModules included), ``pyro.module``, and so every
+    AutoGuide; also any parameter of the global param store the guide reads
+    another way. If the re-evaluated log-density still depends on a tensor
+    that requires grad (a tensor the guide closes over, or a parameter a
+    module reads from a cache of its own rather than by attribute access),
+    the loss raises a ValueError naming it rather than return another
+    estimator's gradient.
 
     :param int num_particles: K, the number of particles (samples per data point).
     :param float alpha: the Renyi order passed to :func:`iwae_fused.iwelbo`.
@@ -133,8 +142,10 @@ class IWAE_ELBO(ELBO):
                 raise ValueError(
                     "IWAE_ELBO(strict=True): the per-data-point bound needs a plate that every "
                     f"sample site sits in, but {where}; strict=False gives the joint bound")
-            log_w = (_traces.trace_log_density(model_trace, frame, particle_dim)
-                     - _traces.trace_log_density(guide_trace, frame, particle_dim))
+            log_q = _traces.trace_log_density(guide_trace, frame, particle_dim)
+            if weights:  # DReG/STL: nothing but the samples may carry gradient into log q
+                _detach.check_detached(log_q, weights, guide_trace, guide)
+            log_w = _traces.trace_log_density(model_trace, frame, particle_dim) - log_q
             runs.append((log_w, frame, weights))
         frames = {None if f is None else (f.name, f.dim) for _, f, _ in runs}
         if len(frames) != 1:
