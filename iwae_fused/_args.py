@@ -12,12 +12,17 @@ Under torch.compile the same checks and conversion run up front instead
 A number ``c`` for log_q (or log_p) becomes a 0-dim tensor of the other
 operand's dtype and device. The op's dtype promotion then gives what
 ``log_p - c`` gives: a Python number never promotes a tensor (float16 stays
-float16, float32 stays float32), whatever its type (bool, int, float).
-Python bools, which ``log_p - True`` refuses, are refused too (NumPy's bool,
-which it takes, is taken). A 0-dim tensor
-operand is treated as eager treats it: it does not promote the other
-operand's dtype (the op's own rule), it may be an integer tensor (converted
-like a number), and a CPU 0-dim tensor goes with an operand on any device.
+float16, float32 stays float32), int or float alike. Python bools, which
+``log_p - True`` refuses, are refused too (NumPy's bool, which it takes, is
+taken). A 0-dim tensor operand is treated as eager treats it: it does not
+promote the other operand's dtype (the op's own rule), it may be an integer
+tensor (converted like a number), and a CPU 0-dim tensor goes with an
+operand on any device.
+
+Python-only APIs (IWAE_ELBO's options, estimate_log_likelihood) check their
+arguments up front with the strict kinds ("int" refuses a bool, "real" a
+tensor that requires grad); an operator's own arguments use the "op" kinds,
+which refuse what the dispatcher refuses and nothing more.
 """
 
 import numbers
