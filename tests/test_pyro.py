@@ -519,7 +519,7 @@ def test_cuda(estimator):
 
 @pytest.mark.parametrize("option, value, expected", [
     ("num_particles", 2.0, "an int"), ("num_particles", True, "an int"),
-    ("alpha", "x", r"a real number \(float or int\)"), ("alpha", None, r"a real number"),
+    ("alpha", "x", r"a real number \(float or int\)"), ("alpha", None, r"a real number \(float or int\)"),
     ("estimator", 3, "a str"), ("vectorize_particles", "yes", "a bool"),
     ("strict", 1, "a bool"), ("max_plate_nesting", "1", "an int"),
     ("retain_graph", "x", "a bool or None"),
