@@ -14,6 +14,13 @@ PY="${PYTHON:-python}"
 start=$(date +%s)
 rm -rf docs/_build/html docs/_build/doctrees
 "$PY" -m sphinx -W --keep-going -q -b html docs docs/_build/html
+# Development-log references and notes to maintainers must not reach a page
+# (the same words tests/test_docs_examples.py looks for in the sources).
+if grep -r -l -i -E '\bissues?\b|\bsessions?\b|NOTES\.md (CPU|CUDA)|\bengineers?\b|\bTODO\b|\bFIXME\b|\bTBD\b|FOR THE COORDINATOR' \
+    docs/_build/html --include='*.html'; then
+  echo "docs: the pages above contain development-log words (see tests/test_docs_examples.py)" >&2
+  exit 1
+fi
 echo "docs: site built in $(( $(date +%s) - start )) s -> docs/_build/html/index.html" >&2
 
 if [ "${1:-}" != "--no-run" ]; then
