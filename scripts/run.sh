@@ -58,7 +58,9 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   if [ -n "${TORCH_INDEX_URL:-}" ]; then
     say "installing torch==$tv from $TORCH_INDEX_URL"
     pip_install "torch==$tv" --index-url "$TORCH_INDEX_URL"
-  elif pip_install --no-index "torch==$tv" 2>/dev/null; then
+  elif pip_install --no-index --no-deps "torch==$tv" 2>/dev/null; then
+    # A wheel in pip's find-links; its dependencies from the index.
+    pip_install "torch==$tv"
     say "installed torch==$tv from a local wheel"
   elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
     say "installing torch==$tv, CUDA build (several GB; an NVIDIA driver answered)"
