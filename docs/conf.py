@@ -41,5 +41,6 @@ html_theme = "furo"
 html_title = f"iwae_fused {version}"
 html_static_path = []
 html_show_sourcelink = False
+html_copy_source = False  # the Markdown sources hold notes for maintainers (% comments)
 
 nitpicky = False

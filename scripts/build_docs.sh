@@ -13,7 +13,7 @@ PY="${PYTHON:-python}"
 
 start=$(date +%s)
 rm -rf docs/_build/html docs/_build/doctrees
-"$PY" -m sphinx -W --keep-going -q -b html docs docs/_build/html
+"$PY" -m sphinx -W --keep-going -q -b html -d docs/_build/doctrees docs docs/_build/html
 # Development-log references and notes to maintainers must not reach a page
 # (the same words tests/test_docs_examples.py looks for in the sources).
 if grep -r -l -i -E '\bissues?\b|\bsessions?\b|NOTES\.md (CPU|CUDA)|\bengineers?\b|\bTODO\b|\bFIXME\b|\bTBD\b|FOR THE COORDINATOR' \
