@@ -10,7 +10,8 @@
 #   bash scripts/check_newest.sh --lock    # if everything passes, rewrite requirements/constraints.txt
 #
 # Run it weekly and before a release. Exit status 0 when everything passed.
-# The environment lives in build/check-newest/ (git ignores build/); pytest
+# The environment and a copy of the tree live in build/check-newest/ (git
+# ignores build/); pytest
 # arguments after -- are passed on (e.g. -- -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,13 +29,18 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-dir=build/check-newest
+dir="$PWD/build/check-newest"
 rm -rf "$dir"
-mkdir -p "$dir"
+mkdir -p "$dir/src"
+# A copy of the tree (tracked and new files, as they are now): its editable
+# build and in-place extension never touch this checkout's.
+git ls-files -z --cached --others --exclude-standard | xargs -0 tar -c --ignore-failed-read 2>/dev/null \
+    | tar -x -C "$dir/src"
 python3 -m venv "$dir/venv"
-venv="$(cd "$dir/venv" && pwd)"
+venv="$dir/venv"
 py="$venv/bin/python"
 start=$(date +%s)
+cd "$dir/src"
 
 if [ -n "$newest_torch" ]; then
   echo "check_newest: installing the newest torch from PyPI" >&2
