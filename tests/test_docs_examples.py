@@ -2,6 +2,7 @@
 scripts/build_docs.sh with pytest-markdown-docs): the distributed example
 under torchrun, and user-facing text free of development-log references."""
 
+import ast
 import os
 import re
 import shutil
@@ -39,22 +40,40 @@ DEV_LOG = re.compile(
 )
 
 
+def _strings(path):
+    """(line, text) of every string constant of a Python file (docstrings,
+    messages, help texts): what its users read. Comments are for
+    contributors and are not checked."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            for i, line in enumerate(node.value.splitlines()):
+                yield node.lineno + i, line
+
+
 def user_text():
     """(path, line number, line) of everything a user reads: the README, the
     docs' Markdown (MyST comment lines, '%', never reach a page), the files the
-    docs include, the examples, and the package's docstrings and messages."""
-    files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")),
-             *sorted((ROOT / "benchmarks").glob("RESULTS*.md")),
-             *sorted((ROOT / "benchmarks").glob("GPU-*.md")),
-             *sorted((ROOT / "examples").rglob("*.md")), *sorted((ROOT / "examples").glob("*.py")),
-             *sorted((ROOT / "iwae_fused").rglob("*.py"))]
-    for path in files:
+    docs include, the strings of the examples, the package and the scripts,
+    and the messages the shell scripts print."""
+    md = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")),
+          *sorted((ROOT / "benchmarks").glob("RESULTS*.md")),
+          *sorted((ROOT / "benchmarks").glob("GPU-*.md")),
+          *sorted((ROOT / "examples").rglob("*.md"))]
+    for path in md:
         if "_build" in path.parts:
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            if path.suffix == ".md" and path.parent.name != "output" and line.lstrip().startswith("%"):
+            if path.parent.name != "output" and line.lstrip().startswith("%"):
                 continue
             yield path.relative_to(ROOT), n, line
+    for path in [*sorted((ROOT / "examples").glob("*.py")), *sorted((ROOT / "iwae_fused").rglob("*.py")),
+                 *sorted((ROOT / "scripts").glob("*.py"))]:
+        for n, line in _strings(path):
+            yield path.relative_to(ROOT), n, line
+    for path in sorted((ROOT / "scripts").glob("*.sh")):  # the messages the scripts print
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.match(r"\s*(say|echo)\b", line):
+                yield path.relative_to(ROOT), n, line
 
 
 def test_user_text_has_no_development_log_references():

@@ -191,7 +191,7 @@ def test_compile_training_step(backend):
 
 def _tracing_autograd_grad():
     """Dynamo traces torch.autograd.grad under fullgraph=True only with its
-    opt-in ``trace_autograd_ops`` (False by default in torch 2.13 and 2.14).
+    opt-in ``trace_autograd_ops`` (False by default in torch 2.13, 2.14 and 2.15).
     torch's own config patch sets it for the block and restores it after, as
     the config module expects (a generic attribute patch of that module can
     lose the option on undo). A torch without the option runs the step as is:
