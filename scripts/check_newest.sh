@@ -42,12 +42,15 @@ py="$venv/bin/python"
 start=$(date +%s)
 cd "$dir/src"
 
+# torch first, so that nothing below pulls in a torch of its own choosing.
 if [ -n "$newest_torch" ]; then
-  echo "check_newest: installing the newest torch from PyPI" >&2
-  "$py" -m pip install -q --disable-pip-version-check --upgrade torch
+  bash scripts/install_torch.sh "$py" --newest
+else
+  bash scripts/install_torch.sh "$py"
 fi
-# Every tool at its newest release: no constraints, upgrade whatever the
-# environment brought along.
+# Every tool at its newest release: no constraints; --upgrade upgrades the
+# tools named and leaves their dependencies (torch among them) alone unless
+# a newer release of a tool needs a newer one.
 "$py" -m pip install -q --disable-pip-version-check --upgrade pip
 "$py" -m pip install -q --disable-pip-version-check --upgrade \
     -r requirements/docs.txt -r requirements/bench.txt

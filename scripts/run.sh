@@ -48,29 +48,10 @@ say "Python environment: $("$PY" -c 'import sys; print(sys.prefix)')"
 pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 
 # ---- torch --------------------------------------------------------------------
-# Kept as installed when present (the extension is built against it). Else the
-# pinned release: from a local wheel if pip's configuration has one; else the
-# CPU build (https://download.pytorch.org/whl/cpu, ~200 MB) on a machine
-# without an NVIDIA driver, and PyPI's default CUDA build (several GB) where
-# nvidia-smi answers. TORCH_INDEX_URL picks another index (e.g. .../whl/cu130).
-if ! "$PY" -c "import torch" 2>/dev/null; then
-  tv="${TORCH_VERSION:-2.13.0}"
-  if [ -n "${TORCH_INDEX_URL:-}" ]; then
-    say "installing torch==$tv from $TORCH_INDEX_URL"
-    pip_install "torch==$tv" --index-url "$TORCH_INDEX_URL"
-  elif pip_install --no-index --no-deps "torch==$tv" 2>/dev/null; then
-    # A wheel in pip's find-links; its dependencies from the index.
-    pip_install "torch==$tv"
-    say "installed torch==$tv from a local wheel"
-  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
-    say "installing torch==$tv, CUDA build (several GB; an NVIDIA driver answered)"
-    pip_install "torch==$tv"
-  else
-    say "installing torch==$tv, CPU build (no NVIDIA driver found)"
-    pip_install "torch==$tv" --index-url https://download.pytorch.org/whl/cpu \
-        --extra-index-url https://pypi.org/simple
-  fi
-fi
+# Kept as installed when present (the extension is built against it); else the
+# pinned release, the CPU build on a machine without an NVIDIA driver
+# (scripts/install_torch.sh says which and from where).
+bash scripts/install_torch.sh "$PY"
 
 # ---- the job's tools, at the versions the suite last passed with ------------
 reqs=(-r requirements/test.txt)
