@@ -44,7 +44,7 @@ echo "== fresh venv (torch as a user installs it), install the wheel, smoke test
 "$PY" -m venv "$TMP/venv"
 TORCH_VERSION="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')" \
     bash "$ROOT/scripts/install_torch.sh" "$TMP/venv/bin/python"
-"$TMP/venv/bin/python" -m pip install -q --disable-pip-version-check packaging
+"$TMP/venv/bin/python" -m pip install -q --disable-pip-version-check packaging numpy  # numpy: torch warns without it
 "$TMP/venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$WHEEL"
 cd "$TMP"  # not the checkout: the installed package must be the one imported
 "$TMP/venv/bin/python" - "$TMP/venv" <<'PY'
