@@ -46,13 +46,14 @@ _logsumexp_stats = torch.ops.iwae_fused.logsumexp_stats.default
 
 @dataclass(frozen=True)
 class IwelboState:
-    """Per-example state of the bound over `count` samples.
+    """Per-example state of the bound over ``count`` samples.
 
-    shift:   [*batch] float64, the largest log-weight seen (0 where none is
-             finite: an empty or +inf slice).
-    log_sum: [*batch] float64, log sum_k exp(log w_k - shift); -inf where every
-             log-weight was -inf (the identity of merge()).
-    count:   the number of samples K so far (the same for every example).
+    Attributes:
+        shift: ``[*batch]`` float64, the largest log-weight seen (0 where none
+            is finite: an empty or +inf slice).
+        log_sum: ``[*batch]`` float64, log sum_k exp(log w_k - shift); -inf
+            where every log-weight was -inf (the identity of merge()).
+        count: the number of samples K so far (the same for every example).
     """
 
     shift: Tensor

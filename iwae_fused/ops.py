@@ -93,8 +93,8 @@ def iwelbo(
     written in one element-wise pass from the log-sum-exp saved by the
     forward. A broadcast input receives its gradient summed over the broadcast.
 
-    Every autograd feature gives the eager expression's derivatives (README,
-    "Autograd features"): double backward (``create_graph=True``; the second
+    Every autograd feature gives the eager expression's derivatives (the
+    docs' autograd guide): double backward (``create_graph=True``; the second
     derivative along ``dim`` is ``g beta (diag(w) - w w^T)``, beta = 1 - alpha),
     forward-mode AD (tangent ``sum_k w_k (t_p - t_q)_k``, the mean of the
     tangents at alpha = 1), the torch.func transforms and their compositions,
