@@ -262,7 +262,7 @@ write_index
 
 {
   echo
-  echo "iwae_fused wheels of $WHAT, $(date -u +%Y-%m-%d), nvcc $NVCC_VERSION, $(nproc) cores, MAX_JOBS=${MAX_JOBS:-2}, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "iwae_fused wheels of $WHAT${REUSE:+ (--reuse: wheels compiled by an earlier run were repaired and tested again)}, $(date -u +%Y-%m-%d), nvcc $NVCC_VERSION, $(nproc) cores, MAX_JOBS=${MAX_JOBS:-2}, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   echo "| torch | CUDA | wheel | wheel size | _C .so size | SASS | PTX | platform | build time | smoke test (CPU) |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
