@@ -147,6 +147,21 @@ def _local_version(with_cuda):
     return f"{VERSION}+{tag}"
 
 
+# No contraction of a * b + c into one fused multiply-add, by any compiler of
+# the kernels. The forward and the backward each compute the scaled
+# log-weights y = beta * (log_p - log_q) and then y - shift; contracted in one
+# pass and not in the other (GCC contracts by default wherever FMA is
+# available: the AVX2/AVX-512 kernels, any aarch64 build; nvcc does by
+# default), the backward's y differs from the forward's by the product's
+# rounding error, and a lone sample's weight came out as 1.0000012. Off
+# everywhere, every expression rounds as written, in both passes and on every
+# backend, and the emulated CUDA kernels (host compiler) round as the real
+# ones (nvcc) do. What it costs: the kernels' explicit FMAs (the exp and log
+# polynomials) are intrinsics and stay; the rest are memory-bound
+# (benchmarks/NOTES.md, numerics 2).
+_NO_CONTRACTION = {"cxx": ["-ffp-contract=off"], "nvcc": ["--fmad=false"]}
+
+
 def _extension():
     with_cuda = _want_cuda()
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
@@ -156,7 +171,7 @@ def _extension():
     # -g0 / -g1 override the -g in Python's CFLAGS, which come first on the
     # command line: debug information made the library ~48 MB.
     cxx = ["-O0", "-g"] if debug else ["-O3", "-g1" if lineinfo else "-g0"]
-    cxx += ["-fdiagnostics-color=always", "-Wno-unknown-pragmas"]
+    cxx += ["-fdiagnostics-color=always", "-Wno-unknown-pragmas"] + _NO_CONTRACTION["cxx"]
     macros = []
     kwargs = {}
     link = []
@@ -177,7 +192,7 @@ def _extension():
         ]
         # No --use_fast_math: it would change expf/logf and denormal handling
         # under the numerical guarantees; the kernels are memory-bound anyway.
-        nvcc = ["-O3", "--expt-relaxed-constexpr"]
+        nvcc = ["-O3", "--expt-relaxed-constexpr"] + _NO_CONTRACTION["nvcc"]
         if debug or lineinfo:
             nvcc += ["-lineinfo"]
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
@@ -213,6 +228,7 @@ def _emulator_extension():
     cxx = ["-O2", "-fdiagnostics-color=always", "-Wno-unknown-pragmas"]
     if _env_flag("IWAE_FUSED_DEBUG"):
         cxx = ["-O0", "-g", "-Wno-unknown-pragmas"]
+    cxx += _NO_CONTRACTION["cxx"]
     return cpp_extension.CppExtension(
         name="iwae_fused._cuda_emu",
         sources=sources,

@@ -1,6 +1,7 @@
 // The differentiable path of iwelbo (autograd_composite.h): what runs under
 // forward-mode AD, create_graph=True and torch.func transforms.
 #include "autograd_composite.h"
+#include "log_mean_exp.h"
 
 #include <ATen/ATen.h>
 #include <ATen/FuncTorchTLS.h>
@@ -117,6 +118,20 @@ Tensor iwelbo_composite(
   if (alpha == 1.0) {
     // The ELBO is linear in log w: exactly the mean, as the kernel computes it.
     out = log_w.mean(d, keep);
+  } else if (std::abs(1.0 - alpha) < kRenyiDirectMinBeta) {
+    // Near the ELBO: the op's near-ELBO form (log_mean_exp.h), chosen per
+    // slice by the spread, so that this path is as accurate as the op's.
+    const double beta = 1.0 - alpha;
+    Tensor x = log_w * beta;
+    Tensor m = at::amax(x.detach(), d, /*keepdim=*/true);
+    Tensor empty = m == -INFINITY;
+    Tensor shift = at::where(at::isfinite(m), m, at::zeros_like(m));
+    // An empty slice reduces zeros instead of -inf: log(0) has no derivative.
+    Tensor diff = at::where(empty, at::zeros_like(x), x - shift);
+    Tensor lse = at::where(
+        empty, at::full_like(m, -INFINITY), shift + log_mean_exp(diff, d, K).log_mean);
+    out = lse / beta;
+    if (!keep) out = out.squeeze(d);
   } else {
     const double beta = 1.0 - alpha;
     auto [e, shift, empty] = shifted_exp(log_w, d, beta);

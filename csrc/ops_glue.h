@@ -37,6 +37,7 @@
 #include <tuple>
 
 #include "kernel_args.h"
+#include "log_mean_exp.h"
 #include "plan.h"
 
 namespace iwae_fused {
@@ -120,19 +121,16 @@ inline at::Tensor elbo(const Plan& pl, const at::Tensor& log_p,
   return mean.to(pl.dtype);
 }
 
-// Below this |beta| the Renyi bound (log mean exp(beta x)) / beta is taken by
-// renyi_near_elbo: the kernels' log(s) - log K, with s ~ K, cancels to a
-// value of order beta, which the division then scales up (a relative error of
-// about eps / |beta|: 1e-2 in float32 at beta = 1e-5). Above it that error
-// is at most a few float32 ulps of the bound.
-constexpr double kRenyiDirectMinBeta = 0.25;
-
-// The bound for small |beta| without cancellation: with y = beta log w and
-// m its max (NaN ignored, as in the kernels), s = sum exp(y - m) is K + u
-// with u = sum expm1(y - m), a sum of terms in [-1, 0] that keeps its
-// relative precision, and log(s / K) = log1p(u / K). Composite ATen ops in
-// opmath (several passes: this regime is rare and accuracy is its point);
-// the stats are the kernels' (shift, log_norm), for the same backward.
+// The Renyi bound for |beta| < kRenyiDirectMinBeta (log_mean_exp.h says why
+// and how): y = beta log w, m its max (NaN ignored, as in the kernels), and
+// log v = log((1/K) sum exp(y - shift)) in the form the slice's spread calls
+// for. Composite ATen ops in opmath (several passes: this regime is rare and
+// accuracy is its point); the stats are the kernels' (shift, log_norm), with
+// log_norm = log(sum exp(y - shift)), a sum of positive terms accurate to its
+// rounding, for the same backward. y is rounded as the kernels round it (the
+// difference in opmath, then the product by beta, both rounded: no
+// contraction anywhere, setup.py), so the backward's weights are the softmax
+// of exactly these y.
 inline std::tuple<at::Tensor, at::Tensor> renyi_near_elbo(
     const Plan& pl, const at::Tensor& log_p, const std::optional<at::Tensor>& log_q,
     bool keepdim, double beta, bool want_out, bool want_stats) {
@@ -143,17 +141,16 @@ inline std::tuple<at::Tensor, at::Tensor> renyi_near_elbo(
   const int64_t d = pl.shape.empty() ? 0 : pl.dim;
   const at::Tensor m = at::amax(y.masked_fill(at::isnan(y), -INFINITY), d, true);
   const at::Tensor shift = at::where(at::isinf(m), at::zeros_like(m), m);
-  const at::Tensor u = at::sum(at::expm1(at::sub(y, shift)), d, true);
-  const double K = static_cast<double>(pl.K);
+  const LogMeanExp lme = log_mean_exp(at::sub(y, shift), d, pl.K);
   at::Tensor out, stats;
   if (want_out) {
-    out = at::div(at::add(shift, at::log1p(at::div(u, K))), beta);
+    out = at::div(at::add(shift, lme.log_mean), beta);
     out = keepdim || pl.shape.empty() ? out : out.squeeze(d);
     if (pl.shape.empty()) out = out.reshape({});
     out = out.to(pl.dtype);
   }
   if (want_stats) {
-    const at::Tensor s = at::add(u, K);
+    const at::Tensor& s = lme.sum;
     const at::Tensor log_norm = at::where(at::eq(s, 0), at::full_like(s, INFINITY), at::log(s));
     stats = at::stack({shift.squeeze(d), log_norm.squeeze(d)}).reshape(stats_shape(pl)).contiguous();
   }

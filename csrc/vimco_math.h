@@ -8,12 +8,23 @@
 //   L_-j = log((1/K) (sum_{i != j} w_i + f_-j)).
 // Computed naively, sum_{i != j} w_i = sum_i w_i - w_j cancels catastrophically
 // when w_j dominates (a sample 60 nats above the rest leaves nothing of the
-// others in float32). The state instead keeps the sum *excluding the first
-// argmax* (s_excl, against the max m): for j = argmax it is exactly the sum of
-// the others; for any other j the others' sum is 1 + (s_excl - e_j), which is
-// at least 1 (the max's own term), so its rounding is relative. The finite
-// log-weights' sum (for the geometric means) and all of the arithmetic are in
-// double, whatever the input dtype.
+// others in float32). The state instead keeps the sum of the others, i.e. of
+// every sample but the first argmax, apart: for j = argmax it is exactly the
+// sum L_-j needs; for any other j the others' sum is 1 + (s_excl - e_j)
+// (against the max), at least 1, so its rounding is relative.
+//
+// Every quantity that can be exponentially small is kept as a logarithm, so no
+// gap between log-weights underflows into a division or a log: the others'
+// sum as its own (max, sum) pair during the pass and as the log
+// lo = log(sum_others / w_max) in the saved state, and the argmax's signal
+// is taken as softplus(log(1 - f) - log(s_excl + f)) (argmax_signal). A
+// sample 720 nats above the rest (whose weights exp(-720) are denormals, and
+// 0 where the CPU kernels flush denormals) gets its signal ~718 to double's
+// precision, and so does one 1e4 nats above (exp(-1e4) is 0 in any format).
+// Only results that are themselves below the smallest normal double (a
+// weight e^-750) come out as 0. The finite log-weights' sum (for the
+// geometric means) and all of the arithmetic are in double, whatever the
+// input dtype.
 #pragma once
 
 #include <cmath>
@@ -30,16 +41,50 @@
 
 namespace iwae_fused::vimco_math {
 
-// Saved between forward and backward as kStateSize doubles per example.
+// Saved between forward and backward as kStateSize doubles per example:
+// m, lo, argmax, fsum, n_ninf (store() below).
 constexpr int kStateSize = 5;
 
+// The state while samples are absorbed (and merged, across CUDA lanes and
+// pieces of K). The others' sum is sum_{i != argmax} exp(x_i) = os exp(om):
+// a (max, sum) pair of its own, so that it never underflows, however far
+// below the max the others lie.
 struct State {
   double m = -INFINITY; // max log-weight (NaN once a NaN was seen)
-  double s_excl = 0; // sum of exp(x - m) over all samples but the first argmax
-  double argmax = -1; // its index
+  double argmax = -1; // the index of its first occurrence
+  double om = -INFINITY; // the others' max (-inf: no finite other)
+  double os = 0; // sum of exp(x - om) over the others (0 when om = -inf)
   double fsum = 0; // sum of the finite log-weights
   double n_ninf = 0; // how many log-weights are -inf
 };
+
+// log(exp(a) + exp(b)), -inf for two -inf.
+VIMCO_HD double log_add_exp(double a, double b) {
+  const double hi = a > b ? a : b, lo = a > b ? b : a;
+  if (hi == -INFINITY) return -INFINITY;
+  return hi + ::log1p(::exp(lo - hi));
+}
+
+// log(1 - exp(a)) for a <= 0, accurate on both sides of -log 2 (Maechler
+// 2012, "Accurately computing log(1 - exp(-|a|))"); -inf at a = 0.
+VIMCO_HD double log1m_exp(double a) {
+  return a > -0.6931471805599453 ? ::log(-::expm1(a)) : ::log1p(-::exp(a));
+}
+
+// log(1 + exp(z)), without overflow for large z or underflow for small.
+VIMCO_HD double softplus(double z) {
+  return z > 0 ? z + ::log1p(::exp(-z)) : ::log1p(::exp(z));
+}
+
+// Adds exp(y) (y finite or +inf) to the sum os exp(om).
+VIMCO_HD void add_to_others(double& om, double& os, double y) {
+  if (y > om) {
+    os = os * ::exp(om - y) + 1.0; // om = -inf: 0 * 0 + 1
+    om = y;
+  } else {
+    os += ::exp(y - om);
+  }
+}
 
 VIMCO_HD void absorb(State& st, double x, int64_t k) {
   if (x != x || st.m != st.m) {
@@ -52,51 +97,78 @@ VIMCO_HD void absorb(State& st, double x, int64_t k) {
   }
   st.fsum += x;
   if (x > st.m) { // a new (first) argmax: the old one joins the others
-    st.s_excl = st.m == -INFINITY ? 0.0 : (st.s_excl + 1.0) * ::exp(st.m - x);
+    if (st.m != -INFINITY) add_to_others(st.om, st.os, st.m);
     st.m = x;
     st.argmax = static_cast<double>(k);
   } else {
-    st.s_excl += ::exp(x - st.m);
+    add_to_others(st.om, st.os, x);
   }
 }
 
-// The IWAE bound log((1/K) sum_k w_k); -inf when no weight is positive.
-VIMCO_HD double bound(const State& st, int64_t K) {
-  if (st.m == -INFINITY) return -INFINITY;
-  return st.m + ::log1p(st.s_excl) - ::log(static_cast<double>(K));
+// log(sum_others / exp(m)) = log(s_excl): what the state saves. -inf when no
+// other sample has a positive weight.
+VIMCO_HD double log_others(const State& st) {
+  if (st.om == -INFINITY) return -INFINITY;
+  return (st.om - st.m) + ::log(st.os);
 }
 
+// The IWAE bound log((1/K) sum_k w_k) from the max and lo: -inf when no
+// weight is positive, +inf with a +inf log-weight.
+VIMCO_HD double bound(double m, double lo, int64_t K) {
+  if (m == -INFINITY || m == INFINITY) return m;
+  return m + ::log1p(::exp(lo)) - ::log(static_cast<double>(K));
+}
+
+// The argmax's signal L - L_-j = log((1 + s_excl) / (s_excl + f)) =
+// log1p((1 - f) / (s_excl + f)), f the others' geometric mean against the
+// max (log f = lf <= 0), in logs: softplus(log(1 - f) - log(s_excl + f)).
+// Exact to a few ulp for any gap (the form with exp(lo) + f underflows to
+// log(0) = -inf from ~708 nats in double, ~745 with denormals), and for a
+// signal near 0 (a near-tie, 1 - f small: from -expm1).
+VIMCO_HD double argmax_signal(double lo, double lf) {
+  lf = lf < 0.0 ? lf : 0.0; // the others' mean, rounded above the max
+  return softplus(log1m_exp(lf) - log_add_exp(lo, lf));
+}
+
+// What the forward saves per example, as kStateSize doubles (store(), load()).
+struct Saved {
+  double m; // the max log-weight
+  double lo; // log_others()
+  double argmax, fsum, n_ninf; // as in State
+};
+
 // For sample j with log-weight x: its normalised weight w and its learning
-// signal L - L_-j. An example with no positive weight gives 0 and 0; a NaN
-// gives NaN.
-VIMCO_HD void signal(
-    const State& st, int64_t K, double x, int64_t j, double& w, double& sig) {
-  if (st.m != st.m || x != x) {
+// signal L - L_-j, from the saved state. An example with no positive weight
+// gives 0 and 0; a NaN, or a +inf log-weight, gives NaN.
+VIMCO_HD void signal(const Saved& sv, int64_t K, double x, int64_t j, double& w, double& sig) {
+  const double m = sv.m, lo = sv.lo;
+  if (m != m || x != x || m == INFINITY) {
     w = sig = NAN;
     return;
   }
-  if (st.m == -INFINITY) {
+  if (m == -INFINITY) {
     w = sig = 0.0;
     return;
   }
-  const double S = 1.0 + st.s_excl; // sum_k exp(x_k - m)
-  const double e = x == -INFINITY ? 0.0 : ::exp(x - st.m);
+  const double S = 1.0 + ::exp(lo); // sum_k exp(x_k - m)
+  const bool x_ninf = x == -INFINITY;
+  const double e = x_ninf ? 0.0 : ::exp(x - m);
   w = e / S;
-  double f = 0.0; // the geometric mean of the others' weights, / exp(m)
-  if (st.n_ninf - (x == -INFINITY ? 1.0 : 0.0) == 0.0) {
-    const double mean =
-        (st.fsum - (x == -INFINITY ? 0.0 : x)) / static_cast<double>(K - 1);
-    f = ::exp(mean - st.m);
+  // log f_-j - m: the mean of the others' log-weights against the max; -inf
+  // when one of the others is -inf (their geometric mean is then 0).
+  double lf = -INFINITY;
+  if (sv.n_ninf - (x_ninf ? 1.0 : 0.0) == 0.0) {
+    lf = (sv.fsum - (x_ninf ? 0.0 : x)) / static_cast<double>(K - 1) - m;
   }
-  if (static_cast<double>(j) == st.argmax) {
-    // The others' sum is s_excl itself: L - L_-j = log S - log(s_excl + f).
-    sig = ::log(S) - ::log(st.s_excl + f);
+  if (static_cast<double>(j) == sv.argmax) {
+    sig = argmax_signal(lo, lf);
   } else {
     // L_-j's sum is S - e + f, S >= 1 + e: the signal is -log1p((f - e) / S)
     // with (f - e) / S >= -1/2, which keeps the signal's relative precision
     // even when it is 1e-14 next to bounds of 60 nats (the difference of two
-    // logs would keep only its absolute precision).
-    sig = -::log1p((f - e) / S);
+    // logs would keep only its absolute precision). f and e underflow only
+    // where the signal itself is below the smallest normal double.
+    sig = -::log1p((::exp(lf) - e) / S);
   }
 }
 
@@ -113,33 +185,59 @@ VIMCO_HD void merge(State& st, const State& o) {
   }
   if (o.m == -INFINITY) return;
   if (st.m == -INFINITY) {
-    st.m = o.m, st.s_excl = o.s_excl, st.argmax = o.argmax;
+    st.m = o.m, st.argmax = o.argmax, st.om = o.om, st.os = o.os;
     return;
   }
   const bool other_leads = o.m > st.m || (o.m == st.m && o.argmax < st.argmax);
   const State& lead = other_leads ? o : st;
   const State& rest = other_leads ? st : o;
-  // The other set's samples, all of them (its argmax included), against lead's max.
-  const double s = lead.s_excl + (rest.s_excl + 1.0) * ::exp(rest.m - lead.m);
-  st.m = lead.m, st.argmax = lead.argmax, st.s_excl = s;
+  // lead's others, plus all of rest's samples: its others, then its argmax.
+  double om = lead.om, os = lead.os;
+  if (rest.om != -INFINITY) {
+    if (rest.om > om) {
+      os = os * ::exp(om - rest.om) + rest.os;
+      om = rest.om;
+    } else {
+      os += rest.os * ::exp(rest.om - om);
+    }
+  }
+  add_to_others(om, os, rest.m);
+  st.m = lead.m, st.argmax = lead.argmax, st.om = om, st.os = os;
+}
+
+// The i-th saved word of a state (i < kStateSize): m, lo, argmax, fsum, n_ninf.
+VIMCO_HD double stored_word(const State& st, int i) {
+  return i == 0 ? st.m : i == 1 ? log_others(st) : i == 2 ? st.argmax
+      : i == 3 ? st.fsum : st.n_ninf;
 }
 
 VIMCO_HD void store(const State& st, double* base, int64_t n, int64_t idx) {
-  st_global(base + idx, st.m);
-  st_global(base + n + idx, st.s_excl);
-  st_global(base + 2 * n + idx, st.argmax);
-  st_global(base + 3 * n + idx, st.fsum);
-  st_global(base + 4 * n + idx, st.n_ninf);
+  for (int i = 0; i < kStateSize; ++i) st_global(base + i * n + idx, stored_word(st, i));
 }
 
+VIMCO_HD Saved load_saved(const double* base, int64_t n, int64_t idx) {
+  return Saved{ld_global(base + idx), ld_global(base + n + idx),
+               ld_global(base + 2 * n + idx), ld_global(base + 3 * n + idx),
+               ld_global(base + 4 * n + idx)};
+}
+
+// A saved state, to merge with others (CUDA's pieces of K): the others' sum
+// as exp(m + lo) times 1 (rounded once, to lo's ulp).
 VIMCO_HD State load(const double* base, int64_t n, int64_t idx) {
+  const Saved sv = load_saved(base, n, idx);
   State st;
-  st.m = ld_global(base + idx);
-  st.s_excl = ld_global(base + n + idx);
-  st.argmax = ld_global(base + 2 * n + idx);
-  st.fsum = ld_global(base + 3 * n + idx);
-  st.n_ninf = ld_global(base + 4 * n + idx);
+  st.m = sv.m, st.argmax = sv.argmax, st.fsum = sv.fsum, st.n_ninf = sv.n_ninf;
+  if (sv.lo != -INFINITY) st.om = sv.m + sv.lo, st.os = 1.0;
   return st;
+}
+
+// Every field of a state through f (CUDA's shuffles).
+template <typename F>
+VIMCO_HD State map_fields(const State& s, F f) {
+  State o;
+  o.m = f(s.m), o.argmax = f(s.argmax), o.om = f(s.om), o.os = f(s.os);
+  o.fsum = f(s.fsum), o.n_ninf = f(s.n_ninf);
+  return o;
 }
 
 // One example r = (o, i) of the geometry, for both backends: the forward
@@ -156,7 +254,7 @@ VIMCO_HD double log_w_at(const VimcoArgs& a, int64_t o, int64_t k, int64_t i) {
 template <typename scalar_t>
 VIMCO_HD void finish(const VimcoArgs& a, const State& st, int64_t r) {
   store(st, a.state, a.outer * a.inner, r);
-  st_global(static_cast<scalar_t*>(a.out) + r, bound(st, a.K));
+  st_global(static_cast<scalar_t*>(a.out) + r, bound(st.m, log_others(st), a.K));
 }
 
 template <typename scalar_t>
@@ -171,7 +269,7 @@ VIMCO_HD void forward_example(const VimcoArgs& a, int64_t r) {
 template <typename scalar_t>
 VIMCO_HD void backward_element(const VimcoArgs& a, int64_t o, int64_t k, int64_t i) {
   const int64_t n = a.outer * a.inner, r = o * a.inner + i;
-  const State st = load(a.state, n, r);
+  const Saved st = load_saved(a.state, n, r);
   const double g = static_cast<double>(
       ld_global(static_cast<const scalar_t*>(a.g) + o * a.g_so + i * a.g_si));
   double w, sig;
@@ -184,7 +282,7 @@ VIMCO_HD void backward_element(const VimcoArgs& a, int64_t o, int64_t k, int64_t
 template <typename scalar_t>
 VIMCO_HD void backward_example(const VimcoArgs& a, int64_t r) {
   const int64_t n = a.outer * a.inner, o = r / a.inner, i = r - o * a.inner;
-  const State st = load(a.state, n, r);
+  const Saved st = load_saved(a.state, n, r);
   const double g = static_cast<double>(
       ld_global(static_cast<const scalar_t*>(a.g) + o * a.g_so + i * a.g_si));
   auto* op = static_cast<scalar_t*>(a.out_p);

@@ -437,20 +437,26 @@ struct Kernels {
       scalar_t* OP, scalar_t* OQ, int64_t n, StatsAt stats_at, GAt g_at) {
     // Full vectors, then one partial: with c a constant L in the first loop
     // the count checks of every load and store fold away.
+    // At alpha = 0 (beta = 1) the loop runs without the product x * beta
+    // (exactly x): uncontracted (setup.py), it would cost a dependent
+    // instruction per vector on the hot path (NOTES.md numerics 2).
     const V beta(static_cast<opmath_t>(a.beta));
-    auto step = [&](int64_t j, int64_t c) {
-      V x = c == L ? IO::load(P + j) : IO::load(P + j, c);
-      if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
-      x = x * beta;
-      const auto [sh, ls] = stats_at(j, c);
-      const V wn = Lane::weight(x - sh, ls);
-      const V w = a.g ? wn * g_at(j, c) : wn;
-      if (OP) IO::store(OP + j, w, c);
-      if (OQ) IO::store(OQ + j, q_grad(a.mode, w, wn), c);
+    auto run = [&](auto scaled) {
+      auto step = [&](int64_t j, int64_t c) {
+        V x = c == L ? IO::load(P + j) : IO::load(P + j, c);
+        if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
+        if constexpr (decltype(scaled)::value) x = x * beta;
+        const auto [sh, ls] = stats_at(j, c);
+        const V wn = Lane::weight(x - sh, ls);
+        const V w = a.g ? wn * g_at(j, c) : wn;
+        if (OP) IO::store(OP + j, w, c);
+        if (OQ) IO::store(OQ + j, q_grad(a.mode, w, wn), c);
+      };
+      int64_t j = 0;
+      for (; j + L <= n; j += L) step(j, L);
+      if (j < n) step(j, n - j);
     };
-    int64_t j = 0;
-    for (; j + L <= n; j += L) step(j, L);
-    if (j < n) step(j, n - j);
+    a.beta != 1.0 ? run(std::true_type{}) : run(std::false_type{});
   }
 
   // Columns per tile of the columns' weights pass: kWeightsTile, halved

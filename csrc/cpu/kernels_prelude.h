@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../vimco_math.h" // its scalar functions, baseline-only (vimco_lanes.h)
 #include "denormals.h"
 #include "kernel_api.h"
 // Not ../online_lse.h: it is compiled per instruction set (see there).

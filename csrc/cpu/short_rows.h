@@ -389,28 +389,32 @@ struct LaneTiles {
       ln1 = at::vec::gather<sizeof(opmath_t)>(ln, si);
       if (g) g1 = gather(g, VI::loadu(gidx), gidx);
     }
-    auto step = [&](int64_t j, int64_t c, int64_t pv) {
-      V x = c == L ? IO::load(P + j) : IO::load(P + j, c);
-      if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
-      x = x * beta;
-      V shv = sh1, lnv = ln1, gv = g1;
-      if (period > 1) {
-        const VI si = VI::loadu(sidx + pv * L);
-        shv = at::vec::gather<sizeof(opmath_t)>(sh, si);
-        lnv = at::vec::gather<sizeof(opmath_t)>(ln, si);
-        if (g) gv = gather(g, VI::loadu(gidx + pv * L), gidx + pv * L);
+    // beta = 1: no product, as in Kernels::weights_run.
+    auto run = [&](auto scaled) {
+      auto step = [&](int64_t j, int64_t c, int64_t pv) {
+        V x = c == L ? IO::load(P + j) : IO::load(P + j, c);
+        if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
+        if constexpr (decltype(scaled)::value) x = x * beta;
+        V shv = sh1, lnv = ln1, gv = g1;
+        if (period > 1) {
+          const VI si = VI::loadu(sidx + pv * L);
+          shv = at::vec::gather<sizeof(opmath_t)>(sh, si);
+          lnv = at::vec::gather<sizeof(opmath_t)>(ln, si);
+          if (g) gv = gather(g, VI::loadu(gidx + pv * L), gidx + pv * L);
+        }
+        const V wn = Lane::weight(x - shv, lnv);
+        const V w = g ? wn * gv : wn;
+        if (OP) IO::store(OP + j, w, c);
+        if (OQ) IO::store(OQ + j, Base::q_grad(a.mode, w, wn), c);
+      };
+      int64_t j = 0, pv = 0;
+      for (; j + L <= n; j += L) {
+        step(j, L, pv);
+        if (++pv == period) pv = 0;
       }
-      const V wn = Lane::weight(x - shv, lnv);
-      const V w = g ? wn * gv : wn;
-      if (OP) IO::store(OP + j, w, c);
-      if (OQ) IO::store(OQ + j, Base::q_grad(a.mode, w, wn), c);
+      if (j < n) step(j, n - j, pv);
     };
-    int64_t j = 0, pv = 0;
-    for (; j + L <= n; j += L) {
-      step(j, L, pv);
-      if (++pv == period) pv = 0;
-    }
-    if (j < n) step(j, n - j, pv);
+    a.beta != 1.0 ? run(std::true_type{}) : run(std::false_type{});
   }
 
   static bool out_dense(const WeightsArgs& a) {

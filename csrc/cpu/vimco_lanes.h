@@ -58,16 +58,19 @@ struct VimcoLanes {
 
   static void forward(const VimcoArgs& a) {
     const int64_t n_ex = a.outer * a.inner;
-    const V ninf(-INFINITY), log_k(std::log(static_cast<double>(a.K)));
+    const V ninf(-INFINITY), pinf(INFINITY);
+    const V log_k(std::log(static_cast<double>(a.K)));
     parallel_for(
         0, ceil_div(n_ex, L), std::max<int64_t>(1, kParallelElems / (a.K * L)),
         [&](int64_t b, int64_t e) {
           for (int64_t grp = b; grp < e; ++grp) {
             const Lanes ln = lanes(a, grp * L, n_ex);
-            // vimco_math::absorb for every lane: a new first argmax rescales
-            // the others' sum (the old max joining it), a tie or a smaller
-            // value adds its term, -inf only counts, NaN poisons the max.
-            V m(ninf), s(0.0), argmax(-1.0), fsum(0.0), n_ninf(0.0), nan(0.0);
+            // vimco_math::absorb for every lane: a new first argmax sends the
+            // old max to the others, any other value goes there itself; the
+            // others' (max, sum) pair takes it with one exp (exp(om - y) for
+            // a new max of theirs, exp(y - om) otherwise); -inf only counts,
+            // NaN poisons the max.
+            V m(ninf), argmax(-1.0), om(ninf), os(0.0), fsum(0.0), n_ninf(0.0), nan(0.0);
             for (int64_t k = 0; k < a.K; ++k) {
               const V x = log_w(a, ln, k);
               nan = nan | (x != x);
@@ -75,19 +78,26 @@ struct VimcoLanes {
               n_ninf = n_ninf + ones_where(is_ninf);
               fsum = fsum + V::blendv(x, V(0.0), is_ninf);
               const V gt = x > m; // false for NaN and for a -inf x
-              // One exp: exp(m - x) for a new max (0 from an empty state,
-              // whose sum is 0), exp(x - m) otherwise.
-              const V t = (V::blendv(x - m, m - x, gt)).exp();
-              s = V::blendv(V::blendv(s + t, s, is_ninf), (s + V(1.0)) * t, gt);
+              // What joins the others: -inf (nothing) for a -inf x and for
+              // the first finite sample, whose "old max" is the empty -inf.
+              const V y = V::blendv(x, m, gt);
+              const V up = y > om; // false for y = -inf
+              const V t = (V::blendv(y - om, om - y, up)).exp();
+              const V joined = V::blendv(os + t, os * t + V(1.0), up);
+              os = V::blendv(joined, os, y == ninf);
+              om = V::blendv(om, y, up);
               m = V::blendv(m, x, gt);
               argmax = V::blendv(argmax, V(static_cast<double>(k)), gt);
             }
             m = V::blendv(m, V(NAN), nan);
-            const V bound = V::blendv(m + (s.log1p() - log_k), ninf, m == ninf);
+            // vimco_math::log_others and ::bound.
+            const V lo = V::blendv((om - m) + os.log(), ninf, om == ninf);
+            V bound = m + (lo.exp().log1p() - log_k);
+            bound = V::blendv(bound, m, (m == ninf) | (m == pinf));
             const int64_t n = ln.n, r0 = ln.r0;
             double* st = a.state;
             m.store(st + r0, n);
-            s.store(st + n_ex + r0, n);
+            lo.store(st + n_ex + r0, n);
             argmax.store(st + 2 * n_ex + r0, n);
             fsum.store(st + 3 * n_ex + r0, n);
             n_ninf.store(st + 4 * n_ex + r0, n);
@@ -101,7 +111,7 @@ struct VimcoLanes {
 
   static void backward(const VimcoArgs& a) {
     const int64_t n_ex = a.outer * a.inner;
-    const V ninf(-INFINITY), zero(0.0), one(1.0);
+    const V ninf(-INFINITY), pinf(INFINITY), zero(0.0), one(1.0);
     const V km1(static_cast<double>(a.K - 1));
     auto* op = static_cast<scalar_t*>(a.out_p);
     auto* oq = static_cast<scalar_t*>(a.out_q);
@@ -109,19 +119,29 @@ struct VimcoLanes {
     parallel_for(
         0, ceil_div(n_ex, L), std::max<int64_t>(1, kParallelElems / (a.K * L)),
         [&](int64_t b, int64_t e) {
-          alignas(64) double gl[L], wp[L], wq[L];
+          alignas(64) double gl[L], wp[L], wq[L], lo_l[L], lf_l[L], sm_l[L];
           for (int64_t grp = b; grp < e; ++grp) {
             const Lanes ln = lanes(a, grp * L, n_ex);
             const double* st = a.state + ln.r0;
             const int64_t n = ln.n;
-            const V m = V::loadu(st, n), s = V::loadu(st + n_ex, n);
+            const V m = V::loadu(st, n), lo = V::loadu(st + n_ex, n);
             const V argmax = V::loadu(st + 2 * n_ex, n);
             const V fsum = V::loadu(st + 3 * n_ex, n);
             const V n_ninf = V::loadu(st + 4 * n_ex, n);
             for (int64_t l = 0; l < L; ++l) gl[l] = static_cast<double>(gp[ln.g[l]]);
             const V g = V::loadu(gl);
-            const V S = one + s, log_S = S.log();
-            const V empty = m == ninf, m_nan = m != m;
+            const V S = one + lo.exp();
+            const V empty = m == ninf, bad_m = (m != m) | (m == pinf);
+            // The argmax's signal, once per example: vimco_math's scalar
+            // argmax_signal per lane (log-space functions Sleef lacks, at a
+            // cost of L calls per K * L samples).
+            const V lf_max = V::blendv((fsum - m) / km1 - m, ninf, n_ninf != zero);
+            lo.store(lo_l);
+            lf_max.store(lf_l);
+            for (int64_t l = 0; l < L; ++l) {
+              sm_l[l] = vimco_math::argmax_signal(lo_l[l], lf_l[l]);
+            }
+            const V sig_max = V::loadu(sm_l);
             // vimco_math::signal for every lane and sample k.
             for (int64_t k = 0; k < a.K; ++k) {
               const V x = log_w(a, ln, k);
@@ -131,12 +151,12 @@ struct VimcoLanes {
               const V others_ninf = n_ninf - ones_where(is_ninf);
               const V mean = (fsum - V::blendv(x, zero, is_ninf)) / km1;
               const V f = V::blendv(zero, (mean - m).exp(), others_ninf == zero);
-              const V at_max = V::blendv(
-                  zero - ((f - ew) / S).log1p(), log_S - (s + f).log(),
+              V sig = V::blendv(
+                  zero - ((f - ew) / S).log1p(), sig_max,
                   argmax == V(static_cast<double>(k)));
-              V sig = V::blendv(at_max, zero, empty);
+              sig = V::blendv(sig, zero, empty);
               w = V::blendv(w, zero, empty);
-              const V bad = m_nan | (x != x);
+              const V bad = bad_m | (x != x);
               sig = V::blendv(sig, V(NAN), bad);
               w = V::blendv(w, V(NAN), bad);
               (g * w).store(wp);

@@ -40,13 +40,8 @@ __global__ void __launch_bounds__(kVimcoThreads) vimco_cols_kernel(VimcoArgs a) 
 }
 
 __device__ __forceinline__ vimco_math::State shfl_state(const vimco_math::State& s, int off) {
-  vimco_math::State o;
-  o.m = __shfl_xor_sync(0xffffffffu, s.m, off);
-  o.s_excl = __shfl_xor_sync(0xffffffffu, s.s_excl, off);
-  o.argmax = __shfl_xor_sync(0xffffffffu, s.argmax, off);
-  o.fsum = __shfl_xor_sync(0xffffffffu, s.fsum, off);
-  o.n_ninf = __shfl_xor_sync(0xffffffffu, s.n_ninf, off);
-  return o;
+  return vimco_math::map_fields(
+      s, [off](double v) { return __shfl_xor_sync(0xffffffffu, v, off); });
 }
 
 template <typename scalar_t>
@@ -95,11 +90,11 @@ __global__ void __launch_bounds__(kVimcoThreads) vimco_rows_kernel(
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) vimco_math::merge(st, shfl_state(st, off));
     if (ws) { // every lane holds the merged state: five lanes store a word each
-      // (a select chain, not an array indexed by lane: that would go to local memory)
-      const double word = lane == 0 ? st.m : lane == 1 ? st.s_excl : lane == 2 ? st.argmax
-          : lane == 3 ? st.fsum : st.n_ninf;
+      // (stored_word is a select chain, not an array indexed by lane: that
+      // would go to local memory)
       if (lane < vimco_math::kStateSize) {
-        st_global(ws + (blockIdx.y * vimco_math::kStateSize + lane) * n + r, word);
+        st_global(ws + (blockIdx.y * vimco_math::kStateSize + lane) * n + r,
+                  vimco_math::stored_word(st, lane));
       }
     } else if (lane == 0) {
       vimco_math::finish<scalar_t>(a, st, r);

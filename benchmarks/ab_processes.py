@@ -1,0 +1,104 @@
+"""Interleaved A/B of two builds of iwae_fused, in alternating processes.
+
+    python benchmarks/ab_processes.py A_ROOT B_ROOT [--shapes 50x128:0,...]
+        [--op iwelbo|vimco] [--alpha 0] [--dtype float32] [--rounds 10] [--iters 200]
+
+A_ROOT and B_ROOT are checkouts with a built extension (each is put first on
+PYTHONPATH of its own processes). Every round runs one process per build, in
+alternating order, each timing batches of forward+backward steps (a fresh
+graph per step, gradients set to None, as training does) and the forward
+alone, and reporting the fastest batch. The table gives, per shape, the
+minimum over rounds of each build and the ratio B / A: minima of many short
+batches are what survives a shared, noisy machine (benchmarks/NOTES.md).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+CHILD = r"""
+import json, sys, time, torch, iwae_fused
+torch.set_num_threads(int(sys.argv[1]))
+shapes, alpha, dt, iters = json.loads(sys.argv[2]), float(sys.argv[3]), getattr(torch, sys.argv[4]), int(sys.argv[5])
+op = sys.argv[6]
+def bound(p, q, dim):
+    if op == "vimco":
+        return iwae_fused.vimco(p, q, dim)
+    return iwae_fused.iwelbo(p, q, dim, alpha=alpha)
+res = {}
+for item in shapes:
+    dims, dim = item.split(":")
+    K, B = map(int, dims.split("x"))
+    dim = int(dim)
+    shape = (K, B) if dim == 0 else (B, K)
+    g = torch.Generator().manual_seed(0)
+    p = (torch.randn(shape, generator=g) * 3).to(dt).requires_grad_()
+    q = torch.randn(shape, generator=g).to(dt).requires_grad_()
+    def step():
+        out = bound(p, q, dim)
+        out.backward(torch.ones_like(out))
+        p.grad = q.grad = None
+    def fwd():
+        with torch.no_grad():
+            bound(p, q, dim)
+    best = {}
+    for name, fn in (("fwdbwd", step), ("fwd", fwd)):
+        for _ in range(3):
+            fn()
+        n = max(1, iters // 10)
+        b = float("inf")
+        for _ in range(10):
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            b = min(b, (time.perf_counter() - t) / n)
+        best[name] = b
+    res[item] = best
+print(json.dumps(res))
+"""
+
+
+def run(root, args):
+    env = dict(os.environ, PYTHONPATH=root)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(args.threads), json.dumps(args.shapes.split(",")),
+         str(args.alpha), args.dtype, str(args.iters), args.op],
+        env=env, capture_output=True, text=True, check=True, cwd="/",
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("a")
+    ap.add_argument("b")
+    ap.add_argument("--shapes", default="50x128:0,128x50:1,1024x1024:0,5000x100:0,64x65536:1")
+    ap.add_argument("--op", choices=["iwelbo", "vimco"], default="iwelbo")
+    ap.add_argument("--alpha", type=float, default=0.0)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    best = {"a": {}, "b": {}}
+    for r in range(args.rounds):
+        order = ("a", "b") if r % 2 == 0 else ("b", "a")
+        for side in order:
+            res = run(getattr(args, side), args)
+            for shape, times in res.items():
+                for mode, t in times.items():
+                    key = (shape, mode)
+                    best[side][key] = min(best[side].get(key, float("inf")), t)
+    print(f"A = {args.a}, B = {args.b}; {args.op}, alpha = {args.alpha}, {args.dtype}, "
+          f"{args.threads} threads, {args.rounds} rounds (minima, us)")
+    print("| shape (KxB:dim) | mode | A | B | B / A |")
+    print("|---|---|---|---|---|")
+    for key in best["a"]:
+        a, b = best["a"][key] * 1e6, best["b"][key] * 1e6
+        print(f"| {key[0]} | {key[1]} | {a:.1f} | {b:.1f} | {b / a:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
