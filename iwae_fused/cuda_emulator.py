@@ -6,7 +6,12 @@ logic compiled by the host compiler against an emulator of CUDA's execution
 model (``csrc/cuda/emu/``): blocks, warps of 32 lanes, shared memory,
 barriers and shuffles, with the checks a GPU run under compute-sanitizer would
 make (out-of-bounds and misaligned accesses, divergent shuffles and barriers,
-shared-memory races, reads of memory nothing wrote).
+shared-memory races, reads of memory nothing wrote) and some it would not:
+races through global memory within a launch (an element written by one
+thread and read or written by another of a different block, or of the same
+block with no ``__syncthreads`` between), accesses outside the storage a
+tensor owns (not only outside the extent its kernel arguments describe),
+and blocks run in a reversed or shuffled order on request.
 
 Inside ``emulated()``, every ``torch.ops.iwae_fused`` op that reaches a
 backend kernel runs on the emulated device instead of the CPU kernels; CPU

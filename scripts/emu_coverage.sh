@@ -29,7 +29,9 @@ built=$(date +%s)
 
 # Counts of this run only.
 find "$out/temp" -name '*.gcda' -delete
-IWAE_FUSED_CUDA_EMU_LIB="$PWD/$lib" "$PY" -m pytest -q -p no:cacheprovider \
+# (The emulator runs on one thread; one OpenMP thread for the ATen ops the
+# tests compare with keeps them from waiting on a busy second core.)
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" IWAE_FUSED_CUDA_EMU_LIB="$PWD/$lib" "$PY" -m pytest -q -p no:cacheprovider \
     tests/test_cuda_emulated.py tests/test_cuda_emulator_checks.py "$@"
 tested=$(date +%s)
 

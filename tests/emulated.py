@@ -78,3 +78,14 @@ def kernels(launches, base):
 
 def vec_width(dtype):
     return 16 // torch.empty((), dtype=dtype).element_size()
+
+
+def never_launched(census, tests, every, excluded=()):
+    """The instantiations in `every` that no test in `tests` launched, by the
+    census (node id -> instantiations); tests whose function name is in
+    `excluded` (random cases, which cover paths by chance) do not count."""
+    launched = set()
+    for nodeid in tests:
+        if nodeid.split("::")[-1].split("[")[0] not in excluded:
+            launched |= census.get(nodeid, set())
+    return sorted(set(every) - launched)

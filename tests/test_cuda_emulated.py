@@ -17,8 +17,8 @@ from iwae_fused import reference as R
 from iwae_fused import cuda_emulator
 
 from conftest import DTYPES, TOL, close, log_weights_like
-from emulated import (CENSUS, OPS, instantiation, kernels, launch_census, pytestmark,  # noqa: F401
-                      run_emulated, vec_width)
+from emulated import (CENSUS, OPS, instantiation, kernels, launch_census, never_launched,  # noqa: F401
+                      pytestmark, run_emulated, vec_width)
 
 # The small device that reaches the grid-z loop with a handful of outputs.
 TOY_Z = dict(max_grid_z=4)
@@ -820,11 +820,7 @@ def test_every_kernel_instantiation_is_launched(request):
     not_run = module_tests - CENSUS.keys()
     if not_run:
         pytest.skip(f"{len(not_run)} tests of this module did not run: the census needs them all")
-    launched = set()
-    for nodeid in module_tests:
-        if nodeid.split("::")[-1].split("[")[0] not in RANDOM_TESTS:
-            launched |= CENSUS[nodeid]
-    every = set(cuda_emulator.instantiations())
+    every = cuda_emulator.instantiations()
     assert len(every) >= 124
-    never = sorted(every - launched)
+    never = never_launched(CENSUS, module_tests, every, RANDOM_TESTS)
     assert not never, f"{len(never)} of {len(every)} kernel instantiations never launched: {never}"

@@ -17,7 +17,7 @@ import iwae_fused
 from iwae_fused import cuda_emulator
 
 from conftest import close
-from emulated import OPS, kernels, launch_census, pytestmark, run_emulated  # noqa: F401
+from emulated import OPS, kernels, launch_census, never_launched, pytestmark, run_emulated  # noqa: F401
 
 EMU = torch.ops.iwae_fused_emu
 
@@ -104,6 +104,35 @@ def test_launch_logic_sizes_grids_by_the_device():
     assert launches[0]["grid"][:2] == (8, 2) and launches[-1]["kernel"].startswith("merge_kernel")
     _, launches = run_emulated(lambda: OPS.iwelbo(p, None, 1), sm_count=2)
     assert launches[0]["grid"][:2] == (8, 1) and len(launches) == 1
+
+
+# ---- the launch census ---------------------------------------------------------
+
+
+@NO_LAUNCH
+def test_census_names_what_no_explicit_test_launched():
+    """The check behind test_every_kernel_instantiation_is_launched: an
+    instantiation launched by no test, or only by a random-case test, is
+    reported."""
+    every = ["k<float, 4>", "k<float, 1>", "k<Half, 8>"]
+    census = {"m::test_a[x]": {"k<float, 4>"}, "m::test_random[3]": {"k<float, 1>"},
+              "m::test_b": {"k<Half, 8>"}}
+    assert never_launched(census, census, every) == []
+    assert never_launched(census, census, every, {"test_random"}) == ["k<float, 1>"]
+    assert never_launched(census, ["m::test_a[x]"], every) == ["k<Half, 8>", "k<float, 1>"]
+
+
+def test_instantiations_come_from_the_dispatch_code():
+    """The registry holds every kernel the launch code instantiates (124
+    when written: 4 dtypes x the vector widths, thread layouts and log_q of
+    each kernel), not the selftest's, and names them as the launch log does."""
+    every = cuda_emulator.instantiations()
+    assert len(every) == len(set(every)) >= 124
+    assert "reduce_rows_kernel<float, 4, 256, true>" in every
+    assert "weights_kernel<BFloat16, 1, false, true>" in every
+    assert not [k for k in every if "selftest" in k]
+    _, launches = run_emulated(lambda: OPS.iwelbo(torch.randn(3, 100), None, 1))
+    assert all(r["kernel"] in every for r in launches)
 
 
 # ---- block order -------------------------------------------------------------
