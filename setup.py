@@ -213,6 +213,40 @@ def _emulator_extension(coverage=False):
     )
 
 
+def _requirements(name):
+    """The packages of requirements/<name>.txt, following its -r includes:
+    the extras and scripts/run.sh read the same files."""
+    out = []
+    with open(os.path.join(ROOT, "requirements", name + ".txt")) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("-r "):
+                out += [r for r in _requirements(line[3:].strip()[: -len(".txt")]) if r not in out]
+            elif line and line not in out:
+                out.append(line)
+    return out
+
+
+def _build_ext_class():
+    """torch's ninja build, with each extension's objects kept in build/obj-*.
+
+    An editable install (pip install -e .) compiles in a fresh temporary
+    folder every time, so every rebuild was a full one. With a fixed folder
+    per extension, Python and torch version, ninja recompiles only what
+    changed: building the emulator after the main extension compiles the
+    emulator alone, and a rebuild after editing one kernel compiles that file.
+    """
+    base = cpp_extension.BuildExtension.with_options(use_ninja=True)
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}"
+
+    class BuildExt(base):
+        def build_extension(self, ext):
+            self.build_temp = os.path.join(ROOT, "build", f"obj-{tag}", ext.name)
+            super().build_extension(ext)
+
+    return BuildExt
+
+
 if torch is None or "sdist" in sys.argv[1:]:
     # An sdist is torch-agnostic: no extension decided, no torch tag in the version.
     EXTENSIONS, CMDCLASS, FULL_VERSION = [], {}, VERSION
@@ -230,7 +264,7 @@ elif _env_flag("IWAE_FUSED_EMU_COVERAGE"):
 else:
     EXTENSION, WITH_CUDA = _extension()
     EXTENSIONS = [EXTENSION] + ([_emulator_extension()] if _env_flag("IWAE_FUSED_CUDA_EMU") else [])
-    CMDCLASS = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    CMDCLASS = {"build_ext": _build_ext_class()}
     FULL_VERSION = _local_version(WITH_CUDA)
 
 setup(
@@ -260,10 +294,6 @@ setup(
     # A lower bound only: pip must never replace the torch a build was made
     # against (the extension is tied to it; iwae_fused/_build.py checks).
     install_requires=["torch>=2.11"],
-    extras_require={
-        "test": ["pytest", "hypothesis", "numpy"],
-        "bench": ["pytest-benchmark", "matplotlib", "tqdm"],
-        "pyro": ["pyro-ppl>=1.9"],
-    },
+    extras_require={name: _requirements(name) for name in ("test", "examples", "pyro", "bench", "docs")},
     zip_safe=False,
 )

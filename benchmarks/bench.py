@@ -157,7 +157,7 @@ def to_markdown(rows, copy_bps, args):
         "'of copy' sets it against the copy above (out of cache: shapes that fit in "
         "cache can exceed 100%)",
         "- x floor: time over the memory floor, log_p and log_q read once at the copy's "
-        "rate (the issue-13 target for the forward is at most 2x)",
+        "rate (the target for the forward is at most 2x)",
         "",
     ]
     has_compile = any("compile_us" in r for r in rows)
@@ -220,7 +220,7 @@ def targets_table(rows):
         cells += [times(fb), ratio(fb, "vs_eager"), ratio(fb, "vs_compile")] if fb else ["-"] * 3
         lines.append("| " + " | ".join(cells) + " |")
     head = [
-        "## Targets (issue 13)",
+        "## Targets",
         "",
         "Fwd and fwd+bwd at least 2x faster than eager and 1.2x faster than "
         "torch.compile; the forward within 2x of the memory floor (x floor <= 2.0). "

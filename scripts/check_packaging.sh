@@ -7,7 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-PY="${PYTHON:-python3}"
+# The project's environment (scripts/run.sh makes it): the active one, else .venv.
+PY="${PYTHON:-${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}}"
+PY="${PY:-$ROOT/.venv/bin/python}"
+"$PY" -c "import torch" 2>/dev/null || {
+  echo "check_packaging.sh: $PY has no torch; run bash scripts/run.sh test first (or set PYTHON)" >&2; exit 1; }
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
@@ -36,8 +40,11 @@ mkdir -p "$TMP/src" && tar -xzf "$SDIST" -C "$TMP/src"
 WHEEL="$(ls "$TMP"/wheels/*.whl)"
 echo "$(basename "$WHEEL")"
 
-echo "== fresh venv (torch from the system site), install the wheel, smoke test"
-"$PY" -m venv --system-site-packages "$TMP/venv"
+echo "== fresh venv (torch as a user installs it), install the wheel, smoke test"
+"$PY" -m venv "$TMP/venv"
+TORCH_VERSION="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')" \
+    bash "$ROOT/scripts/install_torch.sh" "$TMP/venv/bin/python"
+"$TMP/venv/bin/python" -m pip install -q --disable-pip-version-check packaging numpy  # numpy: torch warns without it
 "$TMP/venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$WHEEL"
 cd "$TMP"  # not the checkout: the installed package must be the one imported
 "$TMP/venv/bin/python" - "$TMP/venv" <<'PY'
