@@ -567,9 +567,10 @@ def test_loop_later_passes(case, dtype, order):
             return (out, state) + tuple(OPS.vimco_backward(g, state, p, q, dim, False, [True, True]))
 
         emu, launches = run_emulated(run, **device)
-        for a, b in zip(emu, run()):
+        for a, b in zip(emu, run()):  # the CPU kernels (the reference's signals are O(K^2))
             close(a, b, dtype, scale=4.0)
-        close(emu[0], R.vimco(p.double(), q.double(), dim), dtype)
+        lw = p.double() - q.double()
+        close(emu[0], torch.logsumexp(lw, dim) - math.log(lw.shape[dim]), dtype)
     else:
         launches = check_iwelbo(p, q, dim, dtype, device=device)
     recs = [r for _, r in kernels(launches, kernel)]
