@@ -74,13 +74,27 @@ __device__ __forceinline__ void load_log_w(
   }
 }
 
-// Fold the first n of VEC values (the rest are -inf, the state's identity)
-// into one state (m, s, t): one rescale, n exponentials. t, the weights'
-// second moment, serves the diagnostics only; it costs one fma per element,
-// nothing next to the loads of a memory-bound kernel.
+// Fold VEC values into one state (m, s, t): one rescale, VEC exponentials.
+// t, the weights' second moment, serves the diagnostics only; it costs one
+// fma per element, nothing next to the loads of a memory-bound kernel.
 template <typename opmath_t, int VEC>
 __device__ __forceinline__ void absorb(
-    opmath_t& m, opmath_t& s, opmath_t& t, const opmath_t (&x)[VEC], int n = VEC) {
+    opmath_t& m, opmath_t& s, opmath_t& t, const opmath_t (&x)[VEC]) {
+  using Lane = LaneOps<opmath_t>;
+  const opmath_t sh = absorb_max2(m, s, t, max_of(x));
+#pragma unroll
+  for (int c = 0; c < VEC; ++c) {
+    const opmath_t e = Lane::exp(x[c] - sh);
+    s += e;
+    t += e * e;
+  }
+}
+
+// The same for the first n of the VEC values (the rest are -inf, the
+// state's identity): n exponentials.
+template <typename opmath_t, int VEC>
+__device__ __forceinline__ void absorb_first(
+    opmath_t& m, opmath_t& s, opmath_t& t, const opmath_t (&x)[VEC], int n) {
   using Lane = LaneOps<opmath_t>;
   const opmath_t sh = absorb_max2(m, s, t, max_of(x));
 #pragma unroll
@@ -92,6 +106,11 @@ __device__ __forceinline__ void absorb(
     }
   }
 }
+
+// Where lane c of a VEC-wide access is tested against the `avail` (>= 1)
+// elements left, `VEC == 1 ||` states that the lane of a scalar access is
+// always live (its caller's loop bound holds): that instantiation then has
+// no test that could never fail.
 
 // The final state of output idx: to the workspace of its K piece
 // ([3][pieces][outputs]: m, s, t), or finalised into out (dtype), stats
@@ -251,7 +270,7 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
       }
 #pragma unroll
       for (int c = 0; c < VEC; ++c) {
-        if (i0 + c < a.inner) {
+        if (VEC == 1 || i0 + c < a.inner) {
           emit<scalar_t>(a, ws, piece, o * a.inner + i0 + c, m[c], s[c], t[c]);
         }
       }
@@ -293,7 +312,7 @@ __global__ void __launch_bounds__(kThreads) reduce_tiles_kernel(
       load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(p, q, base + u, base + u, n - u, beta, x);
 #pragma unroll
       for (int c = 0; c < VEC; ++c) {
-        if (u + c < n) st_shared(tile + tile_pos(u + c), x[c]);
+        if (VEC == 1 || c < n - u) st_shared(tile + tile_pos(u + c), x[c]);
       }
     }
     __syncthreads();
@@ -308,7 +327,7 @@ __global__ void __launch_bounds__(kThreads) reduce_tiles_kernel(
         for (int c = 0; c < kRowsPerStep; ++c) {
           x[c] = c < n_k ? ld_shared(tile + tile_pos(e0 + (k + c) * tk)) : opmath_t(-INFINITY);
         }
-        absorb<opmath_t, kRowsPerStep>(m, s, t, x, n_k);
+        absorb_first<opmath_t, kRowsPerStep>(m, s, t, x, n_k);
       }
       emit<scalar_t>(a, static_cast<opmath_t*>(nullptr), 0, o0 * inner + j, m, s, t);
     }
@@ -360,13 +379,13 @@ struct RunWalker {
   }
 };
 
-// VEC values of T at p with stride 0 (one broadcast value) or 1, the first
-// `avail` real: in 16-byte vectors where contiguous and aligned.
+// VEC contiguous values of T at p, the first `avail` (>= 1) real: in 16-byte
+// vectors where aligned.
 template <typename T, int VEC>
-__device__ __forceinline__ void load_run(const T* p, int64_t stride, int64_t avail, T (&out)[VEC]) {
+__device__ __forceinline__ void load_run(const T* p, int64_t avail, T (&out)[VEC]) {
   constexpr int kPer = sizeof(T) >= 16 ? 1 : 16 / sizeof(T);
   if constexpr (VEC % kPer == 0 && VEC > 1) {
-    if (stride == 1 && avail >= VEC && reinterpret_cast<uintptr_t>(p) % 16 == 0) {
+    if (avail >= VEC && reinterpret_cast<uintptr_t>(p) % 16 == 0) {
 #pragma unroll
       for (int c = 0; c < VEC; c += kPer) {
         const auto pk = ld_global(reinterpret_cast<const Pack<T, kPer>*>(p + c));
@@ -376,14 +395,8 @@ __device__ __forceinline__ void load_run(const T* p, int64_t stride, int64_t ava
       return;
     }
   }
-  if (stride == 0) {
-    const T one = ld_global(p);
 #pragma unroll
-    for (int c = 0; c < VEC; ++c) out[c] = one;
-    return;
-  }
-#pragma unroll
-  for (int c = 0; c < VEC; ++c) out[c] = c < avail ? ld_global(p + c) : T(0);
+  for (int c = 0; c < VEC; ++c) out[c] = VEC == 1 || c < avail ? ld_global(p + c) : T(0);
 }
 
 // Element-wise weights over runs of `len` contiguous elements: (o, k) runs
@@ -416,11 +429,17 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
       poff = o * a.p.so + k * a.p.sk + j;
       qoff = HAS_Q ? o * a.q.so + k * a.q.sk + j : 0;
       ooff = o * a.out_so + k * a.out_sk + j;
-      load_run(shift + o * a.inner + j, 1, avail, sh); // one output per column
-      load_run(log_norm + o * a.inner + j, 1, avail, ln);
+      load_run(shift + o * a.inner + j, avail, sh); // one output per column
+      load_run(log_norm + o * a.inner + j, avail, ln);
       if (g) {
         scalar_t gs[VEC];
-        load_run(g + o * a.g_so + j * a.g_si, a.g_si, avail, gs);
+        if (a.g_si == 0) { // the expanded gradient of a .sum(): one value
+          const scalar_t one = ld_global(g + o * a.g_so);
+#pragma unroll
+          for (int c = 0; c < VEC; ++c) gs[c] = one;
+        } else {
+          load_run(g + o * a.g_so + j, avail, gs);
+        }
 #pragma unroll
         for (int c = 0; c < VEC; ++c) gv[c] = static_cast<opmath_t>(gs[c]);
       }
@@ -439,15 +458,20 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
     Pack<scalar_t, VEC> wp, wq;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
-      const bool live = c < avail;
+      const bool live = VEC == 1 || c < avail;
       const opmath_t wn = live ? Lane::weight(x[c] - sh[c], ln[c]) : opmath_t(0);
       const opmath_t w = g && live ? wn * gv[c] : wn;
       wp.v[c] = static_cast<scalar_t>(w);
       // -g w; DReG's z-path corrections g w (w - 1) and -g w w (kernel_args.h).
-      wq.v[c] = static_cast<scalar_t>(
-          a.mode == kNegWeight ? -w
-              : a.mode == kDregSquare ? w * (wn - opmath_t(1))
-                                      : -w * wn);
+      // DReG always has log_q, so the instantiations without it only ever
+      // take -g w; their other arms are outside the branch count (tests/
+      // README.md) rather than cut with `if constexpr`, which made ptxas
+      // spill in weights_kernel<double, 1, false, false> (sm_90).
+      const int mode = a.mode;
+      // GCOVR_EXCL_BR_START
+      const opmath_t wq_c = mode == kNegWeight ? -w : mode == kDregSquare ? w * (wn - 1) : -w * wn;
+      // GCOVR_EXCL_BR_STOP
+      wq.v[c] = static_cast<scalar_t>(wq_c);
     }
     if (VEC > 1 && avail >= VEC) {
       if (out_p) st_global(reinterpret_cast<Pack<scalar_t, VEC>*>(out_p + ooff), wp);
@@ -455,7 +479,7 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
     } else {
 #pragma unroll
       for (int c = 0; c < VEC; ++c) {
-        if (c < avail) {
+        if (VEC == 1 || c < avail) {
           if (out_p) st_global(out_p + ooff + c, wp.v[c]);
           if (out_q) st_global(out_q + ooff + c, wq.v[c]);
         }
@@ -491,6 +515,14 @@ bool operand_aligned(const Strided& op, const Args& g, int vec) {
                  : runs_aligned(op.data, op.so, g.outer, op.sk, g.K, vec);
 }
 
+// The column kernel has no loop over grid.x: a GPU's 2^31 - 1 blocks outnumber
+// any column count that fits in memory; only a toy device can refuse them.
+void check_column_blocks(int64_t columns, int64_t gx, const dev::Limits& lim) {
+  TORCH_CHECK(gx <= lim.max_grid_x, "iwae_fused: the column reduction over ", columns,
+              " columns needs ", gx, " blocks along grid.x, more than the device's limit of ",
+              lim.max_grid_x);
+}
+
 // Slices per tile for the short-slice kernel, or 0 where it does not apply.
 int64_t tile_slices(const ReduceArgs& a, int vec) {
   const int64_t tk = a.vec_k ? 1 : a.inner, ti = a.vec_k ? a.K : 1;
@@ -502,7 +534,8 @@ template <typename scalar_t, int VEC, bool HAS_Q>
 void launch_tiles(const ReduceArgs& a, int64_t slices_per_tile) {
   const int64_t tiles = ceil_div(a.outer, slices_per_tile);
   dev::launch<reduce_tiles_kernel<scalar_t, VEC, HAS_Q>>(
-      dim3(std::min<int64_t>(tiles, 1 << 30)), dim3(kThreads), a, slices_per_tile);
+      dim3(std::min<int64_t>(tiles, dev::limits().max_grid_x)), dim3(kThreads), a,
+      slices_per_tile);
 }
 
 template <typename scalar_t, int VEC, bool HAS_Q>
@@ -527,7 +560,7 @@ void launch_reduce(const ReduceArgs& a) {
     }
     kchunk = ceil_div(ceil_div(a.K, pieces), VEC) * VEC; // keeps pieces aligned
     pieces = ceil_div(a.K, kchunk);
-    grid = dim3(std::min<int64_t>(blocks, 1 << 30), pieces);
+    grid = dim3(std::min<int64_t>(blocks, lim.max_grid_x), pieces);
     block = dim3(kThreads);
   } else {
     const int64_t vec_cols = ceil_div(a.inner, VEC);
@@ -544,6 +577,7 @@ void launch_reduce(const ReduceArgs& a) {
     }
     const int ty = kThreads / tx;
     const int64_t gx = ceil_div(vec_cols, tx);
+    check_column_blocks(a.inner, gx, lim);
     const int64_t gz = std::min<int64_t>(a.outer, lim.max_grid_z); // the kernel loops over the rest
     const int64_t blocks = gx * gz;
     if (blocks < target_blocks) {
@@ -573,7 +607,7 @@ void launch_reduce(const ReduceArgs& a) {
     dev::launch<reduce_cols_kernel<scalar_t, VEC, HAS_Q>>(grid, block, a, kchunk, ws_ptr);
   }
   if (pieces > 1) {
-    const int64_t blocks = std::min<int64_t>(ceil_div(n_out, kThreads), 1 << 30);
+    const int64_t blocks = std::min<int64_t>(ceil_div(n_out, kThreads), lim.max_grid_x);
     dev::launch<merge_kernel<scalar_t>>(
         dim3(blocks), dim3(kThreads), a, static_cast<const opmath_t*>(ws_ptr), pieces);
   }
@@ -585,8 +619,9 @@ void launch_weights(const WeightsArgs& a) {
   const int64_t len = a.vec_k ? a.K : a.inner;
   const int64_t vecs_per_run = ceil_div(len, VEC);
   const int64_t total = runs * vecs_per_run;
-  const int64_t blocks = std::min<int64_t>(
-      ceil_div(total, kThreads), (int64_t)dev::limits().sm_count * 32);
+  const dev::Limits lim = dev::limits();
+  const int64_t blocks = std::min(
+      std::min<int64_t>(ceil_div(total, kThreads), (int64_t)lim.sm_count * 32), lim.max_grid_x);
   if (a.vec_k) {
     dev::launch<weights_kernel<scalar_t, VEC, HAS_Q, false>>(
         dim3(blocks), dim3(kThreads), a, runs, len, vecs_per_run);

@@ -141,13 +141,18 @@ __global__ void __launch_bounds__(kVimcoThreads) vimco_backward_kernel(VimcoArgs
 }
 
 int64_t blocks_for(int64_t items) {
+  const dev::Limits lim = dev::limits();
   return std::max<int64_t>(
-      1, std::min<int64_t>((items + kVimcoThreads - 1) / kVimcoThreads,
-                           (int64_t)dev::limits().sm_count * 32));
+      1, std::min(std::min<int64_t>((items + kVimcoThreads - 1) / kVimcoThreads,
+                                    (int64_t)lim.sm_count * 32),
+                  lim.max_grid_x));
 }
 
+// (VIMCO has K >= 2.) The planner lays log_q out like log_p (plan.cpp,
+// fits()), so log_p's unit stride with log_q's other cannot reach here; the
+// test of log_q stays as the kernels' guard, outside the branch count.
 bool samples_contiguous(const VimcoArgs& a) {
-  return a.K == 1 || (a.p.sk == 1 && a.q.sk == 1);
+  return a.p.sk == 1 && a.q.sk == 1; // GCOVR_EXCL_BR_LINE
 }
 
 } // namespace
@@ -159,15 +164,16 @@ void CudaVimco::vimco_forward(const VimcoArgs& a) {
       dev::launch<vimco_cols_kernel<scalar_t>>(dim3(blocks_for(n)), dim3(kVimcoThreads), a);
       return;
     }
-    // Short rows, each contiguous and following the previous one in memory.
+    // Short rows (contiguous: checked above), each following the previous one.
     auto consecutive = [&](const Strided& op) {
-      return (a.K == 1 || op.sk == 1) && (a.inner == 1 || op.si == a.K) &&
+      return (a.inner == 1 || op.si == a.K) &&
           (a.outer == 1 || op.so == a.inner * a.K);
     };
     if (a.K <= kTileMaxK && consecutive(a.p) && consecutive(a.q)) {
       const int64_t per_tile = kTileElems / a.K, tiles = (n + per_tile - 1) / per_tile;
       dev::launch<vimco_tiles_kernel<scalar_t>>(
-          dim3(std::min<int64_t>(tiles, 1 << 30)), dim3(kVimcoThreads), a, per_tile);
+          dim3(std::min<int64_t>(tiles, dev::limits().max_grid_x)), dim3(kVimcoThreads), a,
+          per_tile);
       return;
     }
     const dev::Limits lim = dev::limits();
@@ -181,7 +187,7 @@ void CudaVimco::vimco_forward(const VimcoArgs& a) {
     }
     const int64_t kchunk = (a.K + pieces - 1) / pieces;
     pieces = (a.K + kchunk - 1) / kchunk;
-    const dim3 grid(std::min<int64_t>(blocks, 1 << 30), pieces);
+    const dim3 grid(std::min<int64_t>(blocks, lim.max_grid_x), pieces);
     if (pieces == 1) {
       dev::launch<vimco_rows_kernel<scalar_t>>(grid, dim3(kVimcoThreads), a, kchunk,
                                                static_cast<double*>(nullptr));
@@ -190,7 +196,7 @@ void CudaVimco::vimco_forward(const VimcoArgs& a) {
     at::Tensor ws = dev::workspace(pieces * vimco_math::kStateSize * n, at::kDouble);
     double* wsp = ws.mutable_data_ptr<double>();
     dev::launch<vimco_rows_kernel<scalar_t>>(grid, dim3(kVimcoThreads), a, kchunk, wsp);
-    dev::launch<vimco_merge_kernel<scalar_t>>(dim3(std::min<int64_t>(blocks, 1 << 30)),
+    dev::launch<vimco_merge_kernel<scalar_t>>(dim3(std::min<int64_t>(blocks, lim.max_grid_x)),
                                               dim3(kVimcoThreads), a,
                                               static_cast<const double*>(wsp), pieces);
   });
