@@ -29,6 +29,21 @@ at::Tensor workspace(int64_t n, at::ScalarType dtype);
 
 #if defined(IWAE_CUDA_EMU)
 #include "emu/launch.h"
+#elif defined(IWAE_CUDA_DEVICE_ONLY)
+// nvcc -cubin for the compiler's report alone (benchmarks/gpu_resources.py):
+// the kernels and the launch logic that instantiates them, without ATen's
+// CUDA runtime headers (the CPU wheel of torch ships them, but not the
+// cuBLAS/cuSPARSE headers they include). Never linked or run.
+namespace iwae_fused::cuda::dev {
+
+#define IWAE_SHARED(T, name, count) __shared__ T name[count]
+
+template <auto Kernel, typename... Args>
+void launch(dim3 grid, dim3 block, const Args&... args) {
+  Kernel<<<grid, block>>>(args...);
+}
+
+}  // namespace iwae_fused::cuda::dev
 #else
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
