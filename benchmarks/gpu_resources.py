@@ -158,9 +158,14 @@ def parse_sass(text):
                 "ldg_run_bytes": max(runmax, run),
                 "ldg_bytes": sum(ldg_bytes(x) for x in body),
                 "mufu": sum(1 for x in body if re.search(r"MUFU\.(EX2|LG2)", x)),
+                "fp64": sum(1 for x in body if re.match(r"(?:@!?P\w+\s+)?D(FMA|ADD|MUL)\b", x)),
                 "instructions": len(body),
                 "span": [lo, addr],
             })
+        for lp in loops:  # innermost: no other loop inside its span
+            lp["innermost"] = not any(o is not lp and lp["span"][0] <= o["span"][0] and
+                                      o["span"][1] <= lp["span"][1] and o["span"] != lp["span"]
+                                      for o in loops)
         hot = max(loops, key=lambda l: l["ldg_run_bytes"], default={"ldg_run_bytes": 0})
         stats[name] = {"loops": loops, "loop_ldg_bytes": hot["ldg_run_bytes"],
                        "local_instructions": local}

@@ -21,6 +21,7 @@
 
 #include "global_memory.h"
 #include "kernel_args.h"
+#include "online_lse.h" // IWAE_COUNT_EXP / IWAE_COUNT_LOG
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define VIMCO_HD __host__ __device__ __forceinline__
@@ -29,6 +30,20 @@
 #endif
 
 namespace iwae_fused::vimco_math {
+
+// The math functions, counted by the emulator (online_lse.h's macros).
+VIMCO_HD double exp_(double x) {
+  IWAE_COUNT_EXP();
+  return ::exp(x);
+}
+VIMCO_HD double log_(double x) {
+  IWAE_COUNT_LOG();
+  return ::log(x);
+}
+VIMCO_HD double log1p_(double x) {
+  IWAE_COUNT_LOG();
+  return ::log1p(x);
+}
 
 // Saved between forward and backward as kStateSize doubles per example.
 constexpr int kStateSize = 5;
@@ -52,18 +67,18 @@ VIMCO_HD void absorb(State& st, double x, int64_t k) {
   }
   st.fsum += x;
   if (x > st.m) { // a new (first) argmax: the old one joins the others
-    st.s_excl = st.m == -INFINITY ? 0.0 : (st.s_excl + 1.0) * ::exp(st.m - x);
+    st.s_excl = st.m == -INFINITY ? 0.0 : (st.s_excl + 1.0) * exp_(st.m - x);
     st.m = x;
     st.argmax = static_cast<double>(k);
   } else {
-    st.s_excl += ::exp(x - st.m);
+    st.s_excl += exp_(x - st.m);
   }
 }
 
 // The IWAE bound log((1/K) sum_k w_k); -inf when no weight is positive.
 VIMCO_HD double bound(const State& st, int64_t K) {
   if (st.m == -INFINITY) return -INFINITY;
-  return st.m + ::log1p(st.s_excl) - ::log(static_cast<double>(K));
+  return st.m + log1p_(st.s_excl) - log_(static_cast<double>(K));
 }
 
 // For sample j with log-weight x: its normalised weight w and its learning
@@ -80,23 +95,23 @@ VIMCO_HD void signal(
     return;
   }
   const double S = 1.0 + st.s_excl; // sum_k exp(x_k - m)
-  const double e = x == -INFINITY ? 0.0 : ::exp(x - st.m);
+  const double e = x == -INFINITY ? 0.0 : exp_(x - st.m);
   w = e / S;
   double f = 0.0; // the geometric mean of the others' weights, / exp(m)
   if (st.n_ninf - (x == -INFINITY ? 1.0 : 0.0) == 0.0) {
     const double mean =
         (st.fsum - (x == -INFINITY ? 0.0 : x)) / static_cast<double>(K - 1);
-    f = ::exp(mean - st.m);
+    f = exp_(mean - st.m);
   }
   if (static_cast<double>(j) == st.argmax) {
     // The others' sum is s_excl itself: L - L_-j = log S - log(s_excl + f).
-    sig = ::log(S) - ::log(st.s_excl + f);
+    sig = log_(S) - log_(st.s_excl + f);
   } else {
     // L_-j's sum is S - e + f, S >= 1 + e: the signal is -log1p((f - e) / S)
     // with (f - e) / S >= -1/2, which keeps the signal's relative precision
     // even when it is 1e-14 next to bounds of 60 nats (the difference of two
     // logs would keep only its absolute precision).
-    sig = -::log1p((f - e) / S);
+    sig = -log1p_((f - e) / S);
   }
 }
 
@@ -120,7 +135,7 @@ VIMCO_HD void merge(State& st, const State& o) {
   const State& lead = other_leads ? o : st;
   const State& rest = other_leads ? st : o;
   // The other set's samples, all of them (its argmax included), against lead's max.
-  const double s = lead.s_excl + (rest.s_excl + 1.0) * ::exp(rest.m - lead.m);
+  const double s = lead.s_excl + (rest.s_excl + 1.0) * exp_(rest.m - lead.m);
   st.m = lead.m, st.argmax = lead.argmax, st.s_excl = s;
 }
 

@@ -68,14 +68,21 @@ class _ToEmulated(TorchDispatchMode):
 
 @contextlib.contextmanager
 def emulated(sm_count=None, max_grid_y=None, max_grid_z=None, shared_per_block=None,
-             count_requests=False):
+             count_requests=False, plan_only=False, resident_blocks=None):
     """Run iwae_fused's kernels on the emulated GPU within the block.
 
     The device is an H100 unless a limit is given: a small ``sm_count``
     makes the launch logic split K with small shapes, a small ``max_grid_z``
     makes the column kernel loop over its grid. ``count_requests`` also
     groups global accesses into warp-level requests (sectors, lane use) in
-    the launch log, at some cost in memory and time.
+    the launch log, at some cost in memory and time. ``plan_only`` records
+    each launch (kernel, grid, block, integer arguments) as the host code
+    plans it, checked against the device's limits, without running a block
+    or touching an output: the full-size launch plan of any shape, on
+    ``torch.empty`` inputs (whose pages are never touched either).
+    ``resident_blocks`` maps kernel names to the blocks one SM holds at once
+    (what cudaOccupancyMaxActiveBlocksPerMultiprocessor answers on a GPU;
+    by default threads and blocks per SM alone limit it).
     """
     emu = _module()
     before = emu.device()
@@ -88,17 +95,22 @@ def emulated(sm_count=None, max_grid_y=None, max_grid_z=None, shared_per_block=N
         props["name"] = "emulated toy GPU ({sm_count} SMs, grid.y <= {max_grid_y}, grid.z <= {max_grid_z})".format(**props)
     emu.set_device(**props)
     emu.set_count_requests(bool(count_requests))
+    emu.set_plan_only(bool(plan_only))
+    resident_before = emu.resident_blocks()
+    emu.set_resident_blocks(dict(resident_blocks or {}))
     try:
         with _ToEmulated():
             yield
     finally:
+        emu.set_resident_blocks(resident_before)
+        emu.set_plan_only(False)
         emu.set_count_requests(False)
         emu.set_device(**{k: before[k] for k in H100})
 
 
 def launches(clear=False):
     """The launches made so far: kernel name (with its template arguments),
-    grid, block, static shared memory, and counters."""
+    grid, block, integer arguments, static shared memory, and counters."""
     emu = _module()
     out = emu.launches()
     if clear:
