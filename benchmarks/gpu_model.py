@@ -421,7 +421,7 @@ def predict_all(resources, dtypes=("float32", "float16"), gpus=TABLE_GPUS):
                 outputs = numel // shape[dim]
                 for op in ("fwd", "fwdbwd"):
                     case = dict(numel=numel, outputs=outputs, op=op)
-                    row = dict(label=("VIMCO " if vimco else "") + label, shape=list(shape), dim=dim,
+                    row = dict(label=label if not vimco or label.startswith("VIMCO") else "VIMCO " + label, shape=list(shape), dim=dim,
                                dtype=dt, op=op, must_move=must_move(numel, outputs, op, es), gpus={})
                     for gpu in gpus:
                         launches = plan(op, shape, dim, dtype, vimco, gpu, resources)
