@@ -51,8 +51,8 @@ CONSTANTS = {
     "H100 SXM": {
         "arch": ("sm_90", "compute capability 9.0 (CUDA C++ Programming Guide, 'Compute Capabilities')"),
         "sms": (132, "NVIDIA H100 Tensor Core GPU Architecture whitepaper: H100 SXM5 has 132 SMs"),
-        "clock_hz": (1.98e9, "NVIDIA H100 datasheet: max boost clock 1980 MHz (SXM5); gpu-benches "
-                             "records 1980 MHz under load on H100 SXM"),
+        "clock_hz": (1.98e9, "NVIDIA H100 Tensor Core GPU Architecture whitepaper: H100 SXM5 boost "
+                             "clock 1980 MHz (only the SFU bound uses it)"),
         "peak_bps": (3.35e12, "NVIDIA H100 datasheet: 3.35 TB/s HBM3 (SXM)"),
         "eta": (3.01e12 / 3.35e12, "QuACK (Dao-AILab/quack, media/2025-07-10-membound-sol.md): softmax "
                                    "[16384, 131072] fp32 at 3.01 TB/s = 89.7% of peak DRAM throughput on "
@@ -559,7 +559,8 @@ def markdown(rows, resources, cal):
               "Guide (Compute Capabilities table) and the CUDA Occupancy Calculator",
               f"- MUFU (exp2/log2) throughput {MUFU_PER_CLK} per clock per SM: CUDA C++ Programming "
               "Guide, arithmetic instruction throughput table",
-              f"- loaded latency: fitted on {STREAM_SOURCE}", ""]
+              f"- loaded latency: fitted on the H200 columns of {STREAM_SOURCE}; checked, not fitted, "
+              "on the H100 PCIe columns", ""]
     return "\n".join(lines) + "\n"
 
 
