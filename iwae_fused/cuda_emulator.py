@@ -25,19 +25,35 @@ microseconds per element.
 """
 
 import contextlib
+import importlib.util
+import os
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import iwae_fused  # noqa: F401  (registers torch.ops.iwae_fused)
 
-try:
-    from iwae_fused import _cuda_emu
-except ImportError:  # built only with IWAE_FUSED_CUDA_EMU=1
-    _cuda_emu = None
 
-H100 = dict(name="emulated NVIDIA H100 (132 SMs)", sm_count=132, max_grid_y=65535,
-            max_grid_z=65535, shared_per_block=48 * 1024)
+def _load():
+    # IWAE_FUSED_CUDA_EMU_LIB names another build of the module (the
+    # coverage-instrumented one of scripts/emu_coverage.sh) to load instead.
+    path = os.environ.get("IWAE_FUSED_CUDA_EMU_LIB")
+    if path:
+        spec = importlib.util.spec_from_file_location("iwae_fused._cuda_emu", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    try:
+        from iwae_fused import _cuda_emu
+    except ImportError:  # built only with IWAE_FUSED_CUDA_EMU=1
+        return None
+    return _cuda_emu
+
+
+_cuda_emu = _load()
+
+H100 = dict(name="emulated NVIDIA H100 (132 SMs)", sm_count=132, max_grid_x=2**31 - 1,
+            max_grid_y=65535, max_grid_z=65535, shared_per_block=48 * 1024)
 
 
 def available():
@@ -67,33 +83,43 @@ class _ToEmulated(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def emulated(sm_count=None, max_grid_y=None, max_grid_z=None, shared_per_block=None,
-             count_requests=False, plan_only=False, resident_blocks=None):
+def emulated(sm_count=None, max_grid_x=None, max_grid_y=None, max_grid_z=None,
+             shared_per_block=None, count_requests=False, block_order="xyz", seed=0,
+             plan_only=False, resident_blocks=None):
     """Run iwae_fused's kernels on the emulated GPU within the block.
 
-    The device is an H100 unless a limit is given: a small ``sm_count``
-    makes the launch logic split K with small shapes, a small ``max_grid_z``
-    makes the column kernel loop over its grid. ``count_requests`` also
-    groups global accesses into warp-level requests (sectors, lane use) in
-    the launch log, at some cost in memory and time. ``plan_only`` records
-    each launch (kernel, grid, block, integer arguments) as the host code
-    plans it, checked against the device's limits, without running a block
-    or touching an output: the full-size launch plan of any shape, on
-    ``torch.empty`` inputs (whose pages are never touched either).
-    ``resident_blocks`` maps kernel names to the blocks one SM holds at once
-    (what cudaOccupancyMaxActiveBlocksPerMultiprocessor answers on a GPU;
-    by default threads and blocks per SM alone limit it).
+    The device is an H100 unless a limit is given. The launch logic sizes
+    every grid by these limits, so a toy device reaches with small shapes
+    what an H100 reaches only with large ones: a small ``sm_count`` splits K,
+    a small ``max_grid_x`` makes every grid-stride and tile loop take
+    several passes, a small ``max_grid_z`` makes the column kernel loop over
+    its grid. ``block_order`` runs each launch's blocks in x, y, z order
+    (``"xyz"``), in reverse (``"reversed"``), or shuffled afresh per launch
+    from ``seed`` (``"shuffled"``): CUDA promises no order, so results must
+    not change. ``count_requests`` also groups global accesses into
+    warp-level requests (sectors, lane use) in the launch log, at some cost
+    in memory and time. ``plan_only`` records each launch (kernel, grid,
+    block, integer arguments) as the host code plans it, checked against the
+    device's limits, without running a block or touching an output: the
+    full-size launch plan of any shape, on ``torch.empty`` inputs (whose
+    pages are never touched either). ``resident_blocks`` maps kernel names to
+    the blocks one SM holds at once (what
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor answers on a GPU; by
+    default threads and blocks per SM alone limit it).
     """
     emu = _module()
     before = emu.device()
+    before_order = emu.block_order()
     props = dict(H100)
-    for key, value in dict(sm_count=sm_count, max_grid_y=max_grid_y, max_grid_z=max_grid_z,
-                           shared_per_block=shared_per_block).items():
+    for key, value in dict(sm_count=sm_count, max_grid_x=max_grid_x, max_grid_y=max_grid_y,
+                           max_grid_z=max_grid_z, shared_per_block=shared_per_block).items():
         if value is not None:
             props[key] = value
     if props != H100:
-        props["name"] = "emulated toy GPU ({sm_count} SMs, grid.y <= {max_grid_y}, grid.z <= {max_grid_z})".format(**props)
+        props["name"] = ("emulated toy GPU ({sm_count} SMs, grid.x <= {max_grid_x}, "
+                         "grid.y <= {max_grid_y}, grid.z <= {max_grid_z})").format(**props)
     emu.set_device(**props)
+    emu.set_block_order(block_order, seed)
     emu.set_count_requests(bool(count_requests))
     emu.set_plan_only(bool(plan_only))
     resident_before = emu.resident_blocks()
@@ -105,6 +131,7 @@ def emulated(sm_count=None, max_grid_y=None, max_grid_z=None, shared_per_block=N
         emu.set_resident_blocks(resident_before)
         emu.set_plan_only(False)
         emu.set_count_requests(False)
+        emu.set_block_order(*before_order)
         emu.set_device(**{k: before[k] for k in H100})
 
 
@@ -125,3 +152,29 @@ def clear_launches():
 def device():
     """The emulated device's properties now."""
     return _module().device()
+
+
+def instantiations():
+    """Every kernel instantiation the CUDA host code can launch (its dispatch
+    branches, as compiled), by the names the launch log uses."""
+    return [k for k in _module().instantiations() if not k.startswith("selftest::")]
+
+
+def launch_counts():
+    """Launches per kernel instantiation since the module loaded (not reset by
+    ``clear_launches``)."""
+    return dict(_module().launch_counts())
+
+
+@contextlib.contextmanager
+def planted_fault(name):
+    """Break the kernel arguments of every emulated op within the block the
+    way a stride bug in the planner would (``"log_p_outer_stride"``,
+    ``"grad_out_outer_stride"``): for tests that show the emulator's checks
+    catch such a bug."""
+    emu = _module()
+    emu.plant_fault(name)
+    try:
+        yield
+    finally:
+        emu.plant_fault("none")

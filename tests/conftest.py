@@ -17,6 +17,11 @@ TOL = {
 }
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "no_launch(reason): an emulated-GPU test that, by design, launches no kernel")
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param

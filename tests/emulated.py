@@ -39,6 +39,39 @@ def run_emulated(fn, **device):
     return out, cuda_emulator.launches(clear=True)
 
 
+# node id -> the kernel instantiations that test launched (launch_census).
+CENSUS = {}
+
+
+@pytest.fixture(autouse=True)
+def launch_census(request):
+    """Autouse in the emulated test modules (they import it): records which
+    kernel instantiations each test launched, and fails a test that launched
+    none unless it is marked ``no_launch`` (a test that claims to exercise
+    the emulated GPU must run a kernel on it)."""
+    before = cuda_emulator.launch_counts()
+    yield
+    after = cuda_emulator.launch_counts()
+    launched = {k for k, n in after.items() if n > before.get(k, 0)}
+    CENSUS[request.node.nodeid] = launched
+    marker = request.node.get_closest_marker("no_launch")
+    if marker is None and not launched:
+        pytest.fail("launched no kernel on the emulated GPU: the test exercises nothing there "
+                    "(mark it no_launch, saying why, if that is its point)")
+    if marker is not None and launched:
+        pytest.fail(f"marked no_launch ({marker.args[0] if marker.args else ''}) but launched {sorted(launched)}")
+
+
+def instantiation(kernel, dtype, *args):
+    """The launch log's name of a kernel instantiation:
+    instantiation("reduce_rows_kernel", torch.float32, 4, 32, True) ->
+    'reduce_rows_kernel<float, 4, 32, true>'."""
+    names = {torch.float32: "float", torch.float64: "double", torch.float16: "Half",
+             torch.bfloat16: "BFloat16"}
+    parts = [names[dtype]] + [("true" if a else "false") if isinstance(a, bool) else str(a) for a in args]
+    return f"{kernel}<{', '.join(parts)}>"
+
+
 def kernels(launches, base):
     return [(parse(r["kernel"])[1], r) for r in launches if parse(r["kernel"])[0] == base]
 

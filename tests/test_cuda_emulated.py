@@ -13,8 +13,11 @@ import torch
 import iwae_fused
 from iwae_fused import reference as R
 
+from iwae_fused import cuda_emulator
+
 from conftest import DTYPES, TOL, close, log_weights_like
-from emulated import OPS, kernels, pytestmark, run_emulated, vec_width  # noqa: F401
+from emulated import (CENSUS, OPS, instantiation, kernels, launch_census, pytestmark,  # noqa: F401
+                      run_emulated, vec_width)
 
 # The small device that reaches the grid-z loop with a handful of outputs.
 TOY_Z = dict(max_grid_z=4)
@@ -102,6 +105,8 @@ def test_reduction_path(path, dtype, with_q):
     launches = check_iwelbo(p, q, dim, dtype, device=device)
     (args, rec), = kernels(launches, kernel)
     assert args[1] == str(vec_width(dtype)), "expected the 16-byte vector path"
+    extra = (int(tpr),) if kernel == "reduce_rows_kernel" else ()
+    assert rec["kernel"] == instantiation(kernel, dtype, vec_width(dtype), *extra, with_q)
     if kernel == "reduce_rows_kernel":
         assert args[2] == tpr
     elif kernel == "reduce_tiles_kernel":
@@ -206,6 +211,47 @@ def test_output_combinations_with_splitk(path, dtype):
     assert len(kernels(launches, reduce_kernel)) == 5
     assert all(r["grid"][1] > 1 for _, r in kernels(launches, reduce_kernel))
     assert len(kernels(launches, "merge_kernel")) == 5
+
+
+# ---- the scalar path (VEC = 1): rows not 16-byte aligned ---------------------
+# (family, shape, dim, kernel, threads per row, split-K, device)
+SCALAR = {
+    "rows-warp": ((6, 104), 1, "reduce_rows_kernel", 32, False, {}),
+    "rows-warp-splitk": ((3, 4096), 1, "reduce_rows_kernel", 32, True, {}),
+    "rows-block": ((2, 5000), 1, "reduce_rows_kernel", 256, False, dict(sm_count=1)),
+    "rows-block-splitk": ((2, 5000), 1, "reduce_rows_kernel", 256, True, {}),
+    "cols": ((72, 40), 0, "reduce_cols_kernel", None, False, {}),
+    "cols-splitk": ((1700, 12), 0, "reduce_cols_kernel", None, True, {}),
+    "tiles": ((40, 24), 1, "reduce_tiles_kernel", None, False, {}),
+}
+
+
+def offset_view(t, offset=1):
+    """t's values in a buffer at an element offset: no longer 16-byte aligned."""
+    buf = torch.full((t.numel() + offset,), float("nan"), dtype=t.dtype)
+    view = buf[offset:].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+@pytest.mark.parametrize("with_q", [True, False], ids=["log_q", "no_log_q"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("family", list(SCALAR))
+def test_scalar_path(family, dtype, with_q):
+    """Every reduction and the weights kernel with scalar loads (log_p one
+    element off alignment), with and without log_q; the scalar path splits K
+    where there are too few outputs (workspace + merge_kernel) as the vector
+    path does."""
+    shape, dim, kernel, tpr, split, device = SCALAR[family]
+    p, q = inputs(shape, dtype, with_q, seed=3)
+    launches = check_iwelbo(offset_view(p), q, dim, dtype, device=device)
+    extra = (tpr,) if tpr else ()
+    (_, rec), = kernels(launches, kernel)
+    assert rec["kernel"] == instantiation(kernel, dtype, 1, *extra, with_q)
+    assert (rec["grid"][1] > 1) == split
+    assert bool(kernels(launches, "merge_kernel")) == split
+    (_, w), = kernels(launches, "weights_kernel")
+    assert w["kernel"] == instantiation("weights_kernel", dtype, 1, with_q, kernel == "reduce_cols_kernel")
 
 
 # ---- the weights kernel ------------------------------------------------------
@@ -334,13 +380,169 @@ def test_renyi_and_large_magnitudes(layout, alpha, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", ["empty-batch", "K=1", "0-dim", "K=1-cols"])
+@pytest.mark.parametrize("case", [
+    pytest.param("empty-batch", marks=pytest.mark.no_launch("no outputs: nothing to launch")),
+    "K=1", "0-dim", "K=1-cols"])
 def test_degenerate_shapes(case, dtype):
     shape, dim = {"empty-batch": ((0, 5), 1), "K=1": ((7, 1), 1), "0-dim": ((), 0),
                   "K=1-cols": ((1, 7), 0)}[case]
     p, q = inputs(shape, dtype)
     launches = check_iwelbo(p, q, dim, dtype)
     assert bool(launches) == (case != "empty-batch")
+
+
+# ---- every loop's second and later passes --------------------------------------
+# Grid caps come from the device (max_grid_x, sm_count, max_grid_y/z), so a toy
+# device sends every grid-stride and tile loop through several passes with
+# small shapes. Each case: (op, shape, dim, device, the kernel whose loop it
+# drives, a predicate on that kernel's launch record: the loop took a second
+# pass). The values are checked against float64 and the CPU kernels, so a
+# loop whose later passes are broken (a wrong carry, a missing barrier
+# before shared memory is reused) fails here; tests/README.md lists which
+# case drives which loop.
+
+
+def beyond(work, per_block, axis=0):
+    """More work items than one pass of the grid along `axis` covers."""
+    return lambda r: work > per_block * r["grid"][axis]
+
+
+LOOPS = {
+    # reduce_rows_kernel: rows beyond grid.x (a warp per row, 8 per block)
+    "rows-warp-rows": ("iwelbo", (40, 104), 1, dict(max_grid_x=2), "reduce_rows_kernel",
+                       beyond(40, 8)),
+    # a block per row: its shared memory reused by the next row (after a barrier)
+    "rows-block-rows": ("iwelbo", (5, 4100), 1, dict(max_grid_x=2), "reduce_rows_kernel",
+                        beyond(5, 1)),
+    "rows-block-rows-splitk": ("iwelbo", (3, 33000), 1, dict(max_grid_x=2), "reduce_rows_kernel",
+                               lambda r: r["grid"][1] > 1 and 3 > r["grid"][0]),
+    # reduce_cols_kernel: outer slices beyond grid.z, shared memory reused per slice
+    "cols-outer": ("iwelbo", (10, 72, 8), 1, dict(max_grid_z=3), "reduce_cols_kernel",
+                   beyond(10, 1, axis=2)),
+    # reduce_tiles_kernel: tiles beyond grid.x, the tile reused (after a barrier)
+    "tiles-rows": ("iwelbo", (9000, 8), 1, dict(max_grid_x=2), "reduce_tiles_kernel",
+                   beyond(9000 * 8, 4096)),
+    "tiles-cols": ("iwelbo", (15, 8, 200), 1, dict(max_grid_x=2), "reduce_tiles_kernel",
+                   beyond(15, 2)),
+    # merge_kernel: outputs beyond grid.x, and on the H100 many blocks
+    "merge-outputs": ("iwelbo", (3, 260, 256), 1, dict(max_grid_x=2), "merge_kernel",
+                      beyond(768, 256)),
+    "merge-many-blocks": ("iwelbo", (3, 260, 256), 1, {}, "merge_kernel",
+                          lambda r: r["grid"][0] == 3),
+    # weights_kernel's grid-stride walk, its (outer, run, vector) digits
+    # carried; rows: runs are the geometry's inner positions, K-vectors within
+    # (float32: 10 vectors per run, stride 256: every digit carries; 100:
+    # the run digit carries into outer; 500: the vector digit alone moves)
+    "weights-rows-all-digits": ("grad", "rows:30,3,40", 1, dict(max_grid_x=1), "weights_kernel",
+                                beyond(30 * 3 * 40 / 4, 256)),
+    "weights-rows-run-carry": ("grad", "rows:6,3,400", 1, dict(max_grid_x=1), "weights_kernel",
+                               beyond(6 * 3 * 400 / 4, 256)),
+    "weights-rows-long-runs": ("grad", "rows:2,2,2000", 1, dict(max_grid_x=1), "weights_kernel",
+                               beyond(2 * 2 * 2000 / 4, 256)),
+    # columns: runs are (outer, k), vectors along the inner axis
+    "weights-cols-all-digits": ("grad", (30, 5, 24), 1, dict(max_grid_x=1), "weights_kernel",
+                                beyond(30 * 5 * 24 / 4, 256)),
+    "weights-cols-long-runs": ("grad", (3, 12, 1000), 1, dict(max_grid_x=8), "weights_kernel",
+                               beyond(3 * 12 * 1000 / 8, 256)),
+    # VIMCO
+    "vimco-tiles": ("vimco", (1500, 8), 1, dict(max_grid_x=1), "vimco_tiles_kernel",
+                    beyond(1500, 512)),
+    "vimco-rows": ("vimco", (20, 70), 1, dict(max_grid_x=2), "vimco_rows_kernel", beyond(20, 4)),
+    "vimco-merge-examples": ("vimco", (9, 600), 1, dict(max_grid_x=1), "vimco_merge_kernel",
+                             beyond(9, 4)),
+    # 33 pieces: lane 0 of the merge's warp takes pieces 0 and 32
+    "vimco-merge-pieces": ("vimco", (1, 8448), 1, {}, "vimco_rows_kernel",
+                           lambda r: r["grid"][1] > 32),
+    "vimco-cols": ("vimco", (6, 300), 0, dict(max_grid_x=1), "vimco_cols_kernel", beyond(300, 128)),
+    "vimco-backward": ("vimco", (6, 300), 0, dict(max_grid_x=1), "vimco_backward_kernel",
+                       beyond(1800, 128)),
+}
+
+
+def loop_inputs(shape, dtype, seed):
+    """Inputs for LOOPS: "rows:O,I,K" is an [O, K, I] tensor stored with K
+    fastest (so the kernels take it as rows with an inner size I > 1)."""
+    if isinstance(shape, str):
+        o, i, k = map(int, shape.split(":")[1].split(","))
+        p, q = inputs((o, i, k), dtype, seed=seed)
+        return p.transpose(1, 2), q.transpose(1, 2)
+    return inputs(shape, dtype, seed=seed)
+
+
+@pytest.mark.parametrize("order", ["xyz", "shuffled"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("case", list(LOOPS))
+def test_loop_later_passes(case, dtype, order):
+    op, shape, dim, device, kernel, reaches = LOOPS[case]
+    p, q = loop_inputs(shape, dtype, seed=hash(case) % 1000)
+    device = dict(device, block_order=order, seed=hash(case) % 97)
+    if op == "vimco":
+        out_shape = [s for d, s in enumerate(p.shape) if d != dim]
+        g = torch.randn(out_shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+
+        def run():
+            out, state = OPS._vimco_forward(p, q, dim, False)
+            return (out, state) + tuple(OPS.vimco_backward(g, state, p, q, dim, False, [True, True]))
+
+        emu, launches = run_emulated(run, **device)
+        for a, b in zip(emu, run()):
+            close(a, b, dtype, scale=4.0)
+        close(emu[0], R.vimco(p.double(), q.double(), dim), dtype)
+    else:
+        launches = check_iwelbo(p, q, dim, dtype, device=device)
+    recs = [r for _, r in kernels(launches, kernel)]
+    assert recs, f"{kernel} ran"
+    assert all(r["block_order"] == order for r in launches)
+    assert any(reaches(r) for r in recs), "the loop took a second pass"
+
+
+def test_column_blocks_beyond_the_device_grid_x_are_refused():
+    """The column kernel has no loop over grid.x (no GPU's 2^31 - 1 blocks
+    run out); a toy device with fewer is refused by name, not overrun."""
+    p = torch.randn(100, 300)  # 75 vectors of columns: 3 blocks of 25
+    with pytest.raises(RuntimeError, match=r"the column reduction over 300 columns needs 3 blocks "
+                                           r"along grid.x, more than the device's limit of 2"):
+        run_emulated(lambda: OPS.iwelbo(p, None, 0), max_grid_x=2)
+    run_emulated(lambda: OPS.iwelbo(p, None, 0), max_grid_x=3)
+
+
+# ---- full-size shapes on the H100 profile ------------------------------------
+
+
+@pytest.mark.parametrize("case", ["eval-rows-1024x5000", "eval-cols-5000x100", "B1-K100000",
+                                  "vimco-B1-K100000"])
+def test_full_size_shapes(case):
+    """Shapes users run, on the emulated H100: [1024, 5000] over dim 1 (a
+    block per row; the weights kernel's grid-stride walk carries past
+    132 x 32 blocks of 256 vectors), the evaluation columns [5000, 100] over
+    dim 0, and one example with K = 1e5 (split-K and the merge)."""
+    dtype = torch.float32
+    if case == "vimco-B1-K100000":
+        p, q = inputs((1, 100000), dtype)
+        g = torch.ones(1)
+
+        def run():
+            out, state = OPS._vimco_forward(p, q, 1, False)
+            return (out,) + tuple(OPS.vimco_backward(g, state, p, q, 1, False, [True, True]))
+
+        emu, launches = run_emulated(run)
+        for a, b in zip(emu, run()):  # the CPU kernels (the reference's signals are O(K^2))
+            close(a, b, dtype, scale=4.0)
+        lw = p.double() - q.double()
+        close(emu[0], torch.logsumexp(lw, 1) - math.log(lw.shape[1]), dtype)
+        (_, rec), = kernels(launches, "vimco_rows_kernel")
+        assert rec["grid"][1] > 32 and kernels(launches, "vimco_merge_kernel")
+        return
+    shape, dim = {"eval-rows-1024x5000": ((1024, 5000), 1), "eval-cols-5000x100": ((5000, 100), 0),
+                  "B1-K100000": ((1, 100000), 1)}[case]
+    p, q = inputs(shape, dtype)
+    launches = check_iwelbo(p, q, dim, dtype)
+    (_, w), = kernels(launches, "weights_kernel")
+    if case == "eval-rows-1024x5000":
+        assert w["grid"][0] == 132 * 32 and 1024 * 5000 / 4 > w["grid"][0] * 256, "the walk carries"
+        assert kernels(launches, "reduce_rows_kernel")[0][0][2] == "256"
+    if case == "B1-K100000":
+        assert kernels(launches, "merge_kernel")
 
 
 # ---- VIMCO -----------------------------------------------------------------
@@ -445,3 +647,37 @@ def test_random_cases_against_reference(c):
         close(a, b, c["dtype"], scale=1 + g.abs().max().item())
     if out.numel() and c["alpha"] != 1.0 and abs(1.0 - c["alpha"]) >= 0.25:
         assert launches, "the kernels ran on the emulated GPU"
+    dtype_name = instantiation("k", c["dtype"]).split("<")[1].rstrip(">")
+    for r in launches:  # every kernel of this case's dtype, with log_q iff given
+        args = r["kernel"].split("<")[1].rstrip(">").split(", ")
+        assert args[0] == dtype_name, r["kernel"]
+        if not r["kernel"].startswith("merge_kernel"):
+            has_q = args[-2] if r["kernel"].startswith("weights_kernel") else args[-1]
+            assert has_q == ("true" if q is not None else "false"), r["kernel"]
+
+
+# ---- every kernel instantiation is launched by an explicit test ---------------
+
+# Random cases cover paths by chance: they do not count here.
+RANDOM_TESTS = {"test_random_cases_against_reference"}
+
+
+@pytest.mark.no_launch("a census of the launches of the tests before it")
+def test_every_kernel_instantiation_is_launched(request):
+    """Every instantiation the CUDA host code can launch (registered by the
+    launch template at load, so the list comes from the dispatch code: every
+    dtype, vector width, layout and log_q branch) was launched by some
+    explicit test of this module (the test ids of tests/README.md). Runs last
+    in the module and only when the whole module ran."""
+    module_tests = {i.nodeid for i in request.node.parent.collect()} - {request.node.nodeid}
+    not_run = module_tests - CENSUS.keys()
+    if not_run:
+        pytest.skip(f"{len(not_run)} tests of this module did not run: the census needs them all")
+    launched = set()
+    for nodeid in module_tests:
+        if nodeid.split("::")[-1].split("[")[0] not in RANDOM_TESTS:
+            launched |= CENSUS[nodeid]
+    every = set(cuda_emulator.instantiations())
+    assert len(every) >= 124
+    never = sorted(every - launched)
+    assert not never, f"{len(never)} of {len(every)} kernel instantiations never launched: {never}"

@@ -14,10 +14,12 @@
 
 namespace iwae_fused::cuda::dev {
 
-// The limits the launch logic sizes its grids by.
+// The limits the launch logic sizes its grids by: every grid dimension is
+// capped by these (never by a literal), and a kernel loops over what does
+// not fit, so a small emulated device reaches every loop's later passes.
 struct Limits {
   int sm_count;
-  int64_t max_grid_y, max_grid_z;
+  int64_t max_grid_x, max_grid_y, max_grid_z;
 };
 Limits limits();
 
@@ -68,7 +70,8 @@ namespace iwae_fused::cuda::dev {
 
 inline Limits limits() {
   const auto* prop = at::cuda::getCurrentDeviceProperties();
-  return {prop->multiProcessorCount, prop->maxGridSize[1], prop->maxGridSize[2]};
+  return {prop->multiProcessorCount, prop->maxGridSize[0], prop->maxGridSize[1],
+          prop->maxGridSize[2]};
 }
 
 inline at::Tensor workspace(int64_t n, at::ScalarType dtype) {

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <type_traits>
 
 #include "../ops_glue.h"
 #include "../vimco_glue.h"
@@ -88,20 +89,31 @@ struct DeviceOps {
   }
 };
 
+// An op as registered: Dev::wrap<F>() where the backend wraps its ops (the
+// emulator: a scope that knows the op's storages), F itself otherwise.
+template <class Dev, auto F, typename = void>
+struct OpImpl {
+  static constexpr auto get() { return F; }
+};
+template <class Dev, auto F>
+struct OpImpl<Dev, F, std::void_t<decltype(Dev::template wrap<F>())>> {
+  static constexpr auto get() { return Dev::template wrap<F>(); }
+};
+
 template <class Dev>
 void register_device_ops(torch::Library& m) {
   using D = DeviceOps<Dev>;
-  m.impl("iwelbo", &D::iwelbo);
-  m.impl("_iwelbo_forward", &D::iwelbo_forward);
-  m.impl("iwelbo_backward", &D::iwelbo_backward);
-  m.impl("normalized_weights", &D::normalized_weights);
-  m.impl("logsumexp_stats", &D::logsumexp_stats);
-  m.impl("weight_diagnostics", &D::weight_diagnostics);
-  m.impl("dreg", &D::dreg);
-  m.impl("dreg_backward", &D::dreg_backward);
-  m.impl("vimco", &D::vimco);
-  m.impl("_vimco_forward", &D::vimco_forward);
-  m.impl("vimco_backward", &D::vimco_backward);
+  m.impl("iwelbo", OpImpl<Dev, &D::iwelbo>::get());
+  m.impl("_iwelbo_forward", OpImpl<Dev, &D::iwelbo_forward>::get());
+  m.impl("iwelbo_backward", OpImpl<Dev, &D::iwelbo_backward>::get());
+  m.impl("normalized_weights", OpImpl<Dev, &D::normalized_weights>::get());
+  m.impl("logsumexp_stats", OpImpl<Dev, &D::logsumexp_stats>::get());
+  m.impl("weight_diagnostics", OpImpl<Dev, &D::weight_diagnostics>::get());
+  m.impl("dreg", OpImpl<Dev, &D::dreg>::get());
+  m.impl("dreg_backward", OpImpl<Dev, &D::dreg_backward>::get());
+  m.impl("vimco", OpImpl<Dev, &D::vimco>::get());
+  m.impl("_vimco_forward", OpImpl<Dev, &D::vimco_forward>::get());
+  m.impl("vimco_backward", OpImpl<Dev, &D::vimco_backward>::get());
 }
 
 } // namespace iwae_fused

@@ -562,7 +562,8 @@ template <typename scalar_t, int VEC, bool HAS_Q>
 void launch_tiles(const ReduceArgs& a, int64_t slices_per_tile) {
   const int64_t tiles = ceil_div(a.outer, slices_per_tile);
   dev::launch<reduce_tiles_kernel<scalar_t, VEC, HAS_Q>>(
-      dim3(std::min<int64_t>(tiles, 1 << 30)), dim3(kThreads), a, slices_per_tile);
+      dim3(std::min<int64_t>(tiles, dev::limits().max_grid_x)), dim3(kThreads), a,
+      slices_per_tile);
 }
 
 template <typename scalar_t, int VEC, bool HAS_Q>
@@ -592,7 +593,7 @@ void launch_reduce(const ReduceArgs& a) {
     }
     kchunk = ceil_div(ceil_div(a.K, pieces), VEC) * VEC; // keeps pieces aligned
     pieces = ceil_div(a.K, kchunk);
-    grid = dim3(std::min<int64_t>(blocks, 1 << 30), pieces);
+    grid = dim3(std::min<int64_t>(blocks, lim.max_grid_x), pieces);
     block = dim3(kThreads);
   } else {
     const int64_t vec_cols = ceil_div(a.inner, VEC);
@@ -609,6 +610,11 @@ void launch_reduce(const ReduceArgs& a) {
     }
     const int ty = kThreads / tx;
     const int64_t gx = ceil_div(vec_cols, tx);
+    // No loop over x: a GPU's grid.x (2^31 - 1) outnumbers any column count
+    // that fits in memory; only a toy device can refuse it.
+    TORCH_CHECK(gx <= lim.max_grid_x, "iwae_fused: the column reduction over ", a.inner,
+                " columns needs ", gx, " blocks along grid.x, more than the device's limit of ",
+                lim.max_grid_x);
     const int64_t gz = std::min<int64_t>(a.outer, lim.max_grid_z); // the kernel loops over the rest
     const int64_t blocks = gx * gz;
     const int64_t target_blocks = wave(dev::resident_blocks<reduce_cols_kernel<scalar_t, VEC, HAS_Q>>(kThreads));
@@ -638,7 +644,7 @@ void launch_reduce(const ReduceArgs& a) {
     dev::launch<reduce_cols_kernel<scalar_t, VEC, HAS_Q>>(grid, block, a, kchunk, ws_ptr);
   }
   if (pieces > 1) {
-    const int64_t blocks = std::min<int64_t>(ceil_div(n_out, kThreads / 32), 1 << 30);
+    const int64_t blocks = std::min<int64_t>(ceil_div(n_out, kThreads / 32), lim.max_grid_x);
     dev::launch<merge_kernel<scalar_t>>(
         dim3(blocks), dim3(kThreads), a, static_cast<const opmath_t*>(ws_ptr), pieces);
   }
@@ -650,8 +656,9 @@ void launch_weights(const WeightsArgs& a) {
   const int64_t len = a.vec_k ? a.K : a.inner;
   const int64_t vecs_per_run = ceil_div(len, VEC);
   const int64_t total = runs * vecs_per_run;
+  const dev::Limits lim = dev::limits();
   const int64_t blocks = std::min<int64_t>(
-      ceil_div(total, kThreads), (int64_t)dev::limits().sm_count * 32);
+      {ceil_div(total, kThreads), (int64_t)lim.sm_count * 32, lim.max_grid_x});
   if (a.vec_k) {
     dev::launch<weights_kernel<scalar_t, VEC, HAS_Q, false>>(
         dim3(blocks), dim3(kThreads), a, runs, len, vecs_per_run);

@@ -146,9 +146,10 @@ __global__ void __launch_bounds__(kVimcoThreads) vimco_backward_kernel(VimcoArgs
 }
 
 int64_t blocks_for(int64_t items) {
+  const dev::Limits lim = dev::limits();
   return std::max<int64_t>(
-      1, std::min<int64_t>((items + kVimcoThreads - 1) / kVimcoThreads,
-                           (int64_t)dev::limits().sm_count * 32));
+      1, std::min<int64_t>({(items + kVimcoThreads - 1) / kVimcoThreads,
+                            (int64_t)lim.sm_count * 32, lim.max_grid_x}));
 }
 
 bool samples_contiguous(const VimcoArgs& a) {
@@ -172,7 +173,8 @@ void CudaVimco::vimco_forward(const VimcoArgs& a) {
     if (a.K <= kTileMaxK && consecutive(a.p) && consecutive(a.q)) {
       const int64_t per_tile = kTileElems / a.K, tiles = (n + per_tile - 1) / per_tile;
       dev::launch<vimco_tiles_kernel<scalar_t>>(
-          dim3(std::min<int64_t>(tiles, 1 << 30)), dim3(kVimcoThreads), a, per_tile);
+          dim3(std::min<int64_t>(tiles, dev::limits().max_grid_x)), dim3(kVimcoThreads), a,
+          per_tile);
       return;
     }
     const dev::Limits lim = dev::limits();
@@ -187,7 +189,7 @@ void CudaVimco::vimco_forward(const VimcoArgs& a) {
     }
     const int64_t kchunk = (a.K + pieces - 1) / pieces;
     pieces = (a.K + kchunk - 1) / kchunk;
-    const dim3 grid(std::min<int64_t>(blocks, 1 << 30), pieces);
+    const dim3 grid(std::min<int64_t>(blocks, lim.max_grid_x), pieces);
     if (pieces == 1) {
       dev::launch<vimco_rows_kernel<scalar_t>>(grid, dim3(kVimcoThreads), a, kchunk,
                                                static_cast<double*>(nullptr));
@@ -196,7 +198,7 @@ void CudaVimco::vimco_forward(const VimcoArgs& a) {
     at::Tensor ws = dev::workspace(pieces * vimco_math::kStateSize * n, at::kDouble);
     double* wsp = ws.mutable_data_ptr<double>();
     dev::launch<vimco_rows_kernel<scalar_t>>(grid, dim3(kVimcoThreads), a, kchunk, wsp);
-    dev::launch<vimco_merge_kernel<scalar_t>>(dim3(std::min<int64_t>(blocks, 1 << 30)),
+    dev::launch<vimco_merge_kernel<scalar_t>>(dim3(std::min<int64_t>(blocks, lim.max_grid_x)),
                                               dim3(kVimcoThreads), a,
                                               static_cast<const double*>(wsp), pieces);
   });

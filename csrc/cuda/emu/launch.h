@@ -32,12 +32,24 @@ void run_grid(const std::string& name, dim3 grid, dim3 block, void (*body)(void*
 // Resident blocks per SM of a kernel on the emulated device (runtime.h).
 int resident_blocks_of(const std::string& name, int threads);
 
+bool register_instantiation(const std::string& kernel);
+
+// Instantiated with launch<Kernel> (below), so every kernel the host code can
+// launch, whatever branch of its dispatch picks it, is registered at load.
+template <auto Kernel>
+struct Launchable {
+  static const bool registered;
+};
+template <auto Kernel>
+const bool Launchable<Kernel>::registered = register_instantiation(kernel_name<Kernel>());
+
 }  // namespace iwae_emu
 
 namespace iwae_fused::cuda::dev {
 
 template <auto Kernel, typename... Args>
 void launch(dim3 grid, dim3 block, const Args&... args) {
+  (void)iwae_emu::Launchable<Kernel>::registered;
   auto call = [&] { Kernel(args...); };  // each emulated thread: its own copies
   std::vector<int64_t> ints;
   (

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 #include <torch/extension.h>
 
+#include "faults.h"
 #include "runtime.h"
 #include "selftest.h"
 
@@ -46,6 +47,8 @@ py::dict record(const iwae_emu::LaunchRecord& r) {
   d["shared_wavefronts"] = r.shared_wavefronts;
   d["shared_ideal_wavefronts"] = r.shared_ideal_wavefronts;
   d["int_args"] = r.int_args;
+  d["block_order"] = r.block_order;
+  d["first_blocks"] = r.first_blocks;
   return d;
 }
 
@@ -58,6 +61,7 @@ PYBIND11_MODULE(_cuda_emu, m) {
     py::dict r;
     r["name"] = d.name;
     r["sm_count"] = d.sm_count;
+    r["max_grid_x"] = d.max_grid[0];
     r["max_grid_y"] = d.max_grid[1];
     r["max_grid_z"] = d.max_grid[2];
     r["shared_per_block"] = d.shared_per_block;
@@ -65,17 +69,45 @@ PYBIND11_MODULE(_cuda_emu, m) {
   });
   m.def(
       "set_device",
-      [](const std::string& name, int sm_count, int64_t max_grid_y, int64_t max_grid_z,
-         int64_t shared_per_block) {
-        TORCH_CHECK(sm_count >= 1 && max_grid_y >= 1 && max_grid_z >= 1 && shared_per_block >= 0,
-                    "CUDA emulator: device limits must be positive");
+      [](const std::string& name, int sm_count, int64_t max_grid_x, int64_t max_grid_y,
+         int64_t max_grid_z, int64_t shared_per_block) {
+        TORCH_CHECK(sm_count >= 1 && max_grid_x >= 1 && max_grid_y >= 1 && max_grid_z >= 1 &&
+                        max_grid_x <= 2147483647 && shared_per_block >= 0,
+                    "CUDA emulator: device limits must be positive (grid.x at most 2^31 - 1)");
         auto& d = iwae_emu::device();
         d.name = name, d.sm_count = sm_count;
-        d.max_grid[1] = max_grid_y, d.max_grid[2] = max_grid_z;
+        d.max_grid[0] = max_grid_x, d.max_grid[1] = max_grid_y, d.max_grid[2] = max_grid_z;
         d.shared_per_block = shared_per_block;
       },
-      py::arg("name"), py::arg("sm_count"), py::arg("max_grid_y"), py::arg("max_grid_z"),
-      py::arg("shared_per_block"));
+      py::arg("name"), py::arg("sm_count"), py::arg("max_grid_x"), py::arg("max_grid_y"),
+      py::arg("max_grid_z"), py::arg("shared_per_block"));
+  m.def(
+      "set_block_order",
+      [](const std::string& order, uint64_t seed) {
+        auto& s = iwae_emu::schedule();
+        if (order == "xyz") {
+          s.order = iwae_emu::BlockOrder::Xyz;
+        } else if (order == "reversed") {
+          s.order = iwae_emu::BlockOrder::Reversed;
+        } else if (order == "shuffled") {
+          s.order = iwae_emu::BlockOrder::Shuffled;
+        } else {
+          TORCH_CHECK(false, "CUDA emulator: block_order must be 'xyz', 'reversed' or 'shuffled', "
+                      "but got '", order, "'");
+        }
+        s.seed = seed;
+        s.launches = 0;
+      },
+      py::arg("order"), py::arg("seed") = 0);
+  m.def("block_order", [] {
+    const auto& s = iwae_emu::schedule();
+    const char* names[] = {"xyz", "reversed", "shuffled"};
+    return py::make_tuple(names[static_cast<int>(s.order)], s.seed);
+  });
+  m.def("instantiations", [] { return iwae_emu::instantiations(); });
+  m.def("launch_counts", [] { return iwae_emu::launch_counts(); });
+  m.def("plant_fault", &iwae_emu::plant_fault, py::arg("name"));
+  m.def("fault_names", &iwae_emu::fault_names);
   m.def("launches", [] {
     py::list l;
     for (const auto& r : iwae_emu::launch_log()) l.append(record(r));

@@ -7,14 +7,24 @@
 // Each kernel call runs in a Session that registers the global memory the
 // kernel-argument contract (kernel_args.h) allows: the extents of the
 // operands as inputs, the outputs as write-first regions that every byte of
-// must be written by the end of the call.
+// must be written by the end of the call. Each op runs in an OpMemory scope
+// (allocations.h), which knows the storages the op was given and made: every
+// access must lie in one of those too.
+//
+// Planted faults (faults.h) break the kernel arguments here the way a bug in
+// the planner would, for the tests that show the checks catch it.
 #include <torch/library.h>
 
 #include <c10/core/ScalarType.h>
 
+#include <optional>
+#include <type_traits>
+
 #include "../../schemas.h"
 #include "../device_ops.h"
 #include "../kernel_api.h"
+#include "allocations.h"
+#include "faults.h"
 #include "runtime.h"
 
 namespace iwae_fused {
@@ -47,24 +57,28 @@ void inputs(iwae_emu::Session& s, const Args& a, at::ScalarType dt) {
 template <typename Args>
 void gradient_regions(iwae_emu::Session& s, const Args& a) {
   if (a.g) s.input("grad", a.g, elem(a.dtype) * extent(a.outer, 1, a.inner, a.g_so, 0, a.g_si));
-  const int64_t out = elem(a.dtype) * extent(a.outer, a.K, a.inner, a.out_so, a.out_sk, a.out_si);
-  if (a.out_p) s.output("grad_log_p", a.out_p, out);
-  if (a.out_q) s.output("grad_log_q", a.out_q, out);
+  const int64_t e = elem(a.dtype);
+  const int64_t out = e * extent(a.outer, a.K, a.inner, a.out_so, a.out_sk, a.out_si);
+  if (a.out_p) s.output("grad_log_p", a.out_p, out, e);
+  if (a.out_q) s.output("grad_log_q", a.out_q, out, e);
 }
 
 struct EmuKernels {
-  static void reduce(const ReduceArgs& a) {
+  static void reduce(const ReduceArgs& args) {
+    const ReduceArgs a = iwae_emu::planted(args);
     iwae_emu::Session s;
     const int64_t n = a.outer * a.inner;
+    const int64_t e = elem(a.dtype), oe = opmath_elem(a.dtype);
     inputs(s, a, a.dtype);
-    if (a.out) s.output("out", a.out, n * elem(a.dtype));
-    if (a.stats) s.output("stats", a.stats, 2 * n * opmath_elem(a.dtype));
-    if (a.ess) s.output("ess", a.ess, n * elem(a.dtype));
-    if (a.max_w) s.output("max_w", a.max_w, n * elem(a.dtype));
+    if (a.out) s.output("out", a.out, n * e, e);
+    if (a.stats) s.output("stats", a.stats, 2 * n * oe, oe);
+    if (a.ess) s.output("ess", a.ess, n * e, e);
+    if (a.max_w) s.output("max_w", a.max_w, n * e, e);
     cuda::CudaKernels::reduce(a);
     s.check_outputs_written();
   }
-  static void weights(const WeightsArgs& a) {
+  static void weights(const WeightsArgs& args) {
+    const WeightsArgs a = iwae_emu::planted(args);
     iwae_emu::Session s;
     const int64_t n = a.outer * a.inner;
     inputs(s, a, a.dtype);
@@ -77,16 +91,18 @@ struct EmuKernels {
 };
 
 struct EmuVimco {
-  static void vimco_forward(const VimcoArgs& a) {
+  static void vimco_forward(const VimcoArgs& args) {
+    const VimcoArgs a = iwae_emu::planted(args);
     iwae_emu::Session s;
     const int64_t n = a.outer * a.inner;
     inputs(s, a, a.dtype);
-    s.output("out", a.out, n * elem(a.dtype));
-    s.output("state", a.state, vimco_math::kStateSize * n * 8);
+    s.output("out", a.out, n * elem(a.dtype), elem(a.dtype));
+    s.output("state", a.state, vimco_math::kStateSize * n * 8, 8);
     cuda::CudaVimco::vimco_forward(a);
     s.check_outputs_written();
   }
-  static void vimco_backward(const VimcoArgs& a) {
+  static void vimco_backward(const VimcoArgs& args) {
+    const VimcoArgs a = iwae_emu::planted(args);
     iwae_emu::Session s;
     const int64_t n = a.outer * a.inner;
     inputs(s, a, a.dtype);
@@ -94,6 +110,30 @@ struct EmuVimco {
     gradient_regions(s, a);
     cuda::CudaVimco::vimco_backward(a);
     s.check_outputs_written();
+  }
+};
+
+// The storages of an op's tensor arguments, for its OpMemory scope.
+inline void note(iwae_emu::OpMemory& m, const at::Tensor& t) {
+  if (t.defined() && t.has_storage() && t.storage().data()) {
+    m.note(t.storage().data(), static_cast<int64_t>(t.storage().nbytes()));
+  }
+}
+inline void note(iwae_emu::OpMemory& m, const std::optional<at::Tensor>& t) {
+  if (t.has_value()) note(m, *t);
+}
+template <typename T>
+inline void note(iwae_emu::OpMemory&, const T&) {}
+
+// An op of DeviceOps run in an OpMemory scope that knows its arguments' storages.
+template <auto F>
+struct Scoped;
+template <typename R, typename... A, R (*F)(A...)>
+struct Scoped<F> {
+  static R call(A... args) {
+    iwae_emu::OpMemory mem;
+    (note(mem, args), ...);
+    return F(std::forward<A>(args)...);
   }
 };
 
@@ -107,6 +147,11 @@ struct EmuDevice {
   };
   using Kernels = EmuKernels;
   using Vimco = EmuVimco;
+  // device_ops.h registers each op through this.
+  template <auto F>
+  static constexpr auto wrap() {
+    return &Scoped<F>::call;
+  }
 };
 
 } // namespace

@@ -22,6 +22,15 @@
 // is a race, as compute-sanitizer's racecheck reports it. __syncwarp does not
 // order shared accesses here (no kernel communicates through shared memory
 // within a warp); racecheck would accept such code, this would flag it.
+//
+// Global memory, within a launch: every element of an output or workspace
+// keeps its last writer (block, thread, epoch) and, if read, its readers. A
+// conflicting access (one of the two a write) by another thread is a race
+// unless both threads are in one block with a __syncthreads between: CUDA
+// orders nothing across the blocks of a launch, which the emulator runs one
+// after another, so without this check a block reading what an earlier one
+// wrote would always pass. (No kernel uses atomics; none are modelled.)
+// Launches are ordered (one stream), so the record starts afresh with each.
 #include "runtime.h"
 
 #include <ATen/ops/empty.h>
@@ -30,11 +39,14 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <numeric>
+#include <random>
 #include <sstream>
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "allocations.h"
 #include "fiber.h"
 #include "../device_api.h"
 #include "launch.h"
@@ -52,6 +64,36 @@ std::vector<LaunchRecord>& launch_log() {
   return log;
 }
 
+Schedule& schedule() {
+  static Schedule s;
+  return s;
+}
+
+namespace {
+std::vector<std::string>& registry() {
+  static std::vector<std::string> r;
+  return r;
+}
+std::map<std::string, int64_t>& counts() {
+  static std::map<std::string, int64_t> c;
+  return c;
+}
+}  // namespace
+
+bool register_instantiation(const std::string& kernel) {
+  auto& r = registry();
+  if (std::find(r.begin(), r.end(), kernel) == r.end()) r.push_back(kernel);
+  return true;
+}
+
+const std::vector<std::string>& instantiations() {
+  return registry();
+}
+
+const std::map<std::string, int64_t>& launch_counts() {
+  return counts();
+}
+
 bool count_requests = false;
 bool plan_only = false;
 
@@ -61,14 +103,37 @@ constexpr size_t kStackBytes = 64 * 1024;
 
 // ---- global memory: the regions of the op being run ------------------------
 
+// The last write of an element within the launch: the block (+1; 0: none),
+// and the thread and the block's barrier epoch, packed.
+struct LastWrite {
+  uint32_t block = 0;
+  uint32_t thread_epoch = 0;  // thread << 22 | epoch
+};
+constexpr int kEpochBits = 22;
+
+// The reads of an element within the launch (few: only workspaces are read
+// where they are written, by a later launch).
+struct Reads {
+  uint32_t block = 0, epoch = 0;  // the last reader's
+  uint32_t thread = 0;
+  bool several_threads = false;  // of that block and epoch
+  bool several_blocks = false;
+};
+
 struct Region {
   std::string name;
   uintptr_t lo = 0, hi = 0;
+  uintptr_t alloc_lo = 0, alloc_hi = 0;  // the storage that holds it
   bool writable = false, workspace = false;
   std::vector<uint8_t> written;  // writable regions only
+  int64_t elem = 1;  // bytes per element: the unit of the race check
+  std::vector<LastWrite> last_write;  // per element, this launch; writable only
+  bool touched = false;  // last_write holds something of this launch
 };
 std::vector<Region> g_regions;
 int g_sessions = 0;
+// (region, element) -> its reads in this launch
+std::unordered_map<uint64_t, Reads> g_reads;
 
 // ---- execution state of the block being run --------------------------------
 
@@ -104,7 +169,7 @@ struct ByteShadow {
   bool r_multi = false, init = false;
 };
 
-struct SharedArray {
+struct SharedRegion {
   std::string name;
   uintptr_t lo = 0, hi = 0;
   std::vector<ByteShadow> shadow;
@@ -137,13 +202,14 @@ struct Block {
   void (*body)(void*) = nullptr;
   void* ctx = nullptr;
   uint3 idx;
+  uint32_t linear = 0;  // x + gx (y + gy z)
   dim3 bdim, gdim;
   std::vector<Thread> threads;
   std::vector<Warp> warps;
   int live = 0, exited = 0;
   int bar_arrived = 0, bar_line = 0, epoch = 0;
   const char* bar_file = "";
-  std::vector<SharedArray> shared;
+  std::vector<SharedRegion> shared;
   int64_t shared_bytes = 0;
   std::map<std::tuple<int, uintptr_t, uint64_t>, Request> requests;
   std::map<std::tuple<int, uintptr_t, uint64_t>, Request> shared_requests;
@@ -517,7 +583,7 @@ void declare_shared(void* base, size_t bytes, const char* name) {
   Block* b = t_block;
   TORCH_CHECK(b, "CUDA emulator: shared memory declared outside a kernel");
   const auto lo = reinterpret_cast<uintptr_t>(base);
-  for (const SharedArray& a : b->shared) {
+  for (const SharedRegion& a : b->shared) {
     if (a.lo == lo) return;
   }
   b->shared_bytes += static_cast<int64_t>(bytes);
@@ -527,7 +593,7 @@ void declare_shared(void* base, size_t bytes, const char* name) {
          std::to_string(device().shared_per_block) + " bytes per block");
   }
   b->rec->shared_bytes = std::max(b->rec->shared_bytes, b->shared_bytes);
-  SharedArray a;
+  SharedRegion a;
   a.name = name, a.lo = lo, a.hi = lo + bytes;
   a.shadow.resize(bytes);
   b->shared.push_back(std::move(a));
@@ -540,8 +606,8 @@ void check_shared(const void* p, size_t bytes, bool store) {
   TORCH_CHECK(t, "CUDA emulator: shared memory accessed outside a kernel");
   const auto a = reinterpret_cast<uintptr_t>(p);
   const char* what = store ? "store" : "load";
-  SharedArray* arr = nullptr;
-  for (SharedArray& s : b->shared) {
+  SharedRegion* arr = nullptr;
+  for (SharedRegion& s : b->shared) {
     if (a >= s.lo && a + bytes <= s.hi) arr = &s;
   }
   if (!arr) fail(std::string("out-of-bounds shared-memory ") + what + " of " + std::to_string(bytes) + " bytes");
@@ -603,6 +669,75 @@ std::string describe(uintptr_t a) {
   }
   return os.str();
 }
+
+std::string block_name(const Block& b, uint32_t linear) {
+  return fmt3(linear % b.gdim.x, (linear / b.gdim.x) % b.gdim.y, linear / (b.gdim.x * b.gdim.y));
+}
+
+// The race check of global memory (the header comment says what it models).
+void check_global_order(const Block& b, const Thread& t, Region& r, size_t ri, uintptr_t a,
+                        size_t bytes, bool store) {
+  if (b.epoch >= (1 << kEpochBits)) fail("more barriers in one block than the race check can tell apart");
+  const uint32_t me_block = b.linear + 1, me = static_cast<uint32_t>(t.linear) << kEpochBits | b.epoch;
+  const uint32_t epoch = static_cast<uint32_t>(b.epoch), tid = static_cast<uint32_t>(t.linear);
+  if (r.last_write.empty()) r.last_write.resize((r.hi - r.lo + r.elem - 1) / r.elem);
+  r.touched = true;
+  const uint64_t e0 = (a - r.lo) / r.elem, e1 = (a + bytes - 1 - r.lo) / r.elem;
+  for (uint64_t e = e0; e <= e1; ++e) {
+    auto where = [&] {
+      std::ostringstream os;
+      os << r.name << "[" << e << "] (address 0x" << std::hex << (r.lo + e * r.elem) << std::dec
+         << ")";
+      return os.str();
+    };
+    auto who = [&](uint32_t block1, uint32_t thread) {
+      return "thread " + thread_name(b, static_cast<int>(thread)) + " of block " +
+          block_name(b, block1 - 1);
+    };
+    auto why = [&](uint32_t block1) {
+      return block1 != me_block
+          ? std::string(", another block of the same launch (CUDA does not order the blocks of a launch)")
+          : std::string(", with no __syncthreads between");
+    };
+    LastWrite& w = r.last_write[e];
+    if (w.block) {
+      const uint32_t wt = w.thread_epoch >> kEpochBits, we = w.thread_epoch & ((1u << kEpochBits) - 1);
+      const bool ordered = w.block == me_block && (wt == tid || we < epoch);
+      if (!ordered) {
+        fail("global-memory race on " + where() + ": " +
+             (store ? "written here and by " : "read here, written by ") + who(w.block, wt) +
+             why(w.block));
+      }
+    }
+    const uint64_t key = static_cast<uint64_t>(ri) << 48 | e;
+    if (store) {
+      auto it = g_reads.find(key);
+      if (it != g_reads.end()) {
+        const Reads& rd = it->second;
+        const bool ordered = !rd.several_blocks && rd.block == me_block &&
+            (rd.epoch < epoch || (!rd.several_threads && rd.thread == tid));
+        if (!ordered) {
+          fail("global-memory race on " + where() + ": written here after " + who(rd.block, rd.thread) +
+               (rd.several_threads || rd.several_blocks ? " and others" : "") + " read it" +
+               why(rd.several_blocks ? 0 : rd.block));
+        }
+      }
+      w.block = me_block, w.thread_epoch = me;
+    } else {
+      Reads& rd = g_reads[key];
+      if (!rd.block) {
+        rd.block = me_block, rd.epoch = epoch, rd.thread = tid;
+      } else if (rd.block != me_block) {
+        rd.several_blocks = true;
+        rd.block = me_block, rd.epoch = epoch, rd.thread = tid;
+      } else if (rd.epoch != epoch) {
+        rd.epoch = epoch, rd.thread = tid, rd.several_threads = false;
+      } else if (rd.thread != tid) {
+        rd.several_threads = true;
+      }
+    }
+  }
+}
 }  // namespace
 
 void check_global(const void* p, size_t bytes, bool store) {
@@ -617,13 +752,29 @@ void check_global(const void* p, size_t bytes, bool store) {
          std::to_string(bytes) + "-byte boundary (the device faults)");
   }
   Region* r = nullptr;
-  for (Region& g : g_regions) {
+  size_t ri = 0;
+  for (; ri < g_regions.size(); ++ri) {
+    Region& g = g_regions[ri];
     if (a >= g.lo && a + bytes <= g.hi) {
       r = &g;
       break;
     }
   }
   if (!r) fail(std::string("out-of-bounds global ") + what + " of " + std::to_string(bytes) + " bytes, " + describe(a));
+  if (a < r->alloc_lo || a + bytes > r->alloc_hi) {
+    std::ostringstream os;
+    os << "out-of-bounds global " << what << " of " << bytes << " bytes, outside the storage of "
+       << r->name << " (" << (r->alloc_hi - r->alloc_lo) << " bytes): ";
+    if (a >= r->alloc_hi) {
+      os << (a - r->alloc_hi) << " bytes past its end";
+    } else if (a < r->alloc_lo) {
+      os << (r->alloc_lo - a) << " bytes before its start";
+    } else {
+      os << "straddling its end";
+    }
+    os << ", though within the extent its kernel arguments describe (a stride the planner got wrong)";
+    fail(os.str());
+  }
   if (store) {
     if (!r->writable) fail("store to the read-only input " + r->name);
     std::memset(r->written.data() + (a - r->lo), 1, bytes);
@@ -635,6 +786,7 @@ void check_global(const void* p, size_t bytes, bool store) {
       }
     }
   }
+  if (r->writable) check_global_order(*b, *t, *r, ri, a, bytes, store);
   LaunchRecord& rec = *b->rec;
   ++t->ops;
   (store ? rec.store_bytes : rec.load_bytes) += static_cast<int64_t>(bytes);
@@ -723,15 +875,43 @@ void run_grid(const std::string& name, dim3 grid, dim3 block, void (*body)(void*
   rec.int_args = std::move(int_args);
   if (plan_only) return;
   g_load_sectors.clear(), g_store_sectors.clear();
-  for (unsigned z = 0; z < grid.z; ++z) {
-    for (unsigned y = 0; y < grid.y; ++y) {
-      for (unsigned x = 0; x < grid.x; ++x) {
-        Block b;
-        b.kernel = &rec.kernel, b.rec = &rec, b.body = body, b.ctx = ctx;
-        b.idx = {x, y, z}, b.bdim = block, b.gdim = grid;
-        run_block(b);
+  ++counts()[name];
+  // The race check's record is per launch: forgotten however the launch ends.
+  struct Forget {
+    ~Forget() {
+      for (Region& r : g_regions) {
+        if (r.touched) std::fill(r.last_write.begin(), r.last_write.end(), LastWrite{});
+        r.touched = false;
       }
+      g_reads.clear();
     }
+  } forget;
+  const int64_t n = g[0] * g[1] * g[2];
+  std::vector<uint32_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0u);
+  Schedule& sch = schedule();
+  const uint64_t number = sch.launches++;
+  if (sch.order == BlockOrder::Reversed) {
+    std::reverse(order.begin(), order.end());
+    rec.block_order = "reversed";
+  } else if (sch.order == BlockOrder::Shuffled) {
+    std::seed_seq seq{static_cast<uint32_t>(sch.seed), static_cast<uint32_t>(sch.seed >> 32),
+                      static_cast<uint32_t>(number), static_cast<uint32_t>(number >> 32)};
+    std::mt19937_64 rng(seq);
+    std::shuffle(order.begin(), order.end(), rng);
+    rec.block_order = "shuffled";
+  } else {
+    rec.block_order = "xyz";
+  }
+  for (size_t i = 0; i < order.size(); ++i) {
+    const uint32_t l = order[i];
+    if (i < 8) rec.first_blocks.push_back(l);
+    Block b;
+    b.kernel = &rec.kernel, b.rec = &rec, b.body = body, b.ctx = ctx;
+    b.idx = {l % grid.x, (l / grid.x) % grid.y, l / (grid.x * grid.y)};
+    b.linear = l;
+    b.bdim = block, b.gdim = grid;
+    run_block(b);
   }
   rec.load_distinct_sectors = static_cast<int64_t>(g_load_sectors.size());
   rec.store_distinct_sectors = static_cast<int64_t>(g_store_sectors.size());
@@ -751,26 +931,37 @@ Session::~Session() {
 }
 
 namespace {
-void add_region(const char* name, const void* base, int64_t bytes, bool writable, bool ws) {
+void add_region(const char* name, const void* base, int64_t bytes, bool writable, bool ws,
+                int64_t elem) {
   if (bytes <= 0) return;
   TORCH_CHECK(base != nullptr, "CUDA emulator: illegal address: ", name,
               " is a null pointer (", bytes, " bytes expected)");
+  const std::optional<Allocation> alloc = find_allocation(base);
+  TORCH_CHECK(alloc.has_value(), "CUDA emulator: illegal address: ", name,
+              " lies in no storage that the op was given or allocated");
   Region r;
   r.name = name, r.lo = reinterpret_cast<uintptr_t>(base), r.hi = r.lo + bytes;
-  r.writable = writable, r.workspace = ws;
-  if (writable) r.written.assign(bytes, 0);
+  r.alloc_lo = alloc->lo, r.alloc_hi = alloc->hi;
+  r.writable = writable, r.workspace = ws, r.elem = std::max<int64_t>(elem, 1);
+  if (writable && !plan_only) r.written.assign(bytes, 0);  // nothing runs in plan-only mode
   g_regions.push_back(std::move(r));
 }
 }  // namespace
 
 void Session::input(const char* name, const void* base, int64_t bytes) {
-  add_region(name, base, bytes, false, false);
+  add_region(name, base, bytes, false, false, 1);
 }
-void Session::output(const char* name, void* base, int64_t bytes) {
-  add_region(name, base, bytes, true, false);
-  // An element no kernel writes reads as NaN (not in plan-only mode: the
-  // kernels do not run, and a full-size output stays untouched).
-  if (bytes > 0 && !plan_only) std::memset(base, 0xff, bytes);
+void Session::output(const char* name, void* base, int64_t bytes, int64_t elem) {
+  add_region(name, base, bytes, true, false, elem);
+  // An element no kernel writes reads as NaN (within the storage: a region
+  // wider than it is an error at the first access, not here; not in
+  // plan-only mode, where no kernel runs and a full-size output stays
+  // untouched).
+  if (bytes > 0 && !plan_only && !g_regions.empty() &&
+      g_regions.back().lo == reinterpret_cast<uintptr_t>(base)) {
+    const Region& r = g_regions.back();
+    std::memset(base, 0xff, std::min(r.hi, r.alloc_hi) - r.lo);
+  }
 }
 
 void Session::check_outputs_written() const {
@@ -791,13 +982,14 @@ namespace iwae_fused::cuda::dev {
 
 Limits limits() {
   const auto& d = iwae_emu::device();
-  return {d.sm_count, d.max_grid[1], d.max_grid[2]};
+  return {d.sm_count, d.max_grid[0], d.max_grid[1], d.max_grid[2]};
 }
 
 at::Tensor workspace(int64_t n, at::ScalarType dtype) {
   TORCH_CHECK(iwae_emu::g_sessions > 0, "CUDA emulator: a workspace outside an op");
   at::Tensor t = at::empty({n}, at::TensorOptions().dtype(dtype));
-  iwae_emu::add_region("workspace", t.data_ptr(), static_cast<int64_t>(t.nbytes()), true, true);
+  iwae_emu::add_region("workspace", t.data_ptr(), static_cast<int64_t>(t.nbytes()), true, true,
+                       static_cast<int64_t>(t.element_size()));
   if (!iwae_emu::plan_only) std::memset(t.data_ptr(), 0xff, t.nbytes());
   return t;
 }

@@ -28,17 +28,34 @@ struct DeviceProps {
 };
 DeviceProps& device();
 
+// The order in which the blocks of a launch run. CUDA promises none: a
+// kernel whose result depends on it is wrong, and running the blocks in
+// another order than x, y, z (reversed, or shuffled afresh for each launch
+// from the seed and the launch's number) shows it.
+enum class BlockOrder { Xyz, Reversed, Shuffled };
+struct Schedule {
+  BlockOrder order = BlockOrder::Xyz;
+  uint64_t seed = 0;
+  uint64_t launches = 0;  // since the order was set: the shuffle of launch n is (seed, n)
+};
+Schedule& schedule();
+
 // Global memory a kernel may touch: each op registers the extents of its
-// operands (from the kernel-argument contract of kernel_args.h). Inputs are
-// read-only; outputs and workspaces (cuda/device_api.h) are write-first: a read of a byte
-// nothing wrote is an error (initcheck), and a byte no kernel wrote by the
-// end of the op is one too.
+// operands (from the kernel-argument contract of kernel_args.h), each of
+// which must also lie in a storage the op owns (allocations.h): an access
+// is checked against both. Inputs are read-only; outputs and workspaces
+// (cuda/device_api.h) are write-first: a read of a byte nothing wrote is an
+// error (initcheck), and a byte no kernel wrote by the end of the op is one
+// too. Within a launch, an output element written by one thread and read
+// or written by another without an order CUDA guarantees (another block, or
+// the same block with no __syncthreads between) is a race; `elem` is the
+// element size, the unit of that check.
 class Session {
  public:
   Session();
   ~Session();
   void input(const char* name, const void* base, int64_t bytes);
-  void output(const char* name, void* base, int64_t bytes);
+  void output(const char* name, void* base, int64_t bytes, int64_t elem);
   // Every output byte written? Throws naming the output and the first hole.
   void check_outputs_written() const;
   Session(const Session&) = delete;
@@ -82,8 +99,18 @@ struct LaunchRecord {
   // The launch's integer arguments in order (chunk sizes, pieces, run
   // lengths): what the planner decided beside grid and block.
   std::vector<int64_t> int_args;
+  std::string block_order;  // "xyz", "reversed" or "shuffled"
+  std::vector<int64_t> first_blocks;  // linear indices of the first blocks run, in order
 };
 std::vector<LaunchRecord>& launch_log();
+
+// Every kernel instantiation the host code can launch: each instantiation of
+// the launch template (launch.h) registers its kernel when the module loads,
+// so the list comes from the dispatch code itself.
+const std::vector<std::string>& instantiations();
+bool register_instantiation(const std::string& kernel);
+// Launches per kernel since the module loaded (clear_launches keeps them).
+const std::map<std::string, int64_t>& launch_counts();
 
 // Request-level counting (sectors, lanes) costs memory per block; off unless
 // asked for.

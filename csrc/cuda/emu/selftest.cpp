@@ -13,6 +13,7 @@
 #include <map>
 
 #include "../device_api.h"
+#include "allocations.h"
 #include "runtime.h"
 
 namespace iwae_emu::selftest {
@@ -92,14 +93,51 @@ __global__ void big_shared_kernel(float* out) {
   st_global(out + threadIdx.x, ld_shared(buf + threadIdx.x));
 }
 
-// Runs `launch` in a session with an input of kN + 4 floats and an output
-// of kN floats; returns the output.
-at::Tensor run(const std::function<void(const float*, float*)>& launch, int64_t outputs = kN) {
+// Two blocks of kN / 2 threads; broken: both write the first half of out.
+template <bool BROKEN>
+__global__ void two_blocks_write_kernel(const float* in, float* out) {
+  const int i = (BROKEN ? 0 : blockIdx.x * blockDim.x) + threadIdx.x;
+  st_global(out + i, ld_global(in + i));
+}
+
+// Each block copies its half of in to out; broken: block 1 then also reads
+// an element block 0 wrote (no order between blocks).
+template <bool BROKEN>
+__global__ void cross_block_read_kernel(const float* in, float* out) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  st_global(out + i, ld_global(in + i));
+  const int j = BROKEN && blockIdx.x == 1 ? threadIdx.x : i;
+  st_global(out + i, ld_global(out + j) + 1.0f);
+}
+
+// Every thread writes its element, then its neighbour's; correct twin: a
+// __syncthreads between the two writes orders them, as CUDA guarantees.
+template <bool BROKEN>
+__global__ void block_write_order_kernel(const float* in, float* out) {
+  st_global(out + threadIdx.x, ld_global(in + threadIdx.x));
+  if (!BROKEN) __syncthreads();
+  st_global(out + (threadIdx.x + 1) % blockDim.x, 2.0f);
+}
+
+// Reads in at an offset; broken: past the end of in's storage, though within
+// the (too wide) extent its "kernel arguments" declare, as a planner stride
+// bug would.
+template <bool BROKEN>
+__global__ void storage_bounds_kernel(const float* in, float* out) {
+  st_global(out + threadIdx.x, ld_global(in + threadIdx.x + (BROKEN ? kN : 0)));
+}
+
+// Runs `launch` in an op's scope and session with an input of kN + 4 floats
+// (in_elems of which are declared as the kernel's input) and an output of
+// `outputs` floats; returns the output.
+at::Tensor run(const std::function<void(const float*, float*)>& launch, int64_t outputs = kN,
+               int64_t in_elems = kN) {
+  OpMemory mem;  // in and out are allocated in it, so they are the op's storages
   at::Tensor in = at::arange(kN + 4, at::kFloat);
   at::Tensor out = at::empty({outputs}, at::kFloat);
   Session s;
-  s.input("in", in.data_ptr(), kN * 4);  // the last 4 floats lie outside the input
-  s.output("out", out.data_ptr(), outputs * 4);
+  s.input("in", in.data_ptr(), in_elems * 4);  // by default the last 4 floats lie outside the input
+  s.output("out", out.data_ptr(), outputs * 4, 4);
   launch(in.data_ptr<float>(), out.data_ptr<float>());
   s.check_outputs_written();
   return out;
@@ -144,6 +182,23 @@ at::Tensor case_for(const std::string& name) {
       launch<unwritten_kernel<false>>(dim3(1), dim3(B ? 1025 : kN), o);
     }, B ? 1025 : kN);
   }
+  if (name == "global_write_race") {
+    return run([](const float* i, float* o) {
+      launch<two_blocks_write_kernel<B>>(dim3(2), dim3(kN / 2), i, o);
+    });
+  }
+  if (name == "global_read_race") {
+    return run([](const float* i, float* o) {
+      launch<cross_block_read_kernel<B>>(dim3(2), dim3(kN / 2), i, o);
+    });
+  }
+  if (name == "global_race_in_block") {
+    return run([](const float* i, float* o) { launch<block_write_order_kernel<B>>(dim3(1), dim3(kN), i, o); });
+  }
+  if (name == "storage_bounds") {
+    return run([](const float* i, float* o) { launch<storage_bounds_kernel<B>>(dim3(1), dim3(kN), i, o); },
+               kN, 2 * kN);
+  }
   if (name == "zero_grid") {
     return run([](const float*, float* o) { launch<unwritten_kernel<false>>(dim3(B ? 0 : 1), dim3(kN), o); });
   }
@@ -155,7 +210,8 @@ at::Tensor case_for(const std::string& name) {
 std::vector<std::string> cases() {
   return {"divergent_shuffle", "divergent_barrier", "shared_race", "tail_read",
           "misaligned_vector_load", "uninitialised_shared", "unwritten_output",
-          "shared_over_limit", "grid_y_over_limit", "block_over_limit", "zero_grid"};
+          "shared_over_limit", "grid_y_over_limit", "block_over_limit", "zero_grid",
+          "global_write_race", "global_read_race", "global_race_in_block", "storage_bounds"};
 }
 
 at::Tensor run_case(const std::string& name, bool broken) {

@@ -14,10 +14,13 @@
 //    when they cannot: a mask naming a lane that does not arrive, lanes at
 //    different call sites, a barrier some thread never reaches;
 //  * memory through ld_global / st_global / ld_shared / st_shared, which
-//    check bounds, alignment, initialisation and (shared) races, and count
-//    bytes and 32-byte sectors per warp-level request; IWAE_SHARED declares
-//    per-block shared memory. A bare __shared__ does not compile here, so no
-//    kernel can bypass the checks.
+//    check bounds, alignment, initialisation and races, and count bytes and
+//    32-byte sectors per warp-level request; IWAE_SHARED declares per-block
+//    shared memory. A bare __shared__ does not compile here, and neither does
+//    indexing or dereferencing an IWAE_SHARED array (`sm[i] = x`, `*(sm + i)`):
+//    the array is an object whose only use is `sm + i`, a checked pointer
+//    that only ld_shared / st_shared accept, so no kernel can bypass the
+//    checks (under nvcc it is a plain __shared__ array, device_api.h).
 #pragma once
 
 #include <cstddef>
@@ -88,9 +91,77 @@ void count_log();
 // Per-block shared memory: one array per declaration, which the emulator
 // registers for the block running it. thread_local because each host thread
 // runs one block at a time, and the block's emulated threads all run on it.
-#define IWAE_SHARED(T, name, count)     \
-  static thread_local T name[count];    \
-  ::iwae_emu::declare_shared(name, sizeof(name), #name)
+#define IWAE_SHARED(T, name, count)                          \
+  static thread_local ::iwae_emu::SharedArray<T, (count)> name; \
+  ::iwae_emu::declare_shared(::iwae_emu::detail::storage(name), sizeof(name), #name)
+
+namespace iwae_emu {
+
+template <typename T>
+class SharedPtr;
+template <typename T, size_t N>
+class SharedArray;
+namespace detail {
+template <typename T>
+T* unchecked(SharedPtr<T> p);
+template <typename T, size_t N>
+void* storage(SharedArray<T, N>& a);
+}  // namespace detail
+
+// A position in an IWAE_SHARED array: what `name + i` gives. It moves by
+// further offsets and is read and written only through ld_shared and
+// st_shared; it has no dereference, so `*(sm + i)` does not compile.
+template <typename T>
+class SharedPtr {
+ public:
+  template <typename I, typename = std::enable_if_t<std::is_integral_v<I>>>
+  SharedPtr operator+(I i) const {
+    return SharedPtr(p_ + i);
+  }
+
+ private:
+  template <typename, size_t>
+  friend class SharedArray;
+  friend T* detail::unchecked<T>(SharedPtr<T>);
+  explicit SharedPtr(T* p) : p_(p) {}
+  T* p_;
+};
+
+// An IWAE_SHARED array: no indexing and no decay to a pointer; `name + i`
+// is its one operation.
+template <typename T, size_t N>
+class SharedArray {
+ public:
+  template <typename I, typename = std::enable_if_t<std::is_integral_v<I>>>
+  SharedPtr<T> operator+(I i) const {
+    return SharedPtr<T>(const_cast<T*>(data_) + i);
+  }
+  template <typename I>
+  void operator[](I) const {
+    static_assert(sizeof(I) == 0,
+                  "shared memory is accessed with ld_shared(name + i) / st_shared(name + i, v), "
+                  "which the emulator checks, never by indexing");
+  }
+
+ private:
+  friend void* detail::storage<T, N>(SharedArray<T, N>&);
+  T data_[N];
+};
+
+namespace detail {
+// The raw address, for the emulator's own checked accessors and the
+// registration of the array (never for kernel code).
+template <typename T>
+T* unchecked(SharedPtr<T> p) {
+  return p.p_;
+}
+template <typename T, size_t N>
+void* storage(SharedArray<T, N>& a) {
+  return a.data_;
+}
+}  // namespace detail
+
+}  // namespace iwae_emu
 
 namespace iwae_emu::detail {
 template <typename T>
@@ -160,12 +231,14 @@ IWAE_EMU_INLINE void st_global(T* p, V v) {
   *p = static_cast<T>(v);
 }
 template <typename T>
-IWAE_EMU_INLINE T ld_shared(const T* p) {
-  iwae_emu::check_shared(p, sizeof(T), false);
-  return *p;
+IWAE_EMU_INLINE T ld_shared(iwae_emu::SharedPtr<T> p) {
+  T* raw = iwae_emu::detail::unchecked(p);
+  iwae_emu::check_shared(raw, sizeof(T), false);
+  return *raw;
 }
 template <typename T, typename V>
-IWAE_EMU_INLINE void st_shared(T* p, V v) {
-  iwae_emu::check_shared(p, sizeof(T), true);
-  *p = static_cast<T>(v);
+IWAE_EMU_INLINE void st_shared(iwae_emu::SharedPtr<T> p, V v) {
+  T* raw = iwae_emu::detail::unchecked(p);
+  iwae_emu::check_shared(raw, sizeof(T), true);
+  *raw = static_cast<T>(v);
 }
