@@ -15,6 +15,10 @@ Environment:
                          by the host compiler and run on the CPU by an emulator (the
                          test suite's CUDA cases; scripts/run.sh test sets it)
     IWAE_FUSED_DEBUG=1   -O0 -g, for debugging the kernels
+    IWAE_FUSED_EMU_COVERAGE=1  build only iwae_fused._cuda_emu, instrumented for gcov
+                         (line and branch coverage of the CUDA device code); for
+                         `setup.py build_ext` into a folder of its own, as
+                         scripts/emu_coverage.sh does, never for an install
 """
 
 import glob
@@ -176,27 +180,53 @@ def _extension():
     return ext, with_cuda
 
 
-def _emulator_extension():
+# The device code whose coverage the emulated build measures (gcov instruments
+# only functions defined in these files: the emulator itself stays fast).
+EMU_COVERAGE_FILES = ["kernels_cuda.cu", "vimco_cuda.cu", "tiles.h", "online_lse.h",
+                      "vimco_math.h", "global_memory.h"]
+
+
+def _emulator_extension(coverage=False):
     """The CUDA sources again, compiled by the host compiler against the
     emulator (csrc/cuda/emu/): no GPU and no CUDA toolkit needed. A module of
-    its own, so the emulated kernels never share symbols with the real ones."""
+    its own, so the emulated kernels never share symbols with the real ones.
+    With coverage, the device code is compiled unoptimised (so lines and
+    branches are the source's) and instrumented for gcov."""
     sources = [os.path.join("csrc", "plan.cpp")]
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "emu", "*.cpp")))
     cxx = ["-O2", "-fdiagnostics-color=always", "-Wno-unknown-pragmas"]
+    link = []
+    macros = [("IWAE_CUDA_EMU", None)]
     if _env_flag("IWAE_FUSED_DEBUG"):
         cxx = ["-O0", "-g", "-Wno-unknown-pragmas"]
+    if coverage:
+        cxx += ["--coverage", "-fprofile-filter-files=" + ";".join(EMU_COVERAGE_FILES)]
+        link += ["--coverage"]
+        macros += [("IWAE_EMU_COVERAGE", None)]
     return cpp_extension.CppExtension(
         name="iwae_fused._cuda_emu",
         sources=sources,
-        define_macros=[("IWAE_CUDA_EMU", None)],
+        define_macros=macros,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": cxx},
+        extra_link_args=link,
     )
 
 
 if torch is None or "sdist" in sys.argv[1:]:
     # An sdist is torch-agnostic: no extension decided, no torch tag in the version.
     EXTENSIONS, CMDCLASS, FULL_VERSION = [], {}, VERSION
+elif _env_flag("IWAE_FUSED_EMU_COVERAGE"):
+    if "build_ext" not in sys.argv[1:] or set(sys.argv[1:]) & {"install", "develop", "bdist_wheel",
+                                                              "editable_wheel"}:
+        raise RuntimeError(
+            "IWAE_FUSED_EMU_COVERAGE=1 builds only the instrumented emulator, for "
+            "`setup.py build_ext --build-lib DIR` (scripts/emu_coverage.sh); "
+            "install without it."
+        )
+    EXTENSIONS = [_emulator_extension(coverage=True)]
+    CMDCLASS = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    FULL_VERSION = _local_version(False)
 else:
     EXTENSION, WITH_CUDA = _extension()
     EXTENSIONS = [EXTENSION] + ([_emulator_extension()] if _env_flag("IWAE_FUSED_CUDA_EMU") else [])

@@ -6,6 +6,7 @@ covers, and each test asserts from the launch log that the path was taken
 (tests/README.md has the coverage table)."""
 
 import math
+import zlib
 
 import pytest
 import torch
@@ -91,7 +92,18 @@ PATHS = {
     "tiles-small-inner": ((90, 50, 2), 1, "reduce_tiles_kernel", None, False, {}),
     "tiles-cols-K8": ((8, 200), 0, "reduce_tiles_kernel", None, False, {}),
     "tiles-rows-multi-tile": ((9000, 8), 1, "reduce_tiles_kernel", None, False, {}),
+    # enough blocks to fill the device (a one-SM toy wants two): K never split
+    "rows-warp-full-grid": ((20, 104), 1, "reduce_rows_kernel", "32", False, dict(sm_count=1)),
+    "cols-full-grid": ((70, 512), 0, "reduce_cols_kernel", 32, False, dict(sm_count=1)),
+    # 80 vectors of columns: 3 blocks of 27 threads per row, the last one idle
+    "cols-idle-threads": (lambda v: (40, 80 * v), 0, "reduce_cols_kernel", 27, False, {}),
+    # K = 1 in columns: any inner size keeps 16-byte vectors, the last one partial
+    "cols-K1-tail": ((1, 4101), 0, "reduce_cols_kernel", None, False, {}),
 }
+
+
+def seed_of(name):
+    return zlib.crc32(name.encode()) % 1000
 
 
 @pytest.mark.parametrize("with_q", [True, False], ids=["log_q", "no_log_q"])
@@ -101,7 +113,9 @@ def test_reduction_path(path, dtype, with_q):
     shape, dim, kernel, tpr, split, device = PATHS[path]
     if shape is None:  # one vector of columns per output row: block.x == 1
         shape = (5, 70, vec_width(dtype))
-    p, q = inputs(shape, dtype, with_q, seed=hash(path) % 1000)
+    elif callable(shape):
+        shape = shape(vec_width(dtype))
+    p, q = inputs(shape, dtype, with_q, seed=seed_of(path))
     launches = check_iwelbo(p, q, dim, dtype, device=device)
     (args, rec), = kernels(launches, kernel)
     assert args[1] == str(vec_width(dtype)), "expected the 16-byte vector path"
@@ -215,15 +229,18 @@ def test_output_combinations_with_splitk(path, dtype):
 
 # ---- the scalar path (VEC = 1): rows not 16-byte aligned ---------------------
 # (family, shape, dim, kernel, threads per row, split-K, device)
+# (K not a multiple of the column kernel's 4 rows per step, nor of the tile
+# kernel's: their last step's lanes past K read as -inf.)
 SCALAR = {
-    "rows-warp": ((6, 104), 1, "reduce_rows_kernel", 32, False, {}),
+    "rows-warp": ((20, 104), 1, "reduce_rows_kernel", 32, False, dict(sm_count=1)),
     "rows-warp-splitk": ((3, 4096), 1, "reduce_rows_kernel", 32, True, {}),
     # one wave of a 1-SM device (8 resident blocks by threads): 8 rows, no split
     "rows-block": ((8, 5000), 1, "reduce_rows_kernel", 256, False, dict(sm_count=1)),
     "rows-block-splitk": ((2, 5000), 1, "reduce_rows_kernel", 256, True, {}),
-    "cols": ((72, 40), 0, "reduce_cols_kernel", None, False, {}),
-    "cols-splitk": ((1700, 12), 0, "reduce_cols_kernel", None, True, {}),
-    "tiles": ((40, 24), 1, "reduce_tiles_kernel", None, False, {}),
+    "cols": ((71, 40), 0, "reduce_cols_kernel", None, False, dict(sm_count=1)),
+    "cols-splitk": ((1701, 12), 0, "reduce_cols_kernel", None, True, {}),
+    "tiles": ((40, 23), 1, "reduce_tiles_kernel", None, False, {}),
+    "tiles-cols": ((7, 200), 0, "reduce_tiles_kernel", None, False, {}),
 }
 
 
@@ -252,7 +269,33 @@ def test_scalar_path(family, dtype, with_q):
     assert (rec["grid"][1] > 1) == split
     assert bool(kernels(launches, "merge_kernel")) == split
     (_, w), = kernels(launches, "weights_kernel")
-    assert w["kernel"] == instantiation("weights_kernel", dtype, 1, with_q, kernel == "reduce_cols_kernel")
+    cols = family.startswith("cols") or family.endswith("-cols")
+    assert w["kernel"] == instantiation("weights_kernel", dtype, 1, with_q, cols)
+
+
+def test_short_slices_not_contiguous_skip_the_tile():
+    """Tiles read whole contiguous slices: columns cut from wider rows (K = 8
+    samples of 37 of 40 columns) take the column kernel; three rows of K = 8
+    cut from rows of 16, read through a transpose (K contiguous, the rows 16
+    apart), take the row kernel."""
+    p0, q = inputs((8, 40), torch.float32)
+    launches = check_iwelbo(p0[:, :37], q[:, :37], 0, torch.float32)
+    assert kernels(launches, "reduce_cols_kernel") and not kernels(launches, "reduce_tiles_kernel")
+    p0, q = inputs((1, 3, 16), torch.float32)
+    p, q = p0[:, :, :8].transpose(1, 2), q[:, :, :8].transpose(1, 2)  # [1, 8, 3] over dim 1
+    launches = check_iwelbo(p, q, 1, torch.float32)
+    assert kernels(launches, "reduce_rows_kernel") and not kernels(launches, "reduce_tiles_kernel")
+
+
+def test_tile_count_keeps_vector_alignment():
+    """A tile holds whole slices, as many as keep every tile 16-byte aligned
+    (tiles.h): 63 x 32 floats, two slices a tile, 16-byte vectors; 63 x 33,
+    one odd-sized slice a tile, which no multiple can align: scalar loads."""
+    for inner, vec in [(32, 4), (33, 1)]:
+        p, q = inputs((3, 63, inner), torch.float32)
+        launches = check_iwelbo(p, q, 1, torch.float32)
+        (_, rec), = kernels(launches, "reduce_tiles_kernel")
+        assert rec["kernel"] == instantiation("reduce_tiles_kernel", torch.float32, vec, True)
 
 
 # ---- the weights kernel ------------------------------------------------------
@@ -285,6 +328,45 @@ def test_weights_kernel(dtype, layout, grad, mask):
     launches = check_iwelbo(p, q, dim, dtype, g=g, mask=mask)
     (args, _), = kernels(launches, "weights_kernel")
     assert args[3] == ("false" if layout == "rows" else "true")  # COLS
+
+
+@pytest.mark.parametrize("layout", ["rows", "cols"])
+@pytest.mark.parametrize("with_q", [True, False], ids=["log_q", "no_log_q"])
+@pytest.mark.parametrize("width", ["vector", "scalar"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_weights_kernel_tails_masks_and_modes(dtype, width, with_q, layout):
+    """Every weights-kernel instantiation with a partial last vector (one row
+    of K = 37, or one row of 37 columns: the only outputs 16-byte vectors
+    leave a tail in), each output mask, the incoming gradient contiguous,
+    expanded and absent (normalized_weights), and DReG's two corrections;
+    against the CPU kernels."""
+    dim = 1 if layout == "rows" else 0
+    p, q = inputs((1, 37), dtype, with_q, seed=5)
+    if width == "scalar":
+        p = offset_view(p)
+    out_shape = (1,) if layout == "rows" else (37,)
+    gen = torch.Generator().manual_seed(4)
+    grads = [torch.randn(out_shape, generator=gen).to(dtype),  # contiguous
+             torch.randn((), generator=gen).to(dtype).expand(out_shape),  # expanded
+             offset_view(torch.randn(out_shape, generator=gen).to(dtype))]  # unaligned
+
+    def run():
+        _, stats = OPS._iwelbo_forward(p, q, dim, False, 0.0)
+        res = [OPS.normalized_weights(p, q, dim)]
+        for g in grads:
+            for mask in ([True, True], [True, False], [False, True]):
+                res += OPS.iwelbo_backward(g, stats, p, q, dim, False, 0.0, mask)
+        if q is not None:
+            for z_weight in ("dreg", "rws"):
+                res += OPS.dreg_backward(grads[0], stats, p, q, dim, z_weight)
+        return res
+
+    emu, launches = run_emulated(run)
+    for a, b in zip(emu, run()):
+        close(a, b, dtype)
+    vec = vec_width(dtype) if width == "vector" else 1
+    weights = {r["kernel"] for _, r in kernels(launches, "weights_kernel")}
+    assert weights == {instantiation("weights_kernel", dtype, vec, with_q, layout == "cols")}
 
 
 @pytest.mark.parametrize("z_weight", ["dreg", "rws", "stl"])
@@ -476,8 +558,8 @@ def loop_inputs(shape, dtype, seed):
 @pytest.mark.parametrize("case", list(LOOPS))
 def test_loop_later_passes(case, dtype, order):
     op, shape, dim, device, kernel, reaches = LOOPS[case]
-    p, q = loop_inputs(shape, dtype, seed=hash(case) % 1000)
-    device = dict(device, block_order=order, seed=hash(case) % 97)
+    p, q = loop_inputs(shape, dtype, seed=seed_of(case))
+    device = dict(device, block_order=order, seed=seed_of(case))
     if op == "vimco":
         out_shape = [s for d, s in enumerate(p.shape) if d != dim]
         g = torch.randn(out_shape, generator=torch.Generator().manual_seed(2)).to(dtype)
@@ -594,6 +676,71 @@ def test_vimco(path, dtype, special):
     assert (rec["grid"][1] > 1) == split
     assert bool(kernels(launches, "vimco_merge_kernel")) == split
     assert kernels(launches, "vimco_backward_kernel")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("path", ["rows-tiles", "rows-warp", "rows-splitk", "cols-thread"])
+def test_vimco_nan_empty_examples_and_masks(path, dtype):
+    """An example with a NaN sample (NaN bound and gradients, in the per-lane
+    states, their shuffle merges and the pieces' merge) and an example whose
+    samples are all -inf (bound -inf, zero gradients), on every forward
+    path; the backward with each output mask. Against the CPU kernels."""
+    shape, dim, kernel, _ = VIMCO_PATHS[path]
+    p, q = inputs(shape, dtype)
+    clean = p.clone()
+    x = p.movedim(dim, -1)
+    x[0, 5] = math.nan
+    if x.shape[0] > 1:
+        x[1, :] = -math.inf
+    out_shape = [s for d, s in enumerate(shape) if d != dim]
+    g = torch.randn(out_shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+
+    def run():
+        out, state = OPS._vimco_forward(p, q, dim, False)
+        res = [out, state]
+        for mask in ([True, True], [True, False], [False, True]):
+            res += OPS.vimco_backward(g, state, p, q, dim, False, mask)
+        # a NaN sample against a state without it (log_p changed in between):
+        # still NaN, never a number
+        res += OPS.vimco_backward(g, OPS._vimco_forward(clean, q, dim, False)[1], p, q, dim, False,
+                                  [True, True])
+        return res
+
+    emu, launches = run_emulated(run)
+    cpu = run()
+    # A NaN example's state is NaN in its max; its other words are left as
+    # the NaN found them, which differs with the order samples were absorbed
+    # in (and nothing reads them: every signal of that example is NaN).
+    nan = emu[1][0].isnan()
+    assert torch.equal(nan, cpu[1][0].isnan()) and nan.any()
+    emu[1][1:, nan] = cpu[1][1:, nan] = 0
+    for a, b in zip(emu, cpu):
+        torch.testing.assert_close(a, b, equal_nan=True, **TOL[dtype])
+    assert emu[0].movedim(0, -1).reshape(-1)[0].isnan()
+    assert emu[-2].movedim(dim, -1)[0, 5].isnan() and emu[-1].movedim(dim, -1)[0, 5].isnan()
+    if x.shape[0] > 1:
+        assert emu[0].reshape(-1)[1] == -math.inf
+    assert kernels(launches, kernel)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("path", ["rows-warp", "rows-warp-splitk", "cols-one-piece", "cols-splitk",
+                                  "tiles-rows-K64"])
+def test_diagnostics_of_special_slices(path, dtype):
+    """ESS and the largest weight of an all -inf slice (0 and 0: no weight to
+    spread), of a slice with +inf and one with NaN, on each reduction path."""
+    shape, dim, kernel = PATHS[path][:3]
+    p, q = inputs(shape, dtype)
+    x = p.movedim(dim, -1)
+    x[0, :] = -math.inf
+    x[1, 3] = math.inf
+    x[2, 7] = math.nan
+    emu, launches = run_emulated(lambda: OPS.weight_diagnostics(p, q, dim))
+    cpu = OPS.weight_diagnostics(p, q, dim)
+    for a, b in zip(emu, cpu):
+        torch.testing.assert_close(a, b, equal_nan=True, **TOL[dtype])
+    assert emu[0][0] == 0 and emu[1][0] == 0
+    assert kernels(launches, kernel)
 
 
 def test_autograd_training_step_runs_on_the_emulated_gpu():

@@ -101,13 +101,51 @@ __device__ __forceinline__ void load_log_w_rows(
   }
 }
 
-// Fold the first n of VEC values (the rest are -inf, the state's identity)
-// into one state (m, s, t): one rescale, n exponentials. t, the weights'
-// second moment, serves the diagnostics only; it costs one fma per element,
-// nothing next to the loads of a memory-bound kernel.
+// One step of kRowsPerStep rows of VEC columns for the column kernel: a
+// whole step (every row present, whole vectors) with all its loads in
+// flight at once; otherwise row by row, masked. No branch where VEC == 1.
+template <typename scalar_t, typename opmath_t, int VEC, bool HAS_Q>
+__device__ __forceinline__ void load_cols_step(
+    const ReduceArgs& a, const scalar_t* p, const scalar_t* q, int64_t o, int64_t k,
+    int64_t k1, int64_t i0, int64_t avail, opmath_t beta, opmath_t (&x)[kRowsPerStep][VEC]) {
+  if constexpr (VEC > 1) {
+    if (avail >= VEC && k + kRowsPerStep <= k1) {
+      load_log_w_rows<scalar_t, opmath_t, VEC, kRowsPerStep, HAS_Q>(
+          p, q, o * a.p.so + k * a.p.sk + i0, HAS_Q ? o * a.q.so + k * a.q.sk + i0 : 0,
+          a.p.sk, a.q.sk, beta, x);
+      return;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kRowsPerStep; ++j) {
+    const int64_t kk = k + j;
+    load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(
+        p, q, o * a.p.so + kk * a.p.sk + i0, HAS_Q ? o * a.q.so + kk * a.q.sk + i0 : 0,
+        kk < k1 ? avail : 0, beta, x[j]);
+  }
+}
+
+// Fold VEC values into one state (m, s, t): one rescale, VEC exponentials.
+// t, the weights' second moment, serves the diagnostics only; it costs one
+// fma per element, nothing next to the loads of a memory-bound kernel.
 template <typename opmath_t, int VEC>
 __device__ __forceinline__ void absorb(
-    opmath_t& m, opmath_t& s, opmath_t& t, const opmath_t (&x)[VEC], int n = VEC) {
+    opmath_t& m, opmath_t& s, opmath_t& t, const opmath_t (&x)[VEC]) {
+  using Lane = LaneOps<opmath_t>;
+  const opmath_t sh = absorb_max2(m, s, t, max_of(x));
+#pragma unroll
+  for (int c = 0; c < VEC; ++c) {
+    const opmath_t e = Lane::exp(x[c] - sh);
+    s += e;
+    t += e * e;
+  }
+}
+
+// The same for the first n of the VEC values (the rest are -inf, the
+// state's identity): n exponentials.
+template <typename opmath_t, int VEC>
+__device__ __forceinline__ void absorb_first(
+    opmath_t& m, opmath_t& s, opmath_t& t, const opmath_t (&x)[VEC], int n) {
   using Lane = LaneOps<opmath_t>;
   const opmath_t sh = absorb_max2(m, s, t, max_of(x));
 #pragma unroll
@@ -119,6 +157,11 @@ __device__ __forceinline__ void absorb(
     }
   }
 }
+
+// Where lane c of a VEC-wide access is tested against the `avail` (>= 1)
+// elements left, `VEC == 1 ||` states that the lane of a scalar access is
+// always live (its caller's loop bound holds): that instantiation then has
+// no test that could never fail.
 
 // The final state of output idx: to the workspace of its K piece
 // ([3][pieces][outputs]: m, s, t), or finalised into out (dtype), stats
@@ -256,21 +299,7 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
       for (int64_t k = k0 + (int64_t)ty * kRowsPerStep; k < k1;
            k += (int64_t)TY * kRowsPerStep) {
         opmath_t x[kRowsPerStep][VEC];
-        if (VEC > 1 && avail >= VEC && k + kRowsPerStep <= k1) {
-          // A whole step: all its rows' vectors in flight at once.
-          load_log_w_rows<scalar_t, opmath_t, VEC, kRowsPerStep, HAS_Q>(
-              p, q, o * a.p.so + k * a.p.sk + i0, HAS_Q ? o * a.q.so + k * a.q.sk + i0 : 0,
-              a.p.sk, a.q.sk, beta, x);
-        } else {
-#pragma unroll
-          for (int j = 0; j < kRowsPerStep; ++j) {
-            const int64_t kk = k + j;
-            load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(
-                p, q, o * a.p.so + kk * a.p.sk + i0,
-                HAS_Q ? o * a.q.so + kk * a.q.sk + i0 : 0, kk < k1 ? avail : 0,
-                beta, x[j]);
-          }
-        }
+        load_cols_step<scalar_t, opmath_t, VEC, HAS_Q>(a, p, q, o, k, k1, i0, avail, beta, x);
 #pragma unroll
         for (int c = 0; c < VEC; ++c) {
           opmath_t col[kRowsPerStep];
@@ -298,7 +327,7 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
       }
 #pragma unroll
       for (int c = 0; c < VEC; ++c) {
-        if (i0 + c < a.inner) {
+        if (VEC == 1 || c < a.inner - i0) {
           emit<scalar_t>(a, ws, piece, o * a.inner + i0 + c, m[c], s[c], t[c]);
         }
       }
@@ -340,7 +369,7 @@ __global__ void __launch_bounds__(kThreads) reduce_tiles_kernel(
       load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(p, q, base + u, base + u, n - u, beta, x);
 #pragma unroll
       for (int c = 0; c < VEC; ++c) {
-        if (u + c < n) st_shared(tile + tile_pos(u + c), x[c]);
+        if (VEC == 1 || c < n - u) st_shared(tile + tile_pos(u + c), x[c]);
       }
     }
     __syncthreads();
@@ -355,7 +384,7 @@ __global__ void __launch_bounds__(kThreads) reduce_tiles_kernel(
         for (int c = 0; c < kRowsPerStep; ++c) {
           x[c] = c < n_k ? ld_shared(tile + tile_pos(e0 + (k + c) * tk)) : opmath_t(-INFINITY);
         }
-        absorb<opmath_t, kRowsPerStep>(m, s, t, x, n_k);
+        absorb_first<opmath_t, kRowsPerStep>(m, s, t, x, n_k);
       }
       emit<scalar_t>(a, static_cast<opmath_t*>(nullptr), 0, o0 * inner + j, m, s, t);
     }
@@ -420,13 +449,13 @@ struct RunWalker {
   }
 };
 
-// VEC values of T at p with stride 0 (one broadcast value) or 1, the first
-// `avail` real: in 16-byte vectors where contiguous and aligned.
+// VEC contiguous values of T at p, the first `avail` (>= 1) real: in 16-byte
+// vectors where aligned.
 template <typename T, int VEC>
-__device__ __forceinline__ void load_run(const T* p, int64_t stride, int64_t avail, T (&out)[VEC]) {
+__device__ __forceinline__ void load_run(const T* p, int64_t avail, T (&out)[VEC]) {
   constexpr int kPer = sizeof(T) >= 16 ? 1 : 16 / sizeof(T);
   if constexpr (VEC % kPer == 0 && VEC > 1) {
-    if (stride == 1 && avail >= VEC && reinterpret_cast<uintptr_t>(p) % 16 == 0) {
+    if (avail >= VEC && reinterpret_cast<uintptr_t>(p) % 16 == 0) {
 #pragma unroll
       for (int c = 0; c < VEC; c += kPer) {
         const auto pk = ld_global(reinterpret_cast<const Pack<T, kPer>*>(p + c));
@@ -436,14 +465,8 @@ __device__ __forceinline__ void load_run(const T* p, int64_t stride, int64_t ava
       return;
     }
   }
-  if (stride == 0) {
-    const T one = ld_global(p);
 #pragma unroll
-    for (int c = 0; c < VEC; ++c) out[c] = one;
-    return;
-  }
-#pragma unroll
-  for (int c = 0; c < VEC; ++c) out[c] = c < avail ? ld_global(p + c) : T(0);
+  for (int c = 0; c < VEC; ++c) out[c] = VEC == 1 || c < avail ? ld_global(p + c) : T(0);
 }
 
 // Element-wise weights over runs of `len` contiguous elements: (o, k) runs
@@ -476,11 +499,17 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
       poff = o * a.p.so + k * a.p.sk + j;
       qoff = HAS_Q ? o * a.q.so + k * a.q.sk + j : 0;
       ooff = o * a.out_so + k * a.out_sk + j;
-      load_run(shift + o * a.inner + j, 1, avail, sh); // one output per column
-      load_run(log_norm + o * a.inner + j, 1, avail, ln);
+      load_run(shift + o * a.inner + j, avail, sh); // one output per column
+      load_run(log_norm + o * a.inner + j, avail, ln);
       if (g) {
         scalar_t gs[VEC];
-        load_run(g + o * a.g_so + j * a.g_si, a.g_si, avail, gs);
+        if (a.g_si == 0) { // the expanded gradient of a .sum(): one value
+          const scalar_t one = ld_global(g + o * a.g_so);
+#pragma unroll
+          for (int c = 0; c < VEC; ++c) gs[c] = one;
+        } else {
+          load_run(g + o * a.g_so + j, avail, gs);
+        }
 #pragma unroll
         for (int c = 0; c < VEC; ++c) gv[c] = static_cast<opmath_t>(gs[c]);
       }
@@ -499,15 +528,18 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
     Pack<scalar_t, VEC> wp, wq;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
-      const bool live = c < avail;
+      const bool live = VEC == 1 || c < avail;
       const opmath_t wn = live ? Lane::weight(x[c] - sh[c], ln[c]) : opmath_t(0);
       const opmath_t w = g && live ? wn * gv[c] : wn;
       wp.v[c] = static_cast<scalar_t>(w);
-      // -g w; DReG's z-path corrections g w (w - 1) and -g w w (kernel_args.h).
-      wq.v[c] = static_cast<scalar_t>(
-          a.mode == kNegWeight ? -w
-              : a.mode == kDregSquare ? w * (wn - opmath_t(1))
-                                      : -w * wn);
+      // -g w; DReG's z-path corrections g w (w - 1) and -g w w (kernel_args.h),
+      // which only come with log_q (DReG has no form without it).
+      opmath_t wq_c = -w;
+      if constexpr (HAS_Q) {
+        if (a.mode == kDregSquare) wq_c = w * (wn - opmath_t(1));
+        if (a.mode == kDregRws) wq_c = -w * wn;
+      }
+      wq.v[c] = static_cast<scalar_t>(wq_c);
     }
     if (VEC > 1 && avail >= VEC) {
       if (out_p) st_global(reinterpret_cast<Pack<scalar_t, VEC>*>(out_p + ooff), wp);
@@ -515,7 +547,7 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
     } else {
 #pragma unroll
       for (int c = 0; c < VEC; ++c) {
-        if (c < avail) {
+        if (VEC == 1 || c < avail) {
           if (out_p) st_global(out_p + ooff + c, wp.v[c]);
           if (out_q) st_global(out_q + ooff + c, wq.v[c]);
         }
@@ -549,6 +581,14 @@ template <typename Args>
 bool operand_aligned(const Strided& op, const Args& g, int vec) {
   return g.vec_k ? runs_aligned(op.data, op.so, g.outer, op.si, g.inner, vec)
                  : runs_aligned(op.data, op.so, g.outer, op.sk, g.K, vec);
+}
+
+// The column kernel has no loop over grid.x: a GPU's 2^31 - 1 blocks outnumber
+// any column count that fits in memory; only a toy device can refuse them.
+void check_column_blocks(int64_t columns, int64_t gx, const dev::Limits& lim) {
+  TORCH_CHECK(gx <= lim.max_grid_x, "iwae_fused: the column reduction over ", columns,
+              " columns needs ", gx, " blocks along grid.x, more than the device's limit of ",
+              lim.max_grid_x);
 }
 
 // Slices per tile for the short-slice kernel, or 0 where it does not apply.
@@ -610,11 +650,7 @@ void launch_reduce(const ReduceArgs& a) {
     }
     const int ty = kThreads / tx;
     const int64_t gx = ceil_div(vec_cols, tx);
-    // No loop over x: a GPU's grid.x (2^31 - 1) outnumbers any column count
-    // that fits in memory; only a toy device can refuse it.
-    TORCH_CHECK(gx <= lim.max_grid_x, "iwae_fused: the column reduction over ", a.inner,
-                " columns needs ", gx, " blocks along grid.x, more than the device's limit of ",
-                lim.max_grid_x);
+    check_column_blocks(a.inner, gx, lim);
     const int64_t gz = std::min<int64_t>(a.outer, lim.max_grid_z); // the kernel loops over the rest
     const int64_t blocks = gx * gz;
     const int64_t target_blocks = wave(dev::resident_blocks<reduce_cols_kernel<scalar_t, VEC, HAS_Q>>(kThreads));
@@ -657,8 +693,8 @@ void launch_weights(const WeightsArgs& a) {
   const int64_t vecs_per_run = ceil_div(len, VEC);
   const int64_t total = runs * vecs_per_run;
   const dev::Limits lim = dev::limits();
-  const int64_t blocks = std::min<int64_t>(
-      {ceil_div(total, kThreads), (int64_t)lim.sm_count * 32, lim.max_grid_x});
+  const int64_t blocks = std::min(
+      std::min<int64_t>(ceil_div(total, kThreads), (int64_t)lim.sm_count * 32), lim.max_grid_x);
   if (a.vec_k) {
     dev::launch<weights_kernel<scalar_t, VEC, HAS_Q, false>>(
         dim3(blocks), dim3(kThreads), a, runs, len, vecs_per_run);
