@@ -1,34 +1,42 @@
-"""What each CUDA kernel asks of an H100's memory, counted on the emulated GPU.
+"""What each CUDA kernel asks of the GPU, counted on the emulated GPU.
 
-Nothing can time a GPU on this project's machines, and the kernels are
-memory-bound by design, so their speed is decided by counts the emulator
-makes exactly (iwae_fused.cuda_emulator, with request counting on):
+The kernels are memory-bound by design, and what decides their speed that
+can be counted exactly without a GPU is counted here by the emulator
+(iwae_fused.cuda_emulator, with request counting on):
 
 - bytes: the distinct 32-byte sectors each launch touches, x 32, against
   the minimum (inputs read once, outputs written once): the DRAM traffic with
-  a perfect cache; and the sectors of all requests (what L1 must serve);
+  a perfect cache (a lower bound: the real cache is finite); and the sectors
+  of all requests (what L1 must serve);
 - sectors per request: per warp-level access instruction, the sectors
   touched against the fewest those bytes could take (1.0 = ideal);
 - lanes: the fraction of the 32 lanes active at each global access;
-- shuffles, barriers (per thread, summed) and exponentials per element.
+- SIMT: per warp and barrier interval, the lanes' counted operations
+  (memory accesses, shuffles, exponentials, logarithms) against 32 x the
+  busiest lane's (what the warp issues in lockstep); block: the same against
+  every thread of the block (a thread with nothing to do in an interval,
+  as in a tile's serial reduction, counts as idle);
+- shared memory: warp-level requests per element, and wavefronts per
+  request against the fewest (bank conflicts: 32 banks of 4 bytes);
+- per element: SHFL instructions (a 64-bit shuffle is two), barriers (per
+  thread, summed), exponentials and logarithms (every one, VIMCO's included).
 
-Shapes are the GPU benchmark preset's and the short-row ones, scaled down
-(fewer outputs, the same K and layout) so the emulation takes seconds: the
-per-element counts do not depend on the number of outputs once the grid
-fills the device, and the launch decisions (split-K, vector width) are the
-ones the host code takes for the scaled shape, printed beside it.
-
-With --compiler, also the compiler's report from an nvcc build for sm_80 and
-sm_90 (registers, spills, and whether the float32 kernels' SASS issues
-128-bit global loads with no local-memory traffic); that needs a CUDA
-toolkit and the CUDA build of torch (scripts/build_wheel.sh makes the venv).
+Shapes are the GPU benchmark preset's, scaled down (fewer outputs, the same
+K and layout) so the emulation takes seconds: per-element counts do not
+depend on the number of outputs once a block's work is the same. The launch
+configurations of the scaled shapes differ from the full-size ones; those,
+and the predicted time of every full-size launch, are in
+benchmarks/GPU-MODEL.md (benchmarks/gpu_model.py). Blocks per SM below use
+the registers and shared memory that nvcc reports for sm_90
+(benchmarks/gpu_resources.json).
 
     python benchmarks/gpu_counts.py                       # table to stdout
-    python benchmarks/gpu_counts.py --markdown benchmarks/GPU-COUNTS.md --compiler
+    python benchmarks/gpu_counts.py --markdown benchmarks/GPU-COUNTS.md
 """
 
 import argparse
 import datetime
+import json
 import math
 import os
 import subprocess
@@ -104,18 +112,35 @@ def _run(op, shape, dim, dtype):
     return cuda_emulator.launches(clear=True), p.numel(), outputs
 
 
-def _launch_text(r, sm_count=132, sm_warps=64, sm_blocks=32, sm_shared=228 * 1024):
-    """The configuration and its occupancy on an H100: resident warps are the
-    blocks that fit an SM at once (by warps, blocks and shared memory per SM;
-    registers are in the compiler report) times their warps, over all SMs."""
+def _resources():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_resources.json")
+    try:
+        with open(path) as f:
+            return json.load(f)["archs"]["sm_90"]
+    except (OSError, KeyError):
+        return {}
+
+
+RESOURCES = _resources()
+
+
+def _launch_text(r, sm_count=132):
+    """The configuration and its occupancy on an H100: blocks per SM by
+    registers (compiler report), shared memory, threads and blocks."""
+    import gpu_model
+
     blocks = r["grid"][0] * r["grid"][1] * r["grid"][2]
     threads = r["block"][0] * r["block"][1] * r["block"][2]
-    warps = (threads + 31) // 32
-    per_sm = min(sm_blocks, sm_warps // warps, sm_shared // r["shared_bytes"] if r["shared_bytes"] else sm_blocks)
-    resident = min(blocks, sm_count * per_sm) * warps
+    res = RESOURCES.get(r["kernel"])
+    occ = ""
+    if res:
+        per_sm, limit = gpu_model.occupancy("sm_90", res["registers"], res.get("shared_bytes", 0), threads)
+        resident = min(blocks, sm_count * per_sm) * ((threads + 31) // 32)
+        occ = (f"; {res['registers']} registers, {per_sm} blocks/SM ({limit}), {resident} warps resident "
+               f"of {sm_count * 64}")
     return (f"{r['kernel']} grid {r['grid'][0]}x{r['grid'][1]}x{r['grid'][2]} block "
             f"{r['block'][0]}x{r['block'][1]} ({blocks} blocks, {blocks * threads} threads, "
-            f"{r['shared_bytes']} B shared; {resident} warps resident of {sm_count * sm_warps})")
+            f"{r['shared_bytes']} B shared{occ})")
 
 
 def _row(label, preset, scaled, dim, op, dtype):
@@ -127,6 +152,7 @@ def _row(label, preset, scaled, dim, op, dtype):
     reqs = tot["load_requests"] + tot["store_requests"]
     sectors = tot["load_sectors"] + tot["store_sectors"]
     ideal = tot["load_ideal_sectors"] + tot["store_ideal_sectors"]
+    sreqs = tot["shared_load_requests"] + tot["shared_store_requests"]
     kernels = "; ".join(_launch_text(r) for r in launches)
     return dict(
         shape=f"{label} {list(preset)}:{dim} (as {list(scaled)})",
@@ -136,94 +162,21 @@ def _row(label, preset, scaled, dim, op, dtype):
         sectors_per_request=sectors / max(reqs, 1),
         ideal_per_request=ideal / max(reqs, 1),
         lanes=tot["active_lanes"] / max(tot["lane_slots"], 1),
-        shuffles=tot["shuffles"] / numel, barriers=tot["barriers"] / numel, exps=tot["exps"] / numel,
+        simt=tot["warp_ops"] / max(tot["warp_op_slots"], 1),
+        block=tot["block_ops"] / max(tot["block_op_slots"], 1),
+        shared=sreqs / numel,
+        wavefronts=tot["shared_wavefronts"] / max(sreqs, 1),
+        ideal_wavefronts=tot["shared_ideal_wavefronts"] / max(sreqs, 1),
+        shuffles=tot["shuffles"] / numel, barriers=tot["barriers"] / numel,
+        exps=tot["exps"] / numel, logs=tot["logs"] / numel,
         kernels=kernels,
     )
-
-
-def _ptxas(report, props):
-    """Registers and spill bytes per kernel from ptxas -v."""
-    func = None
-    for line in report.splitlines():
-        if "Compiling entry function" in line or "Function properties for" in line:
-            func = line.split("'")[1] if "'" in line else line.split("for")[-1].strip()
-            props.setdefault(func, {})
-        elif func and "spill stores" in line:
-            parts = line.split(",")
-            props[func]["spills"] = "/".join(p.split()[0] for p in parts[1:3])  # stores/loads
-        elif func and "Used" in line and "registers" in line:
-            props[func]["registers"] = line.split("Used")[1].split("registers")[0].strip()
-
-
-def _demangle(mangled):
-    """Mangled kernel names -> 'reduce_rows_kernel<float, 4, 32, true>'."""
-    out = subprocess.run(["c++filt"], input="\n".join(mangled), capture_output=True, text=True).stdout
-    names = {}
-    for m, d in zip(mangled, out.splitlines()):
-        for junk in ("(anonymous namespace)::", "iwae_fused::", "cuda::", "c10::", "void "):
-            d = d.replace(junk, "")
-        d = d.split("(")[0]
-        names[m] = d
-    return names
-
-
-def _compiler_report(archs):
-    """Registers/spills per kernel from ptxas -v, and the float32 kernels'
-    SASS: 128-bit global loads present, local-memory traffic absent."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    venv = os.environ.get("VENV", os.path.join(root, ".venv-cuda"))
-    py = os.path.join(venv, "bin", "python")
-    cuda = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-    if not os.path.exists(py) or not os.path.exists(os.path.join(cuda, "bin", "nvcc")):
-        return "Compiler report skipped: needs the CUDA venv (bash scripts/build_wheel.sh) and a CUDA toolkit.\n"
-    incs = subprocess.check_output([py, "-c", (
-        "import glob, os, torch.utils.cpp_extension as c, nvidia\n"
-        "d = [p for r in nvidia.__path__ for p in glob.glob(os.path.join(r, '*', 'include'))]\n"
-        "print(' '.join(c.include_paths(device_type='cuda') + d))")], text=True).split()
-    cuobjdump = subprocess.check_output([py, "-c", (
-        "import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "
-        "'backends/nvidia/bin/cuobjdump'))")], text=True).strip()
-    lines = []
-    for arch in archs:
-        props, sass = {}, ""  # mangled name -> registers, spills; the disassembly
-        for src in ("kernels_cuda.cu", "vimco_cuda.cu"):
-            cubin = f"/tmp/iwae_{src}_{arch}.cubin"
-            cmd = [os.path.join(cuda, "bin", "nvcc"), "-cubin", f"-arch=sm_{arch}", "-O3", "-std=c++17",
-                   "--expt-relaxed-constexpr", "-Xptxas", "-v", "-o", cubin,
-                   "-I" + os.path.join(root, "csrc"), os.path.join(root, "csrc", "cuda", src)]
-            cmd += [f"-I{i}" for i in incs]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode:
-                return f"nvcc failed for {src}, sm_{arch}:\n{res.stderr[-2000:]}\n"
-            _ptxas(res.stderr, props)
-            sass += subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True).stdout
-        per_func = {}
-        current = None
-        for line in sass.splitlines():
-            if "Function :" in line:
-                current = line.split("Function :")[1].strip()
-                per_func[current] = {"ldg128": 0, "local": 0}
-            elif current:
-                if "LDG" in line and ".128" in line:
-                    per_func[current]["ldg128"] += 1
-                if "LDL" in line or "STL" in line:
-                    per_func[current]["local"] += 1
-        names = _demangle(list(props))
-        lines.append(f"\n### sm_{arch}\n\n| kernel | registers | spill stores/loads (bytes) | 128-bit LDG | "
-                     "local ld/st |\n|---|---|---|---|---|")
-        for func in sorted(props, key=lambda f: names[f]):
-            pr, sa = props[func], per_func.get(func, {})
-            lines.append(f"| `{names[func]}` | {pr.get('registers', '?')} | {pr.get('spills', '?')} | "
-                         f"{sa.get('ldg128', '?')} | {sa.get('local', '?')} |")
-    return "\n".join(lines) + "\n"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtypes", default="float32,float16", help="comma-separated dtypes")
     ap.add_argument("--markdown", help="write the tables here")
-    ap.add_argument("--compiler", action="store_true", help="also the nvcc/ptxas/SASS report")
-    ap.add_argument("--archs", default="80,90")
     args = ap.parse_args()
     if not cuda_emulator.available():
         sys.exit("needs the CUDA emulator: IWAE_FUSED_CUDA_EMU=1 pip install --no-build-isolation -e .")
@@ -240,22 +193,28 @@ def main():
                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     head = (f"# GPU efficiency, counted on the emulated GPU\n\n"
             f"Device: {cuda_emulator.H100['name']}; counted {datetime.date.today()}, commit {commit}, "
-            f"torch {torch.__version__}. Made by `python benchmarks/gpu_counts.py`; no GPU ran this.\n\n"
+            f"torch {torch.__version__}. Made by `python benchmarks/gpu_counts.py`; no GPU ran this. "
+            "Shapes are scaled down (per-element counts); the full-size launch plans and the predicted "
+            "time of each are in GPU-MODEL.md.\n\n"
             "bytes: distinct sectors x 32 per launch (DRAM with a perfect cache) / (inputs read once + "
             "outputs written once), and all requests' sectors x 32 (L1 traffic) / the same; "
             "sectors/request: touched / ideal for the same bytes; lanes: active / 32 at each global access; "
-            "per element: shuffles, barriers, exponentials (per thread, summed).\n\n"
-            "| shape | op | dtype | bytes / min | L1 bytes / min | sectors/request (ideal) | lanes | shuffles/el | barriers/el | exps/el |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n")
+            "SIMT: per warp and barrier interval, the lanes' counted operations / (32 x the busiest lane's); "
+            "block: the same over all threads of the block; shared: warp-level shared-memory requests per "
+            "element, and wavefronts per request (ideal); per element: SHFL instructions (64-bit = 2), "
+            "barriers (per thread, summed), exponentials and logarithms (every one, per thread, summed).\n\n"
+            "| shape | op | dtype | bytes / min | L1 bytes / min | sectors/request (ideal) | lanes | SIMT | block "
+            "| shared req/el | wavefronts/req (ideal) | shuffles/el | barriers/el | exps/el | logs/el |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = "".join(
         f"| {r['shape']} | {r['op']} | {r['dtype']} | {r['bytes_ratio']:.2f} | {r['l1_ratio']:.2f} | "
         f"{r['sectors_per_request']:.2f} ({r['ideal_per_request']:.2f}) | {r['lanes']:.0%} | "
-        f"{r['shuffles']:.3f} | {r['barriers']:.3f} | {r['exps']:.2f} |\n" for r in rows)
+        f"{r['simt']:.0%} | {r['block']:.0%} | {r['shared']:.3f} | "
+        f"{r['wavefronts']:.2f} ({r['ideal_wavefronts']:.2f}) | "
+        f"{r['shuffles']:.3f} | {r['barriers']:.3f} | {r['exps']:.2f} | {r['logs']:.3f} |\n" for r in rows)
     launches = "\n## Launches\n\n" + "".join(
         f"- {r['shape']}, {r['op']}, {r['dtype']}: {r['kernels']}\n" for r in rows)
     text = head + body + launches
-    if args.compiler:
-        text += "\n## Compiler report (nvcc -Xptxas -v, cuobjdump -sass)\n" + _compiler_report(args.archs.split(","))
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -27,11 +27,15 @@
 #define IWAE_HD inline
 #endif
 
-#if defined(IWAE_CUDA_EMU) // the CUDA source run by the emulator counts exps
+// The CUDA source run by the emulator counts every exponential and
+// logarithm (benchmarks/GPU-COUNTS.md); elsewhere these are nothing.
+#if defined(IWAE_CUDA_EMU)
 #include "cuda/emu/simt.h"
 #define IWAE_COUNT_EXP() ::iwae_emu::count_exp()
+#define IWAE_COUNT_LOG() ::iwae_emu::count_log()
 #else
 #define IWAE_COUNT_EXP()
+#define IWAE_COUNT_LOG()
 #endif
 
 // Each CPU instruction set compiles this header in a namespace of its own
@@ -64,7 +68,10 @@ struct ScalarLaneOps {
     IWAE_COUNT_EXP();
     return std::exp(x);
   }
-  static IWAE_HD T log(T x) { return std::log(x); }
+  static IWAE_HD T log(T x) {
+    IWAE_COUNT_LOG();
+    return std::log(x);
+  }
   // 0 for +-inf, the value itself otherwise (NaN stays NaN).
   static IWAE_HD T shift(T m) {
     return (m == T(INFINITY) || m == -T(INFINITY)) ? T(0) : m;
@@ -73,12 +80,17 @@ struct ScalarLaneOps {
   // -inf) slice, so that weight() needs no special case there: every
   // exp(d - inf) is 0, where exp(-inf + inf) would be NaN.
   static IWAE_HD T log_norm(T s) {
-    return s == T(0) ? T(INFINITY) : std::log(s);
+    if (s == T(0)) return T(INFINITY);
+    IWAE_COUNT_LOG();
+    return std::log(s);
   }
   // The normalised weight exp(d - log_norm), with d = x - shift(m). Taking d
   // against the shift (exact for x near the max) rather than x against a
   // rounded log-sum-exp keeps full relative precision when |x| is large.
-  static IWAE_HD T weight(T d, T log_norm) { return std::exp(d - log_norm); }
+  static IWAE_HD T weight(T d, T log_norm) {
+    IWAE_COUNT_EXP();
+    return std::exp(d - log_norm);
+  }
 };
 
 template <>

@@ -32,6 +32,7 @@
 
 #include "global_memory.h"
 #include "kernel_args.h"
+#include "online_lse.h" // IWAE_COUNT_EXP / IWAE_COUNT_LOG
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define VIMCO_HD __host__ __device__ __forceinline__
@@ -40,6 +41,24 @@
 #endif
 
 namespace iwae_fused::vimco_math {
+
+// The math functions, counted by the emulator (online_lse.h's macros).
+VIMCO_HD double exp_(double x) {
+  IWAE_COUNT_EXP();
+  return ::exp(x);
+}
+VIMCO_HD double expm1_(double x) {
+  IWAE_COUNT_EXP();
+  return ::expm1(x);
+}
+VIMCO_HD double log_(double x) {
+  IWAE_COUNT_LOG();
+  return ::log(x);
+}
+VIMCO_HD double log1p_(double x) {
+  IWAE_COUNT_LOG();
+  return ::log1p(x);
+}
 
 // Saved between forward and backward as kStateSize doubles per example:
 // m, lo, argmax, fsum, n_ninf (store() below).
@@ -62,27 +81,27 @@ struct State {
 VIMCO_HD double log_add_exp(double a, double b) {
   const double hi = a > b ? a : b, lo = a > b ? b : a;
   if (hi == -INFINITY) return -INFINITY;
-  return hi + ::log1p(::exp(lo - hi));
+  return hi + log1p_(exp_(lo - hi));
 }
 
 // log(1 - exp(a)) for a <= 0, accurate on both sides of -log 2 (Maechler
 // 2012, "Accurately computing log(1 - exp(-|a|))"); -inf at a = 0.
 VIMCO_HD double log1m_exp(double a) {
-  return a > -0.6931471805599453 ? ::log(-::expm1(a)) : ::log1p(-::exp(a));
+  return a > -0.6931471805599453 ? log_(-expm1_(a)) : log1p_(-exp_(a));
 }
 
 // log(1 + exp(z)), without overflow for large z or underflow for small.
 VIMCO_HD double softplus(double z) {
-  return z > 0 ? z + ::log1p(::exp(-z)) : ::log1p(::exp(z));
+  return z > 0 ? z + log1p_(exp_(-z)) : log1p_(exp_(z));
 }
 
 // Adds exp(y) (y finite or +inf) to the sum os exp(om).
 VIMCO_HD void add_to_others(double& om, double& os, double y) {
   if (y > om) {
-    os = os * ::exp(om - y) + 1.0; // om = -inf: 0 * 0 + 1
+    os = os * exp_(om - y) + 1.0; // om = -inf: 0 * 0 + 1
     om = y;
   } else {
-    os += ::exp(y - om);
+    os += exp_(y - om);
   }
 }
 
@@ -109,14 +128,14 @@ VIMCO_HD void absorb(State& st, double x, int64_t k) {
 // other sample has a positive weight.
 VIMCO_HD double log_others(const State& st) {
   if (st.om == -INFINITY) return -INFINITY;
-  return (st.om - st.m) + ::log(st.os);
+  return (st.om - st.m) + log_(st.os);
 }
 
 // The IWAE bound log((1/K) sum_k w_k) from the max and lo: -inf when no
 // weight is positive, +inf with a +inf log-weight.
 VIMCO_HD double bound(double m, double lo, int64_t K) {
   if (m == -INFINITY || m == INFINITY) return m;
-  return m + ::log1p(::exp(lo)) - ::log(static_cast<double>(K));
+  return m + log1p_(exp_(lo)) - log_(static_cast<double>(K));
 }
 
 // The argmax's signal L - L_-j = log((1 + s_excl) / (s_excl + f)) =
@@ -150,9 +169,9 @@ VIMCO_HD void signal(const Saved& sv, int64_t K, double x, int64_t j, double& w,
     w = sig = 0.0;
     return;
   }
-  const double S = 1.0 + ::exp(lo); // sum_k exp(x_k - m)
+  const double S = 1.0 + exp_(lo); // sum_k exp(x_k - m)
   const bool x_ninf = x == -INFINITY;
-  const double e = x_ninf ? 0.0 : ::exp(x - m);
+  const double e = x_ninf ? 0.0 : exp_(x - m);
   w = e / S;
   // log f_-j - m: the mean of the others' log-weights against the max; -inf
   // when one of the others is -inf (their geometric mean is then 0).
@@ -168,7 +187,7 @@ VIMCO_HD void signal(const Saved& sv, int64_t K, double x, int64_t j, double& w,
     // even when it is 1e-14 next to bounds of 60 nats (the difference of two
     // logs would keep only its absolute precision). f and e underflow only
     // where the signal itself is below the smallest normal double.
-    sig = -::log1p((::exp(lf) - e) / S);
+    sig = -log1p_((exp_(lf) - e) / S);
   }
 }
 
@@ -195,10 +214,10 @@ VIMCO_HD void merge(State& st, const State& o) {
   double om = lead.om, os = lead.os;
   if (rest.om != -INFINITY) {
     if (rest.om > om) {
-      os = os * ::exp(om - rest.om) + rest.os;
+      os = os * exp_(om - rest.om) + rest.os;
       om = rest.om;
     } else {
-      os += rest.os * ::exp(rest.om - om);
+      os += rest.os * exp_(rest.om - om);
     }
   }
   add_to_others(om, os, rest.m);

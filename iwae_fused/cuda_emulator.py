@@ -89,7 +89,8 @@ class _ToEmulated(TorchDispatchMode):
 
 @contextlib.contextmanager
 def emulated(sm_count=None, max_grid_x=None, max_grid_y=None, max_grid_z=None,
-             shared_per_block=None, count_requests=False, block_order="xyz", seed=0):
+             shared_per_block=None, count_requests=False, block_order="xyz", seed=0,
+             plan_only=False, resident_blocks=None):
     """Run iwae_fused's kernels on the emulated GPU within the block.
 
     The device is an H100 unless a limit is given. The launch logic sizes
@@ -102,7 +103,14 @@ def emulated(sm_count=None, max_grid_x=None, max_grid_y=None, max_grid_z=None,
     from ``seed`` (``"shuffled"``): CUDA promises no order, so results must
     not change. ``count_requests`` also groups global accesses into
     warp-level requests (sectors, lane use) in the launch log, at some cost
-    in memory and time.
+    in memory and time. ``plan_only`` records each launch (kernel, grid,
+    block, integer arguments) as the host code plans it, checked against the
+    device's limits, without running a block or touching an output: the
+    full-size launch plan of any shape, on ``torch.empty`` inputs (whose
+    pages are never touched either). ``resident_blocks`` maps kernel names to
+    the blocks one SM holds at once (what
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor answers on a GPU; by
+    default threads and blocks per SM alone limit it).
     """
     emu = _module()
     before = emu.device()
@@ -118,10 +126,15 @@ def emulated(sm_count=None, max_grid_x=None, max_grid_y=None, max_grid_z=None,
     emu.set_device(**props)
     emu.set_block_order(block_order, seed)
     emu.set_count_requests(bool(count_requests))
+    emu.set_plan_only(bool(plan_only))
+    resident_before = emu.resident_blocks()
+    emu.set_resident_blocks(dict(resident_blocks or {}))
     try:
         with _ToEmulated():
             yield
     finally:
+        emu.set_resident_blocks(resident_before)
+        emu.set_plan_only(False)
         emu.set_count_requests(False)
         emu.set_block_order(*before_order)
         emu.set_device(**{k: before[k] for k in H100})
@@ -129,7 +142,7 @@ def emulated(sm_count=None, max_grid_x=None, max_grid_y=None, max_grid_z=None,
 
 def launches(clear=False):
     """The launches made so far: kernel name (with its template arguments),
-    grid, block, static shared memory, and counters."""
+    grid, block, integer arguments, static shared memory, and counters."""
     emu = _module()
     out = emu.launches()
     if clear:

@@ -234,7 +234,8 @@ def test_output_combinations_with_splitk(path, dtype):
 SCALAR = {
     "rows-warp": ((20, 104), 1, "reduce_rows_kernel", 32, False, dict(sm_count=1)),
     "rows-warp-splitk": ((3, 4096), 1, "reduce_rows_kernel", 32, True, {}),
-    "rows-block": ((2, 5000), 1, "reduce_rows_kernel", 256, False, dict(sm_count=1)),
+    # one wave of a 1-SM device (8 resident blocks by threads): 8 rows, no split
+    "rows-block": ((8, 5000), 1, "reduce_rows_kernel", 256, False, dict(sm_count=1)),
     "rows-block-splitk": ((2, 5000), 1, "reduce_rows_kernel", 256, True, {}),
     "cols": ((71, 40), 0, "reduce_cols_kernel", None, False, dict(sm_count=1)),
     "cols-splitk": ((1701, 12), 0, "reduce_cols_kernel", None, True, {}),
@@ -506,11 +507,12 @@ LOOPS = {
                    beyond(9000 * 8, 4096)),
     "tiles-cols": ("iwelbo", (15, 8, 200), 1, dict(max_grid_x=2), "reduce_tiles_kernel",
                    beyond(15, 2)),
-    # merge_kernel: outputs beyond grid.x, and on the H100 many blocks
+    # merge_kernel (a warp per output, 8 per block): outputs beyond grid.x,
+    # and on the H100 many blocks
     "merge-outputs": ("iwelbo", (3, 260, 256), 1, dict(max_grid_x=2), "merge_kernel",
-                      beyond(768, 256)),
+                      beyond(768, 8)),
     "merge-many-blocks": ("iwelbo", (3, 260, 256), 1, {}, "merge_kernel",
-                          lambda r: r["grid"][0] == 3),
+                          lambda r: r["grid"][0] == 768 // 8),
     # weights_kernel's grid-stride walk, its (outer, run, vector) digits
     # carried; rows: runs are the geometry's inner positions, K-vectors within
     # (float32: 10 vectors per run, stride 256: every digit carries; 100:

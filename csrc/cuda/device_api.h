@@ -27,10 +27,35 @@ Limits limits();
 // returned tensor is).
 at::Tensor workspace(int64_t n, at::ScalarType dtype);
 
+// How many blocks of Kernel, `threads` threads each, one SM holds at once
+// (by its registers, shared memory and threads): the launch logic sizes
+// grids in whole waves of resident blocks (declared per backend below).
+// template <auto Kernel> int resident_blocks(int threads);
+
 }  // namespace iwae_fused::cuda::dev
 
 #if defined(IWAE_CUDA_EMU)
 #include "emu/launch.h"
+#elif defined(IWAE_CUDA_DEVICE_ONLY)
+// nvcc -cubin for the compiler's report alone (benchmarks/gpu_resources.py):
+// the kernels and the launch logic that instantiates them, without ATen's
+// CUDA runtime headers (the CPU wheel of torch ships them, but not the
+// cuBLAS/cuSPARSE headers they include). Never linked or run.
+namespace iwae_fused::cuda::dev {
+
+#define IWAE_SHARED(T, name, count) __shared__ T name[count]
+
+template <auto Kernel, typename... Args>
+void launch(dim3 grid, dim3 block, const Args&... args) {
+  Kernel<<<grid, block>>>(args...);
+}
+
+template <auto Kernel>
+int resident_blocks(int) {
+  return 1;
+}
+
+}  // namespace iwae_fused::cuda::dev
 #else
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
@@ -58,6 +83,13 @@ template <auto Kernel, typename... Args>
 void launch(dim3 grid, dim3 block, const Args&... args) {
   Kernel<<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(args...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <auto Kernel>
+int resident_blocks(int threads) {
+  int n = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, threads, 0));
+  return n > 0 ? n : 1;
 }
 
 }  // namespace iwae_fused::cuda::dev

@@ -74,6 +74,57 @@ __device__ __forceinline__ void load_log_w(
   }
 }
 
+// ROWS whole vectors of log_w at P + off + j * stride (j < ROWS), every
+// load issued before any value is used: a thread then has ROWS x 16 B per
+// operand in flight, where a load used at once keeps 16 B (the compiler
+// cannot hoist the loads of load_log_w's branches; benchmarks/NOTES.md,
+// GPU 1). The same arithmetic as load_log_w, value for value.
+template <typename scalar_t, typename opmath_t, int VEC, int ROWS, bool HAS_Q>
+__device__ __forceinline__ void load_log_w_rows(
+    const scalar_t* P, const scalar_t* Q, int64_t poff, int64_t qoff, int64_t pstride,
+    int64_t qstride, opmath_t beta, opmath_t (&x)[ROWS][VEC]) {
+  using V = Pack<scalar_t, VEC>;
+  V pv[ROWS], qv[ROWS];
+#pragma unroll
+  for (int j = 0; j < ROWS; ++j) {
+    pv[j] = ld_global(reinterpret_cast<const V*>(P + poff + j * pstride));
+    if constexpr (HAS_Q) qv[j] = ld_global(reinterpret_cast<const V*>(Q + qoff + j * qstride));
+  }
+#pragma unroll
+  for (int j = 0; j < ROWS; ++j) {
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) {
+      x[j][c] = static_cast<opmath_t>(pv[j].v[c]);
+      if constexpr (HAS_Q) x[j][c] -= static_cast<opmath_t>(qv[j].v[c]);
+      x[j][c] *= beta;
+    }
+  }
+}
+
+// One step of kRowsPerStep rows of VEC columns for the column kernel: a
+// whole step (every row present, whole vectors) with all its loads in
+// flight at once; otherwise row by row, masked. No branch where VEC == 1.
+template <typename scalar_t, typename opmath_t, int VEC, bool HAS_Q>
+__device__ __forceinline__ void load_cols_step(
+    const ReduceArgs& a, const scalar_t* p, const scalar_t* q, int64_t o, int64_t k,
+    int64_t k1, int64_t i0, int64_t avail, opmath_t beta, opmath_t (&x)[kRowsPerStep][VEC]) {
+  if constexpr (VEC > 1) {
+    if (avail >= VEC && k + kRowsPerStep <= k1) {
+      load_log_w_rows<scalar_t, opmath_t, VEC, kRowsPerStep, HAS_Q>(
+          p, q, o * a.p.so + k * a.p.sk + i0, HAS_Q ? o * a.q.so + k * a.q.sk + i0 : 0,
+          a.p.sk, a.q.sk, beta, x);
+      return;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kRowsPerStep; ++j) {
+    const int64_t kk = k + j;
+    load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(
+        p, q, o * a.p.so + kk * a.p.sk + i0, HAS_Q ? o * a.q.so + kk * a.q.sk + i0 : 0,
+        kk < k1 ? avail : 0, beta, x[j]);
+  }
+}
+
 // Fold VEC values into one state (m, s, t): one rescale, VEC exponentials.
 // t, the weights' second moment, serves the diagnostics only; it costs one
 // fma per element, nothing next to the loads of a memory-bound kernel.
@@ -176,7 +227,20 @@ __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(
     const int64_t pbase = o * a.p.so + i * a.p.si;
     const int64_t qbase = HAS_Q ? o * a.q.so + i * a.q.si : 0;
     opmath_t m = opmath_t(-INFINITY), s = opmath_t(0), t = opmath_t(0);
-    for (int64_t k = k0 + (int64_t)lane * VEC; k < k1; k += (int64_t)TPR * VEC) {
+    int64_t k = k0 + (int64_t)lane * VEC;
+    if constexpr (VEC > 1) {
+      // Two steps at a time while both vectors are whole: twice the bytes
+      // in flight, the same states absorbed in the same order.
+      constexpr int64_t kStep = (int64_t)TPR * VEC;
+      for (; k + kStep + VEC <= k1; k += 2 * kStep) {
+        opmath_t x[2][VEC];
+        load_log_w_rows<scalar_t, opmath_t, VEC, 2, HAS_Q>(
+            p, q, pbase + k, qbase + k, kStep, kStep, beta, x);
+        absorb<opmath_t, VEC>(m, s, t, x[0]);
+        absorb<opmath_t, VEC>(m, s, t, x[1]);
+      }
+    }
+    for (; k < k1; k += (int64_t)TPR * VEC) {
       opmath_t x[VEC];
       load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(
           p, q, pbase + k, qbase + k, k1 - k, beta, x);
@@ -235,14 +299,7 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
       for (int64_t k = k0 + (int64_t)ty * kRowsPerStep; k < k1;
            k += (int64_t)TY * kRowsPerStep) {
         opmath_t x[kRowsPerStep][VEC];
-#pragma unroll
-        for (int j = 0; j < kRowsPerStep; ++j) {
-          const int64_t kk = k + j;
-          load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(
-              p, q, o * a.p.so + kk * a.p.sk + i0,
-              HAS_Q ? o * a.q.so + kk * a.q.sk + i0 : 0, kk < k1 ? avail : 0,
-              beta, x[j]);
-        }
+        load_cols_step<scalar_t, opmath_t, VEC, HAS_Q>(a, p, q, o, k, k1, i0, avail, beta, x);
 #pragma unroll
         for (int c = 0; c < VEC; ++c) {
           opmath_t col[kRowsPerStep];
@@ -335,21 +392,34 @@ __global__ void __launch_bounds__(kThreads) reduce_tiles_kernel(
   }
 }
 
-// Combines the K pieces' states of every output and finalises them.
+// Combines the K pieces' states of every output and finalises them: a warp
+// per output, lane j merging pieces j, j + 32, ..., then the lanes' states
+// by shuffles. Few outputs with many pieces is the case that splits K at
+// all (64 outputs of 264 pieces, say), where one thread per output would
+// walk its pieces one load latency after another.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) merge_kernel(
     ReduceArgs a, const at::opmath_type<scalar_t>* ws, int64_t pieces) {
   using opmath_t = at::opmath_type<scalar_t>;
+  constexpr int kWarps = kThreads / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t n = a.outer * a.inner;
-  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
-       idx += (int64_t)gridDim.x * blockDim.x) {
-    opmath_t m = ld_global(ws + idx), s = ld_global(ws + pieces * n + idx),
-             t = ld_global(ws + 2 * pieces * n + idx);
-    for (int64_t j = 1; j < pieces; ++j) {
-      merge2(m, s, t, ld_global(ws + j * n + idx), ld_global(ws + (pieces + j) * n + idx),
-             ld_global(ws + (2 * pieces + j) * n + idx));
+  // r is the warp's: the loop bound, and so the shuffles, are warp-uniform.
+  for (int64_t r = (int64_t)blockIdx.x * kWarps + warp; r < n;
+       r += (int64_t)gridDim.x * kWarps) {
+    opmath_t m = opmath_t(-INFINITY), s = opmath_t(0), t = opmath_t(0);
+    for (int64_t j = lane; j < pieces; j += 32) {
+      merge2(m, s, t, ld_global(ws + j * n + r), ld_global(ws + (pieces + j) * n + r),
+             ld_global(ws + (2 * pieces + j) * n + r));
     }
-    emit<scalar_t>(a, static_cast<opmath_t*>(nullptr), 0, idx, m, s, t);
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) {
+      const opmath_t m2 = __shfl_xor_sync(0xffffffffu, m, off);
+      const opmath_t s2 = __shfl_xor_sync(0xffffffffu, s, off);
+      const opmath_t t2 = __shfl_xor_sync(0xffffffffu, t, off);
+      merge2(m, s, t, m2, s2, t2);
+    }
+    if (lane == 0) emit<scalar_t>(a, static_cast<opmath_t*>(nullptr), 0, r, m, s, t);
   }
 }
 
@@ -543,7 +613,10 @@ void launch_reduce(const ReduceArgs& a) {
   using opmath_t = at::opmath_type<scalar_t>;
   const dev::Limits lim = dev::limits();
   const int64_t n_out = a.outer * a.inner;
-  const int64_t target_blocks = 2 * (int64_t)lim.sm_count;
+  // Few outputs split K into as many pieces as one wave of resident blocks
+  // holds (rounded down: a second, partial wave would run with a fraction of
+  // the bytes in flight; benchmarks/GPU-MODEL.md).
+  auto wave = [&](int resident) { return (int64_t)lim.sm_count * resident; };
   const int64_t max_pieces = std::min<int64_t>(4096, lim.max_grid_y);
   int64_t pieces = 1, kchunk = a.K;
   dim3 grid, block;
@@ -552,11 +625,13 @@ void launch_reduce(const ReduceArgs& a) {
     const int64_t per_block = warp_rows ? kThreads / 32 : 1;
     const int64_t blocks = ceil_div(n_out, per_block);
     const int64_t tpr = warp_rows ? 32 : kThreads;
+    const int64_t target_blocks = wave(
+        warp_rows ? dev::resident_blocks<reduce_rows_kernel<scalar_t, VEC, 32, HAS_Q>>(kThreads)
+                  : dev::resident_blocks<reduce_rows_kernel<scalar_t, VEC, kThreads, HAS_Q>>(kThreads));
     if (blocks < target_blocks) {
       // At least a few vectors per thread in every piece.
       const int64_t min_chunk = tpr * VEC * 8;
-      pieces = std::clamp<int64_t>(
-          std::min(ceil_div(target_blocks, blocks), a.K / min_chunk), 1, max_pieces);
+      pieces = std::clamp<int64_t>(std::min(target_blocks / blocks, a.K / min_chunk), 1, max_pieces);
     }
     kchunk = ceil_div(ceil_div(a.K, pieces), VEC) * VEC; // keeps pieces aligned
     pieces = ceil_div(a.K, kchunk);
@@ -580,10 +655,10 @@ void launch_reduce(const ReduceArgs& a) {
     check_column_blocks(a.inner, gx, lim);
     const int64_t gz = std::min<int64_t>(a.outer, lim.max_grid_z); // the kernel loops over the rest
     const int64_t blocks = gx * gz;
+    const int64_t target_blocks = wave(dev::resident_blocks<reduce_cols_kernel<scalar_t, VEC, HAS_Q>>(kThreads));
     if (blocks < target_blocks) {
       const int64_t min_chunk = (int64_t)ty * kRowsPerStep * 4;
-      pieces = std::clamp<int64_t>(
-          std::min(ceil_div(target_blocks, blocks), a.K / min_chunk), 1, max_pieces);
+      pieces = std::clamp<int64_t>(std::min(target_blocks / blocks, a.K / min_chunk), 1, max_pieces);
     }
     kchunk = ceil_div(a.K, pieces);
     pieces = ceil_div(a.K, kchunk);
@@ -607,7 +682,7 @@ void launch_reduce(const ReduceArgs& a) {
     dev::launch<reduce_cols_kernel<scalar_t, VEC, HAS_Q>>(grid, block, a, kchunk, ws_ptr);
   }
   if (pieces > 1) {
-    const int64_t blocks = std::min<int64_t>(ceil_div(n_out, kThreads), lim.max_grid_x);
+    const int64_t blocks = std::min<int64_t>(ceil_div(n_out, kThreads / 32), lim.max_grid_x);
     dev::launch<merge_kernel<scalar_t>>(
         dim3(blocks), dim3(kThreads), a, static_cast<const opmath_t*>(ws_ptr), pieces);
   }

@@ -178,12 +178,13 @@ void CudaVimco::vimco_forward(const VimcoArgs& a) {
     }
     const dev::Limits lim = dev::limits();
     const int64_t blocks = (n + kVimcoWarps - 1) / kVimcoWarps;
-    const int64_t target = 2 * (int64_t)lim.sm_count;
+    // One wave of resident blocks (rounded down), as kernels_cuda.cu's split-K.
+    const int64_t target =
+        (int64_t)lim.sm_count * dev::resident_blocks<vimco_rows_kernel<scalar_t>>(kVimcoThreads);
     int64_t pieces = 1;
     if (blocks < target) { // at least 8 samples per lane in every piece
-      pieces = std::clamp<int64_t>(
-          std::min((target + blocks - 1) / blocks, a.K / (32 * 8)), 1,
-          std::min<int64_t>(4096, lim.max_grid_y));
+      pieces = std::clamp<int64_t>(std::min(target / blocks, a.K / (32 * 8)), 1,
+                                   std::min<int64_t>(4096, lim.max_grid_y));
     }
     const int64_t kchunk = (a.K + pieces - 1) / pieces;
     pieces = (a.K + kchunk - 1) / kchunk;

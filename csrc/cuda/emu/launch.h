@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "simt.h"
 
@@ -24,7 +26,11 @@ const std::string& kernel_name() {
 // Checks the configuration against the emulated device's limits (an error
 // where the device would refuse the launch), then runs every block, each
 // thread calling body(ctx).
-void run_grid(const std::string& name, dim3 grid, dim3 block, void (*body)(void*), void* ctx);
+void run_grid(const std::string& name, dim3 grid, dim3 block, void (*body)(void*), void* ctx,
+              std::vector<int64_t> int_args = {});
+
+// Resident blocks per SM of a kernel on the emulated device (runtime.h).
+int resident_blocks_of(const std::string& name, int threads);
 
 bool register_instantiation(const std::string& kernel);
 
@@ -45,9 +51,20 @@ template <auto Kernel, typename... Args>
 void launch(dim3 grid, dim3 block, const Args&... args) {
   (void)iwae_emu::Launchable<Kernel>::registered;
   auto call = [&] { Kernel(args...); };  // each emulated thread: its own copies
+  std::vector<int64_t> ints;
+  (
+      [&] {
+        if constexpr (std::is_integral_v<Args>) ints.push_back(static_cast<int64_t>(args));
+      }(),
+      ...);
   iwae_emu::run_grid(
       iwae_emu::kernel_name<Kernel>(), grid, block,
-      [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call);
+      [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call, std::move(ints));
+}
+
+template <auto Kernel>
+int resident_blocks(int threads) {
+  return iwae_emu::resident_blocks_of(iwae_emu::kernel_name<Kernel>(), threads);
 }
 
 }  // namespace iwae_fused::cuda::dev

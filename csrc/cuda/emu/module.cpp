@@ -37,6 +37,16 @@ py::dict record(const iwae_emu::LaunchRecord& r) {
   d["syncwarps"] = r.syncwarps;
   d["barriers"] = r.barriers;
   d["exps"] = r.exps;
+  d["logs"] = r.logs;
+  d["warp_op_slots"] = r.warp_op_slots;
+  d["warp_ops"] = r.warp_ops;
+  d["block_op_slots"] = r.block_op_slots;
+  d["block_ops"] = r.block_ops;
+  d["shared_load_requests"] = r.shared_load_requests;
+  d["shared_store_requests"] = r.shared_store_requests;
+  d["shared_wavefronts"] = r.shared_wavefronts;
+  d["shared_ideal_wavefronts"] = r.shared_ideal_wavefronts;
+  d["int_args"] = r.int_args;
   d["block_order"] = r.block_order;
   d["first_blocks"] = r.first_blocks;
   return d;
@@ -105,6 +115,14 @@ PYBIND11_MODULE(_cuda_emu, m) {
   });
   m.def("clear_launches", [] { iwae_emu::launch_log().clear(); });
   m.def("set_count_requests", [](bool on) { iwae_emu::count_requests = on; });
+  m.def("set_plan_only", [](bool on) { iwae_emu::plan_only = on; });
+  m.def("resident_blocks", [] { return iwae_emu::device().resident_blocks; });
+  m.def("set_resident_blocks", [](const std::map<std::string, int>& blocks) {
+    for (const auto& [name, n] : blocks) {
+      TORCH_CHECK(n >= 1, "CUDA emulator: resident blocks of ", name, " must be at least 1, got ", n);
+    }
+    iwae_emu::device().resident_blocks = blocks;
+  });
   m.def("selftest_cases", &iwae_emu::selftest::cases);
   m.def("selftest", &iwae_emu::selftest::run_case, py::arg("name"), py::arg("broken"));
 }

@@ -95,6 +95,7 @@ const std::map<std::string, int64_t>& launch_counts() {
 }
 
 bool count_requests = false;
+bool plan_only = false;
 
 namespace {
 
@@ -145,6 +146,7 @@ struct Thread {
   int linear = 0, warp = 0, lane = 0;
   std::string waits_at;  // for a deadlock report
   std::unordered_map<uintptr_t, uint64_t> site_count;  // request grouping
+  int64_t ops = 0;  // counted operations in the current barrier interval
 };
 
 struct Pending {
@@ -210,6 +212,7 @@ struct Block {
   std::vector<SharedRegion> shared;
   int64_t shared_bytes = 0;
   std::map<std::tuple<int, uintptr_t, uint64_t>, Request> requests;
+  std::map<std::tuple<int, uintptr_t, uint64_t>, Request> shared_requests;
   std::string error;
 };
 
@@ -358,6 +361,23 @@ void fiber_entry() {
   TORCH_CHECK(false, os.str());
 }
 
+// Shared-memory wavefronts of one warp-level request: 32 banks of 4-byte
+// words serve one distinct word each per wavefront, and a wavefront carries
+// at most 128 bytes; lanes reading the same word share it (a broadcast).
+std::pair<int64_t, int64_t> wavefronts(std::vector<std::pair<uintptr_t, uintptr_t>>& spans) {
+  std::vector<uintptr_t> words;
+  for (const auto& [lo, hi] : spans) {
+    for (uintptr_t w = lo / 4; w <= (hi - 1) / 4; ++w) words.push_back(w);
+  }
+  std::sort(words.begin(), words.end());
+  words.erase(std::unique(words.begin(), words.end()), words.end());
+  int per_bank[32] = {};
+  int64_t worst = 0;
+  for (uintptr_t w : words) worst = std::max<int64_t>(worst, ++per_bank[w % 32]);
+  const int64_t ideal = std::max<int64_t>(1, (distinct_bytes(spans) + 127) / 128);
+  return {std::max(worst, ideal), ideal};
+}
+
 void tally_requests(Block& b) {
   LaunchRecord& r = *b.rec;
   for (auto& [key, q] : b.requests) {
@@ -371,6 +391,34 @@ void tally_requests(Block& b) {
     r.active_lanes += __builtin_popcount(q.lanes);
   }
   b.requests.clear();
+  for (auto& [key, q] : b.shared_requests) {
+    (q.store ? r.shared_store_requests : r.shared_load_requests) += 1;
+    const auto [waves, ideal] = wavefronts(q.spans);
+    r.shared_wavefronts += waves;
+    r.shared_ideal_wavefronts += ideal;
+  }
+  b.shared_requests.clear();
+}
+
+// Closes a barrier interval: the SIMT efficiency of every warp and of the
+// block over the operations its threads counted since the last barrier.
+void tally_interval(Block& b) {
+  LaunchRecord& r = *b.rec;
+  int64_t block_max = 0, block_sum = 0;
+  for (size_t w = 0; w < b.warps.size(); ++w) {
+    int64_t mx = 0, sum = 0;
+    for (size_t i = w * 32; i < std::min(b.threads.size(), (w + 1) * 32); ++i) {
+      mx = std::max(mx, b.threads[i].ops);
+      sum += b.threads[i].ops;
+    }
+    r.warp_op_slots += 32 * mx;
+    r.warp_ops += sum;
+    block_max = std::max(block_max, mx);
+    block_sum += sum;
+  }
+  r.block_op_slots += static_cast<int64_t>(b.threads.size()) * block_max;
+  r.block_ops += block_sum;
+  for (Thread& t : b.threads) t.ops = 0;
 }
 
 void run_block(Block& b) {
@@ -407,6 +455,7 @@ void run_block(Block& b) {
     }
     if (!ran) deadlock(b);
   }
+  tally_interval(b);
   tally_requests(b);
 }
 
@@ -420,11 +469,12 @@ const ThreadIndex& current_index() {
 }
 
 uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t bits, int arg, int width,
-                       const char* file, int line) {
+                       const char* file, int line, int instructions) {
   Block* b = t_block;
   Thread* t = t_thread;
   TORCH_CHECK(t, "CUDA emulator: ", op_name(op), " called outside a kernel");
-  (op == WarpOp::SyncWarp ? b->rec->syncwarps : b->rec->shuffles) += 1;
+  (op == WarpOp::SyncWarp ? b->rec->syncwarps : b->rec->shuffles) += instructions;
+  t->ops += instructions;
   Warp& w = b->warps[t->warp];
   const unsigned me = 1u << t->lane;
   const std::string here = std::string(op_name(op)) + " (" + site(file, line) + ", mask " + hex(mask) + ")";
@@ -518,6 +568,7 @@ void sync_block(const char* file, int line) {
   if (++b->bar_arrived == static_cast<int>(b->threads.size())) {
     b->bar_arrived = 0;
     ++b->epoch;
+    tally_interval(*b);
     for (Thread& o : b->threads) {
       if (o.state == State::WaitBlock) o.state = State::Ready;
     }
@@ -561,6 +612,15 @@ void check_shared(const void* p, size_t bytes, bool store) {
   }
   if (!arr) fail(std::string("out-of-bounds shared-memory ") + what + " of " + std::to_string(bytes) + " bytes");
   if (a % bytes) fail(std::string("misaligned ") + std::to_string(bytes) + "-byte shared-memory " + what);
+  ++t->ops;
+  if (count_requests) {
+    const auto site_pc = reinterpret_cast<uintptr_t>(__builtin_return_address(0));
+    const uint64_t nth = t->site_count[site_pc]++;
+    Request& q = b->shared_requests[{t->warp, site_pc, nth}];
+    q.lanes |= 1u << t->lane;
+    q.store = store;
+    q.spans.emplace_back(a, a + bytes);
+  }
   const std::string elem = arr->name + "[" + std::to_string((a - arr->lo) / bytes) + "]";
   const int32_t tid = t->linear, e = b->epoch;
   for (size_t i = 0; i < bytes; ++i) {
@@ -728,6 +788,7 @@ void check_global(const void* p, size_t bytes, bool store) {
   }
   if (r->writable) check_global_order(*b, *t, *r, ri, a, bytes, store);
   LaunchRecord& rec = *b->rec;
+  ++t->ops;
   (store ? rec.store_bytes : rec.load_bytes) += static_cast<int64_t>(bytes);
   if (count_requests) {
     const auto site_pc = reinterpret_cast<uintptr_t>(__builtin_return_address(0));
@@ -744,10 +805,25 @@ void check_global(const void* p, size_t bytes, bool store) {
 }
 
 void count_exp() {
-  if (t_block) ++t_block->rec->exps;
+  if (!t_block) return;
+  ++t_block->rec->exps;
+  if (t_thread) ++t_thread->ops;
+}
+
+void count_log() {
+  if (!t_block) return;
+  ++t_block->rec->logs;
+  if (t_thread) ++t_thread->ops;
 }
 
 // ---- launches ----------------------------------------------------------------
+
+int resident_blocks_of(const std::string& name, int threads) {
+  const DeviceProps& d = device();
+  const auto it = d.resident_blocks.find(name);
+  if (it != d.resident_blocks.end()) return it->second;
+  return std::max(1, std::min(d.max_blocks_per_sm, d.max_threads_per_sm / std::max(threads, 1)));
+}
 
 std::string kernel_name_from(const char* pretty) {
   std::string s(pretty);
@@ -770,7 +846,8 @@ std::string kernel_name_from(const char* pretty) {
   return s;
 }
 
-void run_grid(const std::string& name, dim3 grid, dim3 block, void (*body)(void*), void* ctx) {
+void run_grid(const std::string& name, dim3 grid, dim3 block, void (*body)(void*), void* ctx,
+              std::vector<int64_t> int_args) {
   const DeviceProps& d = device();
   const int64_t g[3] = {grid.x, grid.y, grid.z}, k[3] = {block.x, block.y, block.z};
   const char* axis[3] = {"x", "y", "z"};
@@ -795,6 +872,8 @@ void run_grid(const std::string& name, dim3 grid, dim3 block, void (*body)(void*
   for (int i = 0; i < 3; ++i) rec.grid[i] = g[i], rec.block[i] = k[i];
   rec.threads = threads * g[0] * g[1] * g[2];
   rec.warps = (threads + 31) / 32 * g[0] * g[1] * g[2];
+  rec.int_args = std::move(int_args);
+  if (plan_only) return;
   g_load_sectors.clear(), g_store_sectors.clear();
   ++counts()[name];
   // The race check's record is per launch: forgotten however the launch ends.
@@ -864,7 +943,7 @@ void add_region(const char* name, const void* base, int64_t bytes, bool writable
   r.name = name, r.lo = reinterpret_cast<uintptr_t>(base), r.hi = r.lo + bytes;
   r.alloc_lo = alloc->lo, r.alloc_hi = alloc->hi;
   r.writable = writable, r.workspace = ws, r.elem = std::max<int64_t>(elem, 1);
-  if (writable) r.written.assign(bytes, 0);
+  if (writable && !plan_only) r.written.assign(bytes, 0);  // nothing runs in plan-only mode
   g_regions.push_back(std::move(r));
 }
 }  // namespace
@@ -875,14 +954,18 @@ void Session::input(const char* name, const void* base, int64_t bytes) {
 void Session::output(const char* name, void* base, int64_t bytes, int64_t elem) {
   add_region(name, base, bytes, true, false, elem);
   // An element no kernel writes reads as NaN (within the storage: a region
-  // wider than it is an error at the first access, not here).
-  if (bytes > 0 && !g_regions.empty() && g_regions.back().lo == reinterpret_cast<uintptr_t>(base)) {
+  // wider than it is an error at the first access, not here; not in
+  // plan-only mode, where no kernel runs and a full-size output stays
+  // untouched).
+  if (bytes > 0 && !plan_only && !g_regions.empty() &&
+      g_regions.back().lo == reinterpret_cast<uintptr_t>(base)) {
     const Region& r = g_regions.back();
     std::memset(base, 0xff, std::min(r.hi, r.alloc_hi) - r.lo);
   }
 }
 
 void Session::check_outputs_written() const {
+  if (plan_only) return;
   for (const Region& r : g_regions) {
     if (!r.writable || r.workspace) continue;
     const auto hole = std::find(r.written.begin(), r.written.end(), 0);
@@ -907,7 +990,7 @@ at::Tensor workspace(int64_t n, at::ScalarType dtype) {
   at::Tensor t = at::empty({n}, at::TensorOptions().dtype(dtype));
   iwae_emu::add_region("workspace", t.data_ptr(), static_cast<int64_t>(t.nbytes()), true, true,
                        static_cast<int64_t>(t.element_size()));
-  std::memset(t.data_ptr(), 0xff, t.nbytes());
+  if (!iwae_emu::plan_only) std::memset(t.data_ptr(), 0xff, t.nbytes());
   return t;
 }
 

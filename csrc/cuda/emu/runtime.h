@@ -19,6 +19,12 @@ struct DeviceProps {
   int64_t max_block[3] = {1024, 1024, 64};
   int64_t max_grid[3] = {2147483647, 65535, 65535};
   int64_t shared_per_block = 48 * 1024;  // static __shared__ limit
+  int max_threads_per_sm = 2048, max_blocks_per_sm = 32;
+  // Resident blocks per SM by kernel name, as the occupancy calculator gives
+  // them for a real GPU from the compiler's registers and shared memory
+  // (benchmarks/gpu_model.py sets them per modelled GPU); a kernel not named
+  // here is limited by threads and blocks per SM alone.
+  std::map<std::string, int> resident_blocks;
 };
 DeviceProps& device();
 
@@ -73,8 +79,26 @@ struct LaunchRecord {
   // sector from DRAM once), the counterpart of a profiler's DRAM bytes.
   int64_t load_distinct_sectors = 0, store_distinct_sectors = 0;
   int64_t lane_slots = 0, active_lanes = 0;  // 32 per request, and those in it
-  int64_t shuffles = 0, syncwarps = 0, barriers = 0;  // per thread, summed
-  int64_t exps = 0;
+  // SIMT efficiency over every barrier interval (and the stretch after the
+  // last one): per warp, the lanes' counted operations (memory accesses,
+  // shuffles, exponentials, logarithms) summed, against 32 x the busiest
+  // lane's, the instructions the warp issues in lockstep; per block, the
+  // same against every thread of the block (threads that have nothing to do
+  // in an interval, as in a tile's serial reduction, count as idle there).
+  int64_t warp_op_slots = 0, warp_ops = 0;
+  int64_t block_op_slots = 0, block_ops = 0;
+  // Shuffles in SHFL instructions (a 64-bit value takes two), per thread,
+  // summed; barriers and __syncwarps per thread, summed.
+  int64_t shuffles = 0, syncwarps = 0, barriers = 0;
+  int64_t exps = 0, logs = 0;  // per thread, summed
+  // Shared memory, per warp-level request (request counting only): the
+  // wavefronts (bank-conflict passes) it takes, and the fewest its bytes
+  // could take (128 bytes per wavefront).
+  int64_t shared_load_requests = 0, shared_store_requests = 0;
+  int64_t shared_wavefronts = 0, shared_ideal_wavefronts = 0;
+  // The launch's integer arguments in order (chunk sizes, pieces, run
+  // lengths): what the planner decided beside grid and block.
+  std::vector<int64_t> int_args;
   std::string block_order;  // "xyz", "reversed" or "shuffled"
   std::vector<int64_t> first_blocks;  // linear indices of the first blocks run, in order
 };
@@ -91,5 +115,11 @@ const std::map<std::string, int64_t>& launch_counts();
 // Request-level counting (sectors, lanes) costs memory per block; off unless
 // asked for.
 extern bool count_requests;
+
+// Plan only: every launch is checked against the device's limits and
+// recorded, but no block runs, and no output or workspace byte is touched
+// (so full-size shapes cost only their unused allocations). For the launch
+// plan of any shape without executing it (benchmarks/gpu_model.py).
+extern bool plan_only;
 
 }  // namespace iwae_emu

@@ -64,7 +64,7 @@ enum class WarpOp : int { ShflXor, ShflDown, ShflUp, ShflIdx, SyncWarp };
 // source lane's value (or the lane's own, where the source is outside the
 // width segment, as on the device).
 uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t bits, int arg, int width,
-                       const char* file, int line);
+                       const char* file, int line, int instructions = 1);
 void sync_block(const char* file, int line);
 
 // Shared memory of the running block: registered at first use in a block
@@ -76,8 +76,9 @@ void declare_shared(void* base, size_t bytes, const char* name);
 void check_global(const void* p, size_t bytes, bool store);
 void check_shared(const void* p, size_t bytes, bool store);
 
-// Counters (issue: GPU efficiency): exponentials per element.
+// Counters (benchmarks/GPU-COUNTS.md): exponentials and logarithms.
 void count_exp();
+void count_log();
 
 }  // namespace iwae_emu
 
@@ -182,25 +183,29 @@ template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
                   const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   return iwae_emu::detail::from_bits<T>(iwae_emu::warp_exchange(
-      iwae_emu::WarpOp::ShflXor, mask, iwae_emu::detail::to_bits(v), lane_mask, width, file, line));
+      iwae_emu::WarpOp::ShflXor, mask, iwae_emu::detail::to_bits(v), lane_mask, width, file, line,
+      sizeof(T) > 4 ? 2 : 1));
 }
 template <typename T>
 T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32,
                    const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   return iwae_emu::detail::from_bits<T>(iwae_emu::warp_exchange(
-      iwae_emu::WarpOp::ShflDown, mask, iwae_emu::detail::to_bits(v), (int)delta, width, file, line));
+      iwae_emu::WarpOp::ShflDown, mask, iwae_emu::detail::to_bits(v), (int)delta, width, file, line,
+      sizeof(T) > 4 ? 2 : 1));
 }
 template <typename T>
 T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
                  const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   return iwae_emu::detail::from_bits<T>(iwae_emu::warp_exchange(
-      iwae_emu::WarpOp::ShflUp, mask, iwae_emu::detail::to_bits(v), (int)delta, width, file, line));
+      iwae_emu::WarpOp::ShflUp, mask, iwae_emu::detail::to_bits(v), (int)delta, width, file, line,
+      sizeof(T) > 4 ? 2 : 1));
 }
 template <typename T>
 T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32,
               const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   return iwae_emu::detail::from_bits<T>(iwae_emu::warp_exchange(
-      iwae_emu::WarpOp::ShflIdx, mask, iwae_emu::detail::to_bits(v), src_lane, width, file, line));
+      iwae_emu::WarpOp::ShflIdx, mask, iwae_emu::detail::to_bits(v), src_lane, width, file, line,
+      sizeof(T) > 4 ? 2 : 1));
 }
 inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin_FILE(),
                        int line = __builtin_LINE()) {
@@ -226,13 +231,13 @@ IWAE_EMU_INLINE void st_global(T* p, V v) {
   *p = static_cast<T>(v);
 }
 template <typename T>
-T ld_shared(iwae_emu::SharedPtr<T> p) {
+IWAE_EMU_INLINE T ld_shared(iwae_emu::SharedPtr<T> p) {
   T* raw = iwae_emu::detail::unchecked(p);
   iwae_emu::check_shared(raw, sizeof(T), false);
   return *raw;
 }
 template <typename T, typename V>
-void st_shared(iwae_emu::SharedPtr<T> p, V v) {
+IWAE_EMU_INLINE void st_shared(iwae_emu::SharedPtr<T> p, V v) {
   T* raw = iwae_emu::detail::unchecked(p);
   iwae_emu::check_shared(raw, sizeof(T), true);
   *raw = static_cast<T>(v);
