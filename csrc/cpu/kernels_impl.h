@@ -26,6 +26,8 @@
 
 #include "kernel_api.h"
 #include "vec_ops.h"
+// after vec_ops.h, which defines IWAE_ISA
+#include "lane_shuffles.h"
 
 namespace iwae_fused::cpu {
 inline namespace CPU_CAPABILITY {
