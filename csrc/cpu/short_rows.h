@@ -227,17 +227,20 @@ struct LaneTiles {
   }
 
   // Dense rows (inner == 1: outputs o at P + o * K, samples contiguous) where
-  // transposing in registers is cheap (LaneShuffles::kFastTranspose): a
-  // tile's rows are read L rows by L samples at a time with contiguous
-  // loads and transposed, so that lane l of every vector holds one row, and
-  // the blocked online update runs as in reduce_across_outputs, with no
-  // gathers (NOTES.md CPU 16).
+  // transposing in registers is cheap (LaneShuffles::kFastTranspose). A
+  // tile's rows are one contiguous run: its log-weights are computed with
+  // contiguous loads into an L1 buffer (streaming reads, which the hardware
+  // prefetches; rows read L samples at a time straight from memory were
+  // stalls), then read back L rows by L samples at a time and transposed,
+  // so that lane l of every vector holds one row, and the blocked online
+  // update runs as in reduce_across_outputs, with no gathers (NOTES.md
+  // CPU 16).
   template <bool HAS_Q>
   static void reduce_rows_transposed(const ReduceArgs& a) {
     static_assert(kBlock >= L, "a transposed block of L samples fits the buffer");
-    const int64_t rows = a.outer;
+    const int64_t rows = a.outer, K = a.K;
     const int64_t tiles = ceil_div(rows, T);
-    const int64_t grain = std::max<int64_t>(1, kParallelElems / (a.K * T));
+    const int64_t grain = std::max<int64_t>(1, kParallelElems / (K * T));
     const auto* P = static_cast<const scalar_t*>(a.p.data);
     const auto* Q = static_cast<const scalar_t*>(a.q.data);
     const V beta(static_cast<opmath_t>(a.beta));
@@ -246,30 +249,39 @@ struct LaneTiles {
       UninitVecs<V, kLaneTileVecs> m, s, t, bmax;
       UninitTile<V, kBlock, kLaneTileVecs> buf;
       UninitVecs<V, L> blk;
+      std::vector<opmath_t> xbuf(T * K);
       for (int64_t tile = b; tile < e; ++tile) {
         const int64_t r0 = tile * T, n = std::min(T, rows - r0);
-        const int64_t nv = ceil_div(n, L);
-        for (int64_t kb = 0; kb < a.K; kb += L) {
-          const int64_t w = std::min(L, a.K - kb);
+        const int64_t nv = ceil_div(n, L), c = n * K;
+        const scalar_t* ps = P + r0 * K;
+        const scalar_t* qs = HAS_Q ? Q + r0 * K : nullptr;
+        int64_t j = 0;
+        for (; j + L <= c; j += L) {
+          V x = IO::load(ps + j);
+          if constexpr (HAS_Q) x = x - IO::load(qs + j);
+          (x * beta).store(xbuf.data() + j);
+        }
+        if (j < c) {
+          V x = IO::load(ps + j, c - j);
+          if constexpr (HAS_Q) x = x - IO::load(qs + j, c - j);
+          (x * beta).store(xbuf.data() + j, c - j);
+        }
+        for (int64_t kb = 0; kb < K; kb += L) {
+          const int64_t w = std::min(L, K - kb);
           for (int64_t v = 0; v < nv; ++v) {
             const int64_t rv = std::min(L, n - v * L);
-            const scalar_t* pr = P + (r0 + v * L) * a.p.so + kb;
-            const scalar_t* qr = HAS_Q ? Q + (r0 + v * L) * a.q.so + kb : nullptr;
-            for (int64_t j = 0; j < rv; ++j) {
-              // Samples past w read as 0: columns that are never used.
-              V x = w == L ? IO::load(pr + j * a.p.so) : IO::load(pr + j * a.p.so, w);
-              if constexpr (HAS_Q) {
-                x = x - (w == L ? IO::load(qr + j * a.q.so) : IO::load(qr + j * a.q.so, w));
-              }
-              blk[j] = x * beta;
+            const opmath_t* xr = xbuf.data() + v * L * K + kb;
+            // Samples past w read as 0: columns that are never used.
+            for (int64_t r = 0; r < rv; ++r) {
+              blk[r] = w == L ? V::loadu(xr + r * K) : V::loadu(xr + r * K, w);
             }
             // Rows past the tile's last are lanes never stored.
-            for (int64_t j = rv; j < L; ++j) blk[j] = V(0);
+            for (int64_t r = rv; r < L; ++r) blk[r] = V(0);
             LaneShuffles<V>::transpose(blk.data());
             V bm(-INFINITY);
-            for (int64_t j = 0; j < w; ++j) {
-              buf[j][v] = blk[j];
-              bm = Lane::max(blk[j], bm);
+            for (int64_t k = 0; k < w; ++k) {
+              buf[k][v] = blk[k];
+              bm = Lane::max(blk[k], bm);
             }
             bmax[v] = bm;
           }
