@@ -9,12 +9,20 @@ Environment:
     FORCE_CPU=1          build the CPU kernels only
     FORCE_CUDA=1         build the CUDA kernels too, or fail saying why
     CUDA_HOME            the CUDA toolkit (default: /usr/local/cuda if present)
-    TORCH_CUDA_ARCH_LIST GPU architectures, e.g. "8.0;9.0"
+    TORCH_CUDA_ARCH_LIST GPU architectures (default "8.0;9.0;10.0;12.0+PTX", see
+                         DEFAULT_CUDA_ARCHS)
     MAX_JOBS             parallel compile jobs (ninja)
     IWAE_FUSED_CUDA_EMU=1  also build iwae_fused._cuda_emu: the CUDA kernels compiled
                          by the host compiler and run on the CPU by an emulator (the
                          test suite's CUDA cases; scripts/run.sh test sets it)
     IWAE_FUSED_DEBUG=1   -O0 -g, for debugging the kernels
+    IWAE_FUSED_LINEINFO=1  line tables in an optimised build (-g1, nvcc -lineinfo),
+                         for profilers (perf annotate, Nsight Compute)
+    IWAE_FUSED_PIN_TORCH=1 the wheel requires exactly the torch it is built against
+                         (release wheels: scripts/build_wheels.sh sets it)
+
+Builds are release builds unless IWAE_FUSED_DEBUG is set: -O3, no debug
+information (Python's own CFLAGS carry -g; -g0 comes after them).
 """
 
 import glob
@@ -26,6 +34,16 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VERSION = "0.1.0"
+# The oldest torch the test suite has passed against (scripts/check_torch_versions.sh).
+TORCH_MIN = "2.13"
+# The GPU architectures of a CUDA build when TORCH_CUDA_ARCH_LIST is unset.
+# Native code (SASS) runs on its own architecture and on later minor versions
+# of the same major one, so sm_80 covers every 8.x GPU (A100, A10, A40, L4,
+# L40, RTX 30/40), sm_90 the H100/H200/GH200, sm_100 the B200/GB200/B300
+# (10.x), sm_120 the RTX 50 series, RTX PRO Blackwell and GB10 (12.x). The PTX
+# of 12.0 is compiled by the driver at first launch on any newer GPU (a major
+# version above 12). CUDA 13 compiles nothing below sm_75.
+DEFAULT_CUDA_ARCHS = "8.0;9.0;10.0;12.0+PTX"
 
 
 def _env_flag(name):
@@ -134,7 +152,10 @@ def _extension():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     debug = _env_flag("IWAE_FUSED_DEBUG")
-    cxx = ["-O0", "-g"] if debug else ["-O3"]
+    lineinfo = _env_flag("IWAE_FUSED_LINEINFO")
+    # -g0 / -g1 override the -g in Python's CFLAGS, which come first on the
+    # command line: debug information made the library ~48 MB.
+    cxx = ["-O0", "-g"] if debug else ["-O3", "-g1" if lineinfo else "-g0"]
     cxx += ["-fdiagnostics-color=always", "-Wno-unknown-pragmas"]
     macros = []
     kwargs = {}
@@ -156,7 +177,14 @@ def _extension():
         ]
         # No --use_fast_math: it would change expf/logf and denormal handling
         # under the numerical guarantees; the kernels are memory-bound anyway.
-        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+        nvcc = ["-O3", "--expt-relaxed-constexpr"]
+        if debug or lineinfo:
+            nvcc += ["-lineinfo"]
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            # Unset, torch would build for the GPU it sees, or for every
+            # architecture of its own build when it sees none.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+        print(f"iwae_fused: CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
         for d in _nvidia_include_dirs():
             cxx += ["-isystem", d]
             nvcc += ["-isystem", d]
@@ -194,13 +222,61 @@ def _emulator_extension():
     )
 
 
+def _torch_requirement():
+    """A source build: the tested lower bound and no cap. The build is tied to
+    the torch installed when it was compiled (iwae_fused/_build.py checks at
+    import); a cap would make pip replace a newer torch after the extension was
+    compiled against it, breaking a build that most likely works, and would
+    add nothing the import check does not enforce. The tested versions are in
+    the docs. A release wheel (IWAE_FUSED_PIN_TORCH=1) requires exactly its
+    torch, so pip picks the wheel that matches the torch a user names, and
+    `pip check` flags a later torch upgrade."""
+    if torch is not None and _env_flag("IWAE_FUSED_PIN_TORCH") and "sdist" not in sys.argv[1:]:
+        return f"torch=={torch.__version__.split('+')[0]}"
+    return f"torch>={TORCH_MIN}"
+
+
+def _requirements(name):
+    """The packages of requirements/<name>.txt, following its -r includes:
+    the extras and scripts/run.sh read the same files."""
+    out = []
+    with open(os.path.join(ROOT, "requirements", name + ".txt")) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("-r "):
+                out += [r for r in _requirements(line[3:].strip()[: -len(".txt")]) if r not in out]
+            elif line and line not in out:
+                out.append(line)
+    return out
+
+
+def _build_ext_class():
+    """torch's ninja build, with each extension's objects kept in build/obj-*.
+
+    An editable install (pip install -e .) compiles in a fresh temporary
+    folder every time, so every rebuild was a full one. With a fixed folder
+    per extension, Python and torch version, ninja recompiles only what
+    changed: building the emulator after the main extension compiles the
+    emulator alone, and a rebuild after editing one kernel compiles that file.
+    """
+    base = cpp_extension.BuildExtension.with_options(use_ninja=True)
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}"
+
+    class BuildExt(base):
+        def build_extension(self, ext):
+            self.build_temp = os.path.join(ROOT, "build", f"obj-{tag}", ext.name)
+            super().build_extension(ext)
+
+    return BuildExt
+
+
 if torch is None or "sdist" in sys.argv[1:]:
     # An sdist is torch-agnostic: no extension decided, no torch tag in the version.
     EXTENSIONS, CMDCLASS, FULL_VERSION = [], {}, VERSION
 else:
     EXTENSION, WITH_CUDA = _extension()
     EXTENSIONS = [EXTENSION] + ([_emulator_extension()] if _env_flag("IWAE_FUSED_CUDA_EMU") else [])
-    CMDCLASS = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    CMDCLASS = {"build_ext": _build_ext_class()}
     FULL_VERSION = _local_version(WITH_CUDA)
 
 setup(
@@ -227,13 +303,7 @@ setup(
     ext_modules=EXTENSIONS,
     cmdclass=CMDCLASS,
     python_requires=">=3.9",
-    # A lower bound only: pip must never replace the torch a build was made
-    # against (the extension is tied to it; iwae_fused/_build.py checks).
-    install_requires=["torch>=2.11"],
-    extras_require={
-        "test": ["pytest", "hypothesis", "numpy"],
-        "bench": ["pytest-benchmark", "matplotlib", "tqdm"],
-        "pyro": ["pyro-ppl>=1.9"],
-    },
+    install_requires=[_torch_requirement()],
+    extras_require={name: _requirements(name) for name in ("test", "examples", "pyro", "bench", "docs")},
     zip_safe=False,
 )

@@ -351,6 +351,13 @@ struct DregFunction : public torch::autograd::Function<DregFunction> {
           /*create_graph=*/at::GradMode::is_enabled(),
           /*allow_unused=*/true);
       gz = res[0];
+      // z off both graphs (a view or copy made after log_p and log_q were
+      // computed) would silently drop the correction: another estimator.
+      TORCH_CHECK_VALUE(
+          gz.defined(),
+          "dreg(): z is not an input of log_p's or log_q's autograd graph, so its "
+          "gradient cannot be weighted; pass the tensor both were computed from "
+          "(not a view or copy made afterwards)");
     }
     return raise_if_differentiated("dreg", {
         ctx->needs_input_grad(0) ? to_input(gp, log_p) : Tensor(),

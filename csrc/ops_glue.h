@@ -341,6 +341,9 @@ at::Tensor dreg_value(
     const at::Tensor& log_p, const at::Tensor& log_q, const at::Tensor& z,
     int64_t dim, std::string z_weight) {
   if (z_weight != "stl") dreg_mode(z_weight); // checks the name
+  // The dispatcher passes None for a Tensor as an undefined tensor; z is
+  // only read by the backward, which would then fail far from the call.
+  TORCH_CHECK_TYPE(z.defined(), "dreg(): expected z to be a torch.Tensor, but got None");
   common_device("dreg", {{"log_p", &log_p}, {"log_q", &log_q}, {"z", &z}});
   return iwelbo<Kernels>(log_p, log_q, dim, false, 0.0);
 }

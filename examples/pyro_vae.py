@@ -9,7 +9,7 @@ a fixed split). Each model's test log-likelihood is estimated with K =
 --eval-samples importance samples through iwae_fused.estimate_log_likelihood,
 the log-weights coming from Pyro traces of the trained guide and model.
 
-    python examples/pyro_vae.py                 # 8 models, CPU, a few minutes
+    python examples/pyro_vae.py                 # 8 models, CPU, about 5 minutes
     python examples/pyro_vae.py --epochs 200 --publish
 """
 
@@ -30,7 +30,7 @@ import iwae_fused
 from iwae_fused.pyro import IWAE_ELBO
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_iwae import IWAE, binarize, load_digits_split  # noqa: E402
+from train_iwae import IWAE, binarize, load_digits_split, progress  # noqa: E402
 
 LOSSES = ("trace_elbo", "renyi", "iwae", "dreg")
 LABELS = {
@@ -103,7 +103,7 @@ def train(kind, k, args, data):
     gen = torch.Generator().manual_seed(args.seed + 1)
     steps_per_epoch = max(1, len(train_x) // args.batch_size)
     t0, steps, losses = time.time(), 0, []
-    for _ in range(args.epochs):
+    for _ in progress(range(args.epochs), args.epochs, f"{LABELS[kind]} K={k}, epochs"):
         xb = binarize(train_x, gen)
         for _ in range(steps_per_epoch):
             losses.append(svi.step(xb) / len(train_x))

@@ -132,9 +132,12 @@ def _vimco_forward_vmap(info, in_dims, log_p, log_q, dim, keepdim):
 @_register("dreg")
 def _dreg_vmap(info, in_dims, log_p, log_q, z, dim=0, z_weight="dreg"):
     p, q, d, _ = _weights_inputs("dreg", in_dims, log_p, log_q, dim)
-    # z only matters to the backward (which vmap without grad never runs).
-    zb = z if _pad(in_dims, 3)[2] is None else z.movedim(in_dims[2], 0)
-    return torch.ops.iwae_fused.dreg(p, q, zb, d, z_weight), 0
+    # z is read only by the backward, as the target of a vector-Jacobian
+    # product through log_p's and log_q's graphs; with gradients recorded
+    # outside vmap, those graphs reach the physical z itself, not a view of
+    # it made here (the product with respect to a new view is zero), so z
+    # goes as it is, batch dim wherever it is.
+    return torch.ops.iwae_fused.dreg(p, q, z, d, z_weight), 0
 
 
 def _backward_inputs(op, info, in_dims, grad, state, log_p, log_q, dim, keepdim):

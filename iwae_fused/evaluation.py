@@ -28,6 +28,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
+from iwae_fused import _args
 from iwae_fused import ops as _ops  # noqa: F401  (registers the fakes)
 from iwae_fused import psis as _psis
 from iwae_fused.stream_diagnostics import LogLikelihoodEstimate, TopState, weight_summary
@@ -45,13 +46,14 @@ _logsumexp_stats = torch.ops.iwae_fused.logsumexp_stats.default
 
 @dataclass(frozen=True)
 class IwelboState:
-    """Per-example state of the bound over `count` samples.
+    """Per-example state of the bound over ``count`` samples.
 
-    shift:   [*batch] float64, the largest log-weight seen (0 where none is
-             finite: an empty or +inf slice).
-    log_sum: [*batch] float64, log sum_k exp(log w_k - shift); -inf where every
-             log-weight was -inf (the identity of merge()).
-    count:   the number of samples K so far (the same for every example).
+    Attributes:
+        shift: ``[*batch]`` float64, the largest log-weight seen (0 where none
+            is finite: an empty or +inf slice).
+        log_sum: ``[*batch]`` float64, log sum_k exp(log w_k - shift); -inf
+            where every log-weight was -inf (the identity of merge()).
+        count: the number of samples K so far (the same for every example).
     """
 
     shift: Tensor
@@ -72,6 +74,10 @@ class IwelboState:
     def merge(self, other: "IwelboState") -> "IwelboState":
         """The state of both chunks' samples. Associative and commutative up
         to rounding; an empty (all -inf) chunk is the identity."""
+        if not isinstance(other, IwelboState):
+            raise TypeError(
+                f"IwelboState.merge(): expected other to be an IwelboState, but got "
+                f"{_args.describe(other)}")
         if self.shift.shape != other.shift.shape:
             raise ValueError(
                 f"IwelboState.merge(): states of batch shape {list(self.shift.shape)} and "
@@ -106,14 +112,20 @@ class IwelboState:
         return self.shift + (self.log_sum - math.log(self.count))
 
 
-def iwelbo_state(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> IwelboState:
+def iwelbo_state(
+    log_p: Union[Tensor, float], log_q: Union[Tensor, float, None] = None, dim: int = 0
+) -> IwelboState:
     """The mergeable state of the bound over the samples along `dim`, from the
     same fused kernel as iwelbo (arguments, broadcasting and errors as there).
 
     ``iwelbo_state(a).merge(iwelbo_state(b)).finalize()`` equals
-    ``iwelbo(torch.cat([a, b]))`` to float rounding.
+    ``iwelbo(torch.cat([a, b]))`` to float rounding. ``log_q`` (or ``log_p``)
+    may be a Python number, taken as ``log_p - log_q`` takes it.
     """
-    stats = _logsumexp_stats(log_p, log_q, dim).double()  # checks the arguments
+    # Not a per-step call: the types are checked and numbers converted first.
+    log_p, log_q = _args.operands("iwelbo_state", log_p, log_q)
+    _args.check("iwelbo_state", (("dim", "op int", dim),))
+    stats = _logsumexp_stats(log_p, log_q, dim).double()  # checks the rest
     shape = log_p.shape if log_q is None else torch.broadcast_shapes(log_p.shape, log_q.shape)
     K = shape[dim] if len(shape) else 1
     return IwelboState(stats[0], stats[1], int(K))
@@ -195,22 +207,23 @@ def estimate_log_likelihood(
         :class:`LogLikelihoodEstimate` named tuple ``(log_likelihood, ess,
         max_weight, pareto_k)`` instead; the default return is unchanged.
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(
-            f"estimate_log_likelihood(): num_samples must be a positive int, got {num_samples!r}"
-        )
+    op = "estimate_log_likelihood"
+    if not callable(log_weight_fn):
+        raise TypeError(f"{op}(): expected log_weight_fn to be callable (n -> log-weights "
+                        f"[n, *batch]), but got {_args.describe(log_weight_fn)}")
+    _args.check(op, (("num_samples", "int", num_samples),
+                     ("chunk_size", "optional int", chunk_size),
+                     ("progress", "optional bool", progress),
+                     ("diagnostics", "bool", diagnostics)))
+    if num_samples < 1:
+        raise ValueError(f"{op}(): num_samples must be a positive int, got {num_samples!r}")
     if chunk_size is None:
         chunk_size = num_samples
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(
-            f"estimate_log_likelihood(): chunk_size must be a positive int, got {chunk_size!r}"
-        )
+    if chunk_size < 1:
+        raise ValueError(f"{op}(): chunk_size must be a positive int, got {chunk_size!r}")
+    num_samples, chunk_size = int(num_samples), int(chunk_size)
     local = _share(num_samples, group)
     bar = _progress_bar(local, progress, group)
-    if not isinstance(diagnostics, bool):
-        raise TypeError(
-            f"estimate_log_likelihood(): diagnostics must be a bool, got {diagnostics!r}"
-        )
     keep = _psis.tail_length(num_samples) + 1
     state = squares = top = None
     done = 0

@@ -2,18 +2,22 @@
 
 The entry points are thin: argument checks, broadcasting and dtype promotion
 happen in C++ (csrc/plan.cpp) where they cost nothing per call, and autograd
-is registered in C++ (csrc/autograd.cpp). The fake implementations below
-mirror plan.cpp's checks and shapes for meta and fake tensors (torch.compile,
-torch.export), with the same error messages.
+is registered in C++ (csrc/autograd.cpp). An entry point calls its operator
+at once; only when the dispatcher refuses the arguments does it look at them
+(_args.py): a Python number operand is then converted to a 0-dim tensor and
+the call retried, and an argument of a wrong type gets a TypeError naming it.
+torch.compile traces stand-ins that do the same up front (_compiled.py). The
+fake implementations below mirror plan.cpp's checks and shapes for meta and
+fake tensors (torch.compile, torch.export), with the same error messages.
 """
 
 import math
-import operator
-from typing import Optional, Tuple
+from typing import Tuple, Union
 
 import torch
 from torch import Tensor
 
+from iwae_fused import _args
 from iwae_fused._build import _C  # noqa: F401  (registers torch.ops.iwae_fused)
 
 __all__ = [
@@ -33,8 +37,8 @@ _dreg = torch.ops.iwae_fused.dreg.default
 
 
 def iwelbo(
-    log_p: Tensor,
-    log_q: Optional[Tensor] = None,
+    log_p: Union[Tensor, float],
+    log_q: Union[Tensor, float, None] = None,
     dim: int = 0,
     keepdim: bool = False,
     alpha: float = 0.0,
@@ -66,6 +70,17 @@ def iwelbo(
             ``q.rsample((K,))`` gives). With ``log_q=None`` it holds the
             log-weights log p - log q themselves.
         log_q: log q(z_k | x), broadcastable against ``log_p``; or None.
+            Either operand may be a Python (or NumPy) real number ``c``,
+            taken as ``log_p - c`` takes it: a 0-dim tensor of the other
+            operand's dtype and device, so it never promotes the result's
+            dtype (a float16 ``log_p`` gives float16). In float16/bfloat16
+            ``c`` is rounded to that dtype first (eager rounds only the
+            difference): a difference of at most half an ulp of ``c``. Bools
+            are refused, as ``log_p - True`` refuses them. The number is
+            converted after the dispatcher refuses it (a tensor call pays
+            nothing for this; a number costs one refused dispatch, about
+            20 us): in a hot loop, pass a tensor. Under torch.compile the
+            conversion happens while tracing and costs nothing at run time.
         dim: the sample dimension, reduced away (any dim, negative allowed).
         keepdim: keep ``dim`` as size 1.
         alpha: the Renyi order (finite), 0 by default.
@@ -78,8 +93,8 @@ def iwelbo(
     written in one element-wise pass from the log-sum-exp saved by the
     forward. A broadcast input receives its gradient summed over the broadcast.
 
-    Every autograd feature gives the eager expression's derivatives (README,
-    "Autograd features"): double backward (``create_graph=True``; the second
+    Every autograd feature gives the eager expression's derivatives (the
+    docs' autograd guide): double backward (``create_graph=True``; the second
     derivative along ``dim`` is ``g beta (diag(w) - w w^T)``, beta = 1 - alpha),
     forward-mode AD (tangent ``sum_k w_k (t_p - t_q)_k``, the mean of the
     tangents at alpha = 1), the torch.func transforms and their compositions,
@@ -102,17 +117,32 @@ def iwelbo(
 
     Errors: non-floating dtypes (TypeError), shapes that do not broadcast or an
     empty sample dim, K = 0 (ValueError), ``dim`` out of range (IndexError),
-    inputs on different devices (RuntimeError). An empty batch gives an empty
-    result.
+    inputs on different devices (RuntimeError). An argument of a wrong type
+    raises a TypeError naming the op, the argument, the type expected and the
+    type given (``alpha='x'``: "iwelbo(): expected alpha to be a float, but got
+    str ('x')"). As for every torch.ops operator, the dispatcher itself takes
+    some values of a neighbouring type: a bool or a one-element tensor for
+    ``dim``, any number or None for ``keepdim``, a one-element tensor for
+    ``alpha`` (no gradient flows to it); they are not checked beforehand,
+    which would cost every call, and compiled calls take the same ones.
+    An empty batch gives an empty result.
     """
     try:
         return _iwelbo(log_p, log_q, dim, keepdim, alpha)
     except (TypeError, RuntimeError):
-        _explain("iwelbo", log_p=log_p, log_q=log_q, dim=dim)
-        raise
+        fixed = _args.after_refusal("iwelbo", log_p, log_q, True, _iwelbo_args(dim, keepdim, alpha))
+        if fixed is None:
+            raise
+    return _iwelbo(*fixed, dim, keepdim, alpha)
 
 
-def normalized_weights(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> Tensor:
+def _iwelbo_args(dim, keepdim, alpha):
+    return (("dim", "op int", dim), ("keepdim", "op bool", keepdim), ("alpha", "op real", alpha))
+
+
+def normalized_weights(
+    log_p: Union[Tensor, float], log_q: Union[Tensor, float, None] = None, dim: int = 0
+) -> Tensor:
     r"""The self-normalized importance weights ``softmax(log_p - log_q, dim)``.
 
     .. math::
@@ -134,12 +164,18 @@ def normalized_weights(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int =
     try:
         return _normalized_weights(log_p, log_q, dim)
     except (TypeError, RuntimeError):
-        _explain("normalized_weights", log_p=log_p, log_q=log_q, dim=dim)
-        raise
+        fixed = _args.after_refusal("normalized_weights", log_p, log_q, True, _dim_args(dim))
+        if fixed is None:
+            raise
+    return _normalized_weights(*fixed, dim)
+
+
+def _dim_args(dim):
+    return (("dim", "op int", dim),)
 
 
 def weight_diagnostics(
-    log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0
+    log_p: Union[Tensor, float], log_q: Union[Tensor, float, None] = None, dim: int = 0
 ) -> Tuple[Tensor, Tensor]:
     r"""Importance-weight diagnostics per example, from one fused pass.
 
@@ -162,21 +198,29 @@ def weight_diagnostics(
     try:
         return _weight_diagnostics(log_p, log_q, dim)
     except (TypeError, RuntimeError):
-        _explain("weight_diagnostics", log_p=log_p, log_q=log_q, dim=dim)
-        raise
+        fixed = _args.after_refusal("weight_diagnostics", log_p, log_q, True, _dim_args(dim))
+        if fixed is None:
+            raise
+    return _weight_diagnostics(*fixed, dim)
 
 
-def effective_sample_size(log_p: Tensor, log_q: Optional[Tensor] = None, dim: int = 0) -> Tensor:
+def effective_sample_size(
+    log_p: Union[Tensor, float], log_q: Union[Tensor, float, None] = None, dim: int = 0
+) -> Tensor:
     """The effective sample size 1 / sum_k w~_k^2 per example; see
     :func:`weight_diagnostics`, which also gives the largest weight."""
     try:
         return _weight_diagnostics(log_p, log_q, dim)[0]
     except (TypeError, RuntimeError):
-        _explain("effective_sample_size", log_p=log_p, log_q=log_q, dim=dim)
-        raise
+        fixed = _args.after_refusal("effective_sample_size", log_p, log_q, True, _dim_args(dim))
+        if fixed is None:
+            raise
+    return _weight_diagnostics(*fixed, dim)[0]
 
 
-def vimco(log_p: Tensor, log_q: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
+def vimco(
+    log_p: Union[Tensor, float], log_q: Union[Tensor, float], dim: int = 0, keepdim: bool = False
+) -> Tensor:
     r"""The IWAE bound with the VIMCO gradient estimator (Mnih & Rezende 2016),
     for discrete latents (z ~ q sampled without reparameterization).
 
@@ -192,6 +236,9 @@ def vimco(log_p: Tensor, log_q: Tensor, dim: int = 0, keepdim: bool = False) -> 
     so ``-vimco(log_p, log_q).mean()`` is the loss whose ``backward()`` yields
     VIMCO's gradients for the generative model (through log_p) and the
     inference network (through log_q = log q(z | x) of the sampled z).
+
+    ``log_p`` and ``log_q`` broadcast, promote and may be numbers as for
+    :func:`iwelbo` (a number ``log_q``: no signal to send back).
 
     All K signals are computed in O(K) per example from one pass, and stably:
     no catastrophic cancellation when one weight dominates (the sum of the
@@ -209,12 +256,19 @@ def vimco(log_p: Tensor, log_q: Tensor, dim: int = 0, keepdim: bool = False) -> 
     try:
         return _vimco(log_p, log_q, dim, keepdim)
     except (TypeError, RuntimeError):
-        _explain("vimco", log_p=log_p, log_q=log_q, dim=dim)
-        raise
+        fixed = _args.after_refusal("vimco", log_p, log_q, False, _vimco_args(dim, keepdim))
+        if fixed is None:
+            raise
+    return _vimco(*fixed, dim, keepdim)
+
+
+def _vimco_args(dim, keepdim):
+    return (("dim", "op int", dim), ("keepdim", "op bool", keepdim))
 
 
 def dreg(
-    log_p: Tensor, log_q: Tensor, z: Tensor, dim: int = 0, z_weight: str = "dreg"
+    log_p: Union[Tensor, float], log_q: Union[Tensor, float], z: Tensor, dim: int = 0,
+    z_weight: str = "dreg",
 ) -> Tensor:
     r"""The IWAE bound with the doubly reparameterized gradient estimator
     (DReG; Tucker, Lawson, Gu & Maddison 2018, "Doubly Reparameterized Gradient
@@ -259,7 +313,8 @@ def dreg(
             opt.zero_grad(); loss.backward(); opt.step()
 
     Shapes: ``log_p``, ``log_q`` as for :func:`iwelbo` (``dim`` the sample
-    dim); ``z`` any tensor both were computed from. Not supported under
+    dim; either may be a number, as there); ``z`` any tensor both were
+    computed from. Not supported under
     torch.compile's autograd (the backward is reentrant); eager only. As for
     :func:`vimco`, the gradients are an estimator's: forward-mode AD, the
     differentiating torch.func transforms and double backward raise an error
@@ -268,24 +323,14 @@ def dreg(
     try:
         return _dreg(log_p, log_q, z, dim, z_weight)
     except (TypeError, RuntimeError):
-        _explain("dreg", log_p=log_p, log_q=log_q, z=z, dim=dim)
-        raise
+        fixed = _args.after_refusal("dreg", log_p, log_q, False, _dreg_args(z, dim, z_weight))
+        if fixed is None:
+            raise
+    return _dreg(*fixed, z, dim, z_weight)
 
 
-def _explain(op, dim=0, **tensors):
-    """After the dispatcher refused a call: a TypeError naming the argument of
-    the wrong type, if one is (the dispatcher's own message names C++ types, or
-    prints the whole value of a list). The successful path pays nothing."""
-    for name, t in tensors.items():
-        if t is None and name == "log_q":
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{op}(): expected {name} to be a torch.Tensor, but got "
-                            f"{type(t).__module__}.{type(t).__qualname__}".replace("builtins.", ""))
-    try:
-        operator.index(dim)
-    except TypeError:
-        raise TypeError(f"{op}(): expected dim to be an int, but got {type(dim).__name__} ({dim!r})") from None
+def _dreg_args(z, dim, z_weight):
+    return (("z", "tensor", z), ("dim", "op int", dim), ("z_weight", "str", z_weight))
 
 
 # ---- fake implementations (mirror csrc/plan.cpp) -----------------------------
@@ -442,6 +487,8 @@ def _vimco_backward_fake(grad, state, log_p, log_q, dim, keepdim, output_mask):
 
 @torch.library.register_fake("iwae_fused::dreg")
 def _dreg_fake(log_p, log_q, z, dim=0, z_weight="dreg"):
+    if z is None:
+        raise TypeError("dreg(): expected z to be a torch.Tensor, but got None")
     if z_weight not in ("dreg", "stl", "rws"):
         raise ValueError(
             f"dreg(): expected z_weight to be 'dreg', 'stl' or 'rws', but got '{z_weight}'"
@@ -464,3 +511,5 @@ def _normalized_weights_fake(log_p, log_q=None, dim=0):
 
 # vmap batching rules (a vmapped dim becomes a batch dim of the same kernels).
 from iwae_fused import batching as _batching  # noqa: E402,F401
+# What torch.compile traces in place of the entry points above.
+from iwae_fused import _compiled  # noqa: E402,F401

@@ -45,6 +45,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from iwae_fused import _args
 from iwae_fused import ops as _ops
 
 __all__ = ["tail_length", "pareto_k", "psis_weights"]
@@ -137,7 +138,8 @@ def _fit_top(top: Tensor, num_samples: int):
 
 def _log_weights(op, log_p, log_q, dim):
     """log w as float64 [S, N] with the sample dim first, and the output shape."""
-    _ops._explain(op, log_p=log_p, log_q=log_q, dim=dim)
+    log_p, log_q = _args.operands(op, log_p, log_q)  # a number operand, as log_p - c takes it
+    _args.check(op, (("dim", "op int", dim),))
     shape, d, dtype = _ops._plan(op, log_p, log_q, dim)
     log_w = log_p if log_q is None else log_p.to(dtype) - log_q.to(dtype)
     log_w = log_w.detach().to(torch.float64)  # a diagnostic: constants, no graph

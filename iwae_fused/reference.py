@@ -76,8 +76,9 @@ def effective_sample_size(log_p: Tensor, log_q: Optional[Tensor] = None, dim: in
 
 
 def vimco_signals(log_p: Tensor, log_q: Tensor, dim: int = 0) -> Tensor:
-    """L - L_-j for every sample j, the O(K^2) way: L_-j is the bound with
-    log w_j replaced by the mean of the other log-weights (Mnih & Rezende 2016)."""
+    """``L - L_-j`` for every sample j, the O(K^2) way: ``L_-j`` is the bound
+    with log w_j replaced by the mean of the other log-weights (Mnih & Rezende
+    2016)."""
     log_w = torch.movedim(log_weights(log_p, log_q), dim, 0)
     K = log_w.shape[0]
     bound = torch.logsumexp(log_w, 0) - math.log(K)
@@ -90,8 +91,8 @@ def vimco_signals(log_p: Tensor, log_q: Tensor, dim: int = 0) -> Tensor:
 
 
 def vimco(log_p: Tensor, log_q: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
-    """The IWAE bound whose gradient is VIMCO's: w on log_p, (L - L_-j) - w_j on
-    log_q (a surrogate that adds the leave-one-out signal as a constant times
+    """The IWAE bound whose gradient is VIMCO's: w on log_p, ``(L - L_-j) - w_j``
+    on log_q (a surrogate that adds the leave-one-out signal as a constant times
     log_q, whose value is 0)."""
     bound = iwelbo(log_p, log_q, dim, keepdim)
     signal = vimco_signals(log_p.detach(), log_q.detach(), dim)

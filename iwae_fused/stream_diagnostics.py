@@ -22,16 +22,17 @@ __all__ = ["TopState", "LogLikelihoodEstimate", "weight_summary"]
 
 @dataclass(frozen=True)
 class TopState:
-    """The `size` largest log-weights per example among the samples seen.
+    """The ``size`` largest log-weights per example among the samples seen.
 
-    values: [min(size, count), *batch] float64, descending along dim 0 (NaN
-            sorts first, as in torch.topk).
-    size:   how many to keep; PSIS needs tail_length(S) + 1 for S samples.
-    count:  the number of samples seen (the same for every example).
+    Attributes:
+        values: ``[min(size, count), *batch]`` float64, descending along dim 0
+            (NaN sorts first, as in torch.topk).
+        size: how many to keep; PSIS needs tail_length(S) + 1 for S samples.
+        count: the number of samples seen (the same for every example).
 
-    The top `size` of a union is the top `size` of the two top sets, so merge()
-    is exact: associative and commutative, as the values it keeps are the same
-    numbers, not rounded sums. Memory is `size` values per example.
+    The top ``size`` of a union is the top ``size`` of the two top sets, so
+    merge() is exact: associative and commutative, as the values it keeps are
+    the same numbers, not rounded sums. Memory is ``size`` values per example.
     """
 
     values: Tensor
@@ -40,7 +41,7 @@ class TopState:
 
     @staticmethod
     def of(log_w: Tensor, size: int) -> "TopState":
-        """The state of log-weights [n, *batch] (sample dim 0)."""
+        """The state of log-weights ``[n, *batch]`` (sample dim 0)."""
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"TopState.of(): size must be a positive int, got {size!r}")
         n = log_w.shape[0]
@@ -84,7 +85,7 @@ class TopState:
         return TopState(values, self.size, total)
 
     def pareto_k(self) -> Tensor:
-        """PSIS k-hat [*batch] over the `count` samples (see iwae_fused.pareto_k)."""
+        """PSIS k-hat ``[*batch]`` over the ``count`` samples (see iwae_fused.pareto_k)."""
         need = _psis.tail_length(max(self.count, 1)) + 1
         if self.count < 1:
             raise ValueError("TopState.pareto_k(): the state holds no samples")
@@ -100,14 +101,15 @@ class TopState:
 
 class LogLikelihoodEstimate(NamedTuple):
     """What estimate_log_likelihood(..., diagnostics=True) returns; each field
-    is [*batch] float64, over all num_samples samples (and all ranks).
+    is ``[*batch]`` float64, over all num_samples samples (and all ranks).
 
-    log_likelihood: the estimate L_K, as returned without diagnostics.
-    ess:            the effective sample size (sum w)^2 / sum w^2, 1..K (0 for
-                    an all -inf slice), as iwae_fused.weight_diagnostics.
-    max_weight:     the largest normalized weight, 1/K..1 (0 for all -inf).
-    pareto_k:       the PSIS k-hat, as iwae_fused.pareto_k; above 0.7 the
-                    estimate is unreliable.
+    Attributes:
+        log_likelihood: the estimate L_K, as returned without diagnostics.
+        ess: the effective sample size (sum w)^2 / sum w^2, 1..K (0 for an all
+            -inf slice), as iwae_fused.weight_diagnostics.
+        max_weight: the largest normalized weight, 1/K..1 (0 for all -inf).
+        pareto_k: the PSIS k-hat, as iwae_fused.pareto_k; above 0.7 the
+            estimate is unreliable.
     """
 
     log_likelihood: Tensor

@@ -7,7 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-PY="${PYTHON:-python3}"
+# The project's environment (scripts/run.sh makes it): the active one, else .venv.
+PY="${PYTHON:-${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}}"
+PY="${PY:-$ROOT/.venv/bin/python}"
+"$PY" -c "import torch" 2>/dev/null || {
+  echo "check_packaging.sh: $PY has no torch; run bash scripts/run.sh test first (or set PYTHON)" >&2; exit 1; }
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
@@ -36,8 +40,11 @@ mkdir -p "$TMP/src" && tar -xzf "$SDIST" -C "$TMP/src"
 WHEEL="$(ls "$TMP"/wheels/*.whl)"
 echo "$(basename "$WHEEL")"
 
-echo "== fresh venv (torch from the system site), install the wheel, smoke test"
-"$PY" -m venv --system-site-packages "$TMP/venv"
+echo "== fresh venv (torch as a user installs it), install the wheel, smoke test"
+"$PY" -m venv "$TMP/venv"
+TORCH_VERSION="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')" \
+    bash "$ROOT/scripts/install_torch.sh" "$TMP/venv/bin/python"
+"$TMP/venv/bin/python" -m pip install -q --disable-pip-version-check packaging numpy  # numpy: torch warns without it
 "$TMP/venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$WHEEL"
 cd "$TMP"  # not the checkout: the installed package must be the one imported
 "$TMP/venv/bin/python" - "$TMP/venv" <<'PY'
@@ -49,7 +56,10 @@ import iwae_fused
 assert iwae_fused.__file__.startswith(sys.argv[1]), f"imported {iwae_fused.__file__}, not the venv's"
 reqs = [Requirement(r) for r in metadata.requires("iwae_fused") if "extra ==" not in r]
 torch_req = next(r for r in reqs if r.name == "torch")
-for v in ("2.11.0", "2.13.0", torch.__version__.split("+")[0]):  # the versions we build against
+# the tested versions (scripts/check_torch_versions.sh), the installed one, and a
+# newer one: a source build is tied to whatever torch it is built against, so
+# the requirement has no cap and no pin (release wheels pin theirs).
+for v in ("2.13.0", "2.14.1", "2.15.0", "2.99.0", torch.__version__.split("+")[0]):
     assert torch_req.specifier.contains(v), f"{torch_req} excludes torch {v}"
 assert not any(s.operator == "==" for s in torch_req.specifier), "torch must not be pinned"
 meta = metadata.metadata("iwae_fused")

@@ -24,7 +24,14 @@ z = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
 torch.testing.assert_close(iwae_fused.dreg(-z**2, -0.5 * z.detach() ** 2, z), R.iwelbo(-z**2, -0.5 * z**2).detach())
 state = iwae_fused.iwelbo_state(p.detach(), q)
 torch.testing.assert_close(state.finalize(), out.detach())
+torch.testing.assert_close(iwae_fused.iwelbo(p.detach(), q, alpha=0.5), R.iwelbo(p.detach(), q, alpha=0.5))
+p32, q32 = p.detach().float().t(), q.float().t()  # float32, reduced over the contiguous dim
+torch.testing.assert_close(iwae_fused.iwelbo(p32, q32, dim=1), R.iwelbo(p32.double(), q32.double(), dim=1).float())
+w = iwae_fused.psis_weights(p.detach(), q)
+torch.testing.assert_close(w.sum(0), torch.ones(5, dtype=torch.float64))
+assert iwae_fused.pareto_k(torch.randn(200, 3, dtype=torch.float64)).shape == (3,)
 ll = iwae_fused.estimate_log_likelihood(lambda n: torch.randn(n, 3, dtype=torch.float64), 100, chunk_size=30,
                                         progress=False)
 assert ll.shape == (3,)
-print(f"iwae_fused {iwae_fused.__version__} ({iwae_fused.__file__}): every op matches its reference")
+print(f"iwae_fused {iwae_fused.__version__} ({iwae_fused.__file__}) under torch {torch.__version__}, "
+      f"CPU kernels {iwae_fused._C.cpu_kernels()}: every op matches its reference")

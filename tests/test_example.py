@@ -57,3 +57,14 @@ def test_snr_example_smoke(tmp_path):
     assert rows[1]["iwae_generative"] > rows[0]["iwae_generative"]
     assert rows[1]["dreg_inference"] > rows[1]["iwae_inference"]
     assert (tmp_path / "snr.md").exists()
+
+
+def test_progress_talks_without_a_terminal(capsys):
+    # Under pytest stderr is not a terminal: the examples print a line at every
+    # tenth of a long run, with the time spent and left, instead of a bar.
+    example = load_example()
+    assert list(example.progress(range(20), 20, "epochs")) == list(range(20))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10
+    assert lines[0].strip().startswith("epochs: 2/20 (") and "s left)" in lines[0]
+    assert lines[-1].strip().startswith("epochs: 20/20 (")

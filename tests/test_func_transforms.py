@@ -2,6 +2,8 @@
 against torch.func applied to iwae_fused.reference; and torch.compile of a
 training step, a gradient-penalty step and torch.func.grad (fullgraph)."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.func as F
@@ -187,12 +189,32 @@ def test_compile_training_step(backend):
     _compare_step(_loss, backend)
 
 
+def _tracing_autograd_grad():
+    """Dynamo traces torch.autograd.grad under fullgraph=True only with its
+    opt-in ``trace_autograd_ops`` (False by default in torch 2.13, 2.14 and 2.15).
+    torch's own config patch sets it for the block and restores it after, as
+    the config module expects (a generic attribute patch of that module can
+    lose the option on undo). A torch without the option runs the step as is:
+    if its Dynamo still refuses torch.autograd.grad, the test fails with
+    Dynamo's own message, which is the news we want."""
+    if hasattr(torch._dynamo.config, "trace_autograd_ops"):
+        return torch._dynamo.config.patch(trace_autograd_ops=True)
+    return contextlib.nullcontext()
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_compile_gradient_penalty_step(backend, monkeypatch):
-    # Dynamo traces torch.autograd.grad only with trace_autograd_ops (off by
-    # default in torch 2.13; without it fullgraph=True refuses the call).
-    monkeypatch.setattr(torch._dynamo.config, "trace_autograd_ops", True)
-    _compare_step(_penalized, backend)
+def test_compile_gradient_penalty_step(backend):
+    with _tracing_autograd_grad():
+        _compare_step(_penalized, backend)
+
+
+def test_gradient_penalty_patch_leaves_the_config_as_it_was():
+    # The patch must restore the option (value and presence) on exit: the
+    # failure it replaces left the option deleted for the next test.
+    before = getattr(torch._dynamo.config, "trace_autograd_ops", None)
+    with _tracing_autograd_grad():
+        pass
+    assert getattr(torch._dynamo.config, "trace_autograd_ops", None) == before
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])

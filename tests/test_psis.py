@@ -312,7 +312,7 @@ def test_streamed_diagnostics_float32_chunks():
 
 
 def test_diagnostics_must_be_bool():
-    with pytest.raises(TypeError, match="diagnostics must be a bool"):
+    with pytest.raises(TypeError, match=r"expected diagnostics to be a bool, but got str"):
         estimate_log_likelihood(serve(torch.zeros(10, 2))[0], 10, diagnostics="yes")
 
 

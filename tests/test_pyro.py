@@ -515,3 +515,26 @@ def test_cuda(estimator):
     assert log_w.is_cuda
     assert loss == pytest.approx(-(N / 3 * lme(log_w).sum()).item(), rel=1e-12)
     assert all(p.grad is not None and p.grad.is_cuda for p in vae.parameters())
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("num_particles", 2.0, "an int"), ("num_particles", True, "an int"),
+    ("alpha", "x", r"a real number \(float or int\)"), ("alpha", None, r"a real number \(float or int\)"),
+    ("estimator", 3, "a str"), ("vectorize_particles", "yes", "a bool"),
+    ("strict", 1, "a bool"), ("max_plate_nesting", "1", "an int"),
+    ("retain_graph", "x", "a bool or None"),
+])
+def test_option_of_a_wrong_type_is_named(option, value, expected):
+    given = "None" if value is None else type(value).__name__
+    with pytest.raises(TypeError, match=rf"IWAE_ELBO\(\): expected {option} to be {expected}, but got {given}"):
+        IWAE_ELBO(**{option: value})
+
+
+def test_options_of_numpy_and_infinite_values():
+    import numpy as np
+
+    assert IWAE_ELBO(num_particles=np.int64(4), max_plate_nesting=np.int32(1)).num_particles == 4
+    with pytest.raises(ValueError, match="finite alpha"):
+        IWAE_ELBO(alpha=float("inf"))
+    with pytest.raises(ValueError, match="max_plate_nesting >= 0"):
+        IWAE_ELBO(max_plate_nesting=-1)

@@ -2,24 +2,21 @@
 
 Two concerns live here, both about turning one run of (model, guide) into
 log-weights: which plate the per-data-point bound may factor over, and, for
-DReG/STL, a guide whose log-density sees its parameters detached while the
-samples keep their reparameterized path (and carry a per-particle gradient
-weight set after the forward pass).
+DReG/STL, a guide whose log-density sees its parameters detached (_detach.py)
+while the samples keep their reparameterized path (and carry a per-particle
+gradient weight set after the forward pass).
 """
-
-from contextlib import contextmanager
-import warnings
 
 import torch
 
-import pyro
 import pyro.poutine as poutine
 from pyro.distributions import Delta
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import is_validation_enabled
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_model_guide_match
+
+from iwae_fused.pyro._detach import LOG_PROB, detached_params
 
 # The name pyro.infer.ELBO gives the plate that vectorizes particles.
 PARTICLE_PLATE = "num_particles_vectorized"
@@ -80,10 +77,16 @@ def trace_log_density(trace, frame, particle_dim):
     for site in trace.nodes.values():
         if not _counts(site):
             continue
-        lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+        lp = site.get(LOG_PROB)
+        if lp is None:
+            lp = _log_prob(site)
         lp = scale_and_mask(lp, site["scale"] / data_scale, site["mask"])
         total = total + _reduce(lp, keep)
     return torch.as_tensor(total)
+
+
+def _log_prob(site):
+    return site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
 
 
 def latent_sites(trace):
@@ -146,6 +149,7 @@ class GradWeight:
         self.ndim = value.dim()
         self.event_dim = event_dim
         self.tensor = None
+        self.node = None  # the autograd node of the sample the replay saw
 
     def set(self, w, dims):
         """w: [K, B], [K], [B] or [] as _reduce lays them out; dims: the batch
@@ -162,31 +166,6 @@ class GradWeight:
         return self.tensor
 
 
-class _DetachParams(Messenger):
-    def _pyro_post_param(self, msg):
-        msg["value"] = msg["value"].detach()
-
-
-@contextmanager
-def _frozen_params():
-    # pyro.param values are detached by the messenger; modules registered with
-    # pyro.module use their own Parameter objects (the same leaves the param
-    # store holds), so those leaves stop requiring grad for the duration.
-    leaves = [
-        p for _, p in pyro.get_param_store().named_parameters() if p.is_leaf and p.requires_grad
-    ]
-    for p in leaves:
-        p.requires_grad_(False)
-    try:
-        with _DetachParams(), warnings.catch_warnings():
-            # pyro.module warns about each frozen Parameter it does not register
-            warnings.filterwarnings("ignore", message=".*was not registered in the param store")
-            yield
-    finally:
-        for p in leaves:
-            p.requires_grad_(True)
-
-
 def run_detached(model, guide, args, kwargs, max_plate_nesting):
     """Traces for DReG/STL. The guide runs once to draw z; each drawn latent
     (not a Delta: those are functions of other latents, e.g. AutoContinuous's
@@ -198,6 +177,7 @@ def run_detached(model, guide, args, kwargs, max_plate_nesting):
     check_reparameterized(first, "DReG/STL differentiate through the samples")
     replay = poutine.Trace()
     weights = []
+    points = {}  # Delta sites: whether the drawn value carried gradient
     for name, site in first.nodes.items():
         if site["type"] != "sample" or site["is_observed"]:
             continue
@@ -205,18 +185,31 @@ def run_detached(model, guide, args, kwargs, max_plate_nesting):
             replay.add_node(name, **site)
             continue
         if isinstance(site["fn"], Delta):
+            # recomputed by the replay from the latents it depends on (if any)
+            points[name] = site["value"].requires_grad
             continue
         w = GradWeight(site["value"], site["fn"].event_dim)
         weights.append(w)
-        replay.add_node(name, **{**site, "value": _ScaleGrad.apply(site["value"], w)})
-    with _frozen_params():
+        value = _ScaleGrad.apply(site["value"], w)
+        w.node = value.grad_fn
+        replay.add_node(name, **{**site, "value": value})
+    with detached_params():
         guide_trace = poutine.trace(poutine.replay(guide, trace=replay)).get_trace(*args, **kwargs)
-    for site in latent_sites(guide_trace):
-        before = first.nodes[site["name"]]["value"]
-        if isinstance(site["fn"], Delta) and before.requires_grad and not site["value"].requires_grad:
-            raise ValueError(
-                f"IWAE_ELBO: DReG/STL need every latent drawn by rsample, but the guide's site "
-                f"'{site['name']}' is a point mass at its parameters (e.g. AutoDelta)")
+        # Now, while the parameters are detached: a distribution may read its
+        # parameters only when asked for a log-density (a flow's transform
+        # calls its network then), or hold the very Parameter object, which
+        # requires grad again once restored.
+        for site in guide_trace.nodes.values():
+            if _counts(site):
+                site[LOG_PROB] = _log_prob(site)
+        # A Delta whose value lost its gradient with the parameters sits at
+        # them (no sample behind it): no path through z to weight.
+        for site in latent_sites(guide_trace):
+            if (isinstance(site["fn"], Delta) and points.get(site["name"], False)
+                    and not site["value"].requires_grad):
+                raise ValueError(
+                    f"IWAE_ELBO: DReG/STL need every latent drawn by rsample, but the guide's "
+                    f"site '{site['name']}' is a point mass at its parameters (e.g. AutoDelta)")
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
         *args, **kwargs
     )

@@ -1,5 +1,7 @@
 """IWAE_ELBO: a plate-aware importance-weighted objective for Pyro's SVI."""
 
+import math
+
 import torch
 
 import pyro.poutine as poutine
@@ -7,9 +9,37 @@ from pyro.infer.elbo import ELBO
 from pyro.util import warn_if_nan
 
 import iwae_fused
-from iwae_fused.pyro import _traces
+from iwae_fused import _args
+from iwae_fused.pyro import _detach, _traces
 
 ESTIMATORS = ("iwae", "dreg", "stl")
+
+
+def _check_options(num_particles, alpha, estimator, vectorize_particles, max_plate_nesting,
+                   strict, retain_graph):
+    """TypeError for an option of the wrong type, ValueError for a bad value,
+    each naming the option."""
+    _args.check("IWAE_ELBO", (
+        ("num_particles", "int", num_particles),
+        ("alpha", "real", alpha),
+        ("estimator", "str", estimator),
+        ("vectorize_particles", "bool", vectorize_particles),
+        ("strict", "bool", strict),
+        ("retain_graph", "optional bool", retain_graph),
+    ))
+    if max_plate_nesting != float("inf"):
+        _args.check("IWAE_ELBO", (("max_plate_nesting", "int", max_plate_nesting),))
+    if num_particles < 1:
+        raise ValueError(f"IWAE_ELBO: expected num_particles to be a positive int, but got {num_particles!r}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"IWAE_ELBO: expected a finite alpha, but got {alpha!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"IWAE_ELBO: expected estimator to be one of {ESTIMATORS}, but got {estimator!r}")
+    if estimator != "iwae" and alpha != 0:
+        raise ValueError(
+            f"IWAE_ELBO: estimator={estimator!r} is defined for alpha = 0 (the IWAE bound), but got alpha={alpha!r}")
+    if max_plate_nesting < 0:
+        raise ValueError(f"IWAE_ELBO: expected max_plate_nesting >= 0, but got {max_plate_nesting!r}")
 
 
 class IWAE_ELBO(ELBO):
@@ -44,15 +74,24 @@ class IWAE_ELBO(ELBO):
     * ``"iwae"``: the gradient of the bound (reparameterized guides only);
     * ``"dreg"``: doubly reparameterized (Tucker et al. 2018), as
       :func:`iwae_fused.dreg`: the guide's log-density is re-evaluated with its
-      parameters detached (those read through ``pyro.param``, ``pyro.module``
-      or a ``PyroModule`` in the global param store), and the gradient through
-      the samples z is weighted by the squared normalized weights;
+      parameters detached, and the gradient through the samples z is weighted
+      by the squared normalized weights;
     * ``"stl"``: sticking the landing (Roeder et al. 2017): the same, with the
       normalized weights.
 
     ``"dreg"`` and ``"stl"`` need ``alpha == 0`` and a guide whose latents are
     all drawn by ``rsample`` (Delta sites computed from them, as in Pyro's
-    AutoContinuous guides, are fine).
+    AutoContinuous guides, are fine). Detached are all the parameters Pyro
+    hands out, with the global param store and under
+    ``pyro.settings.context(module_local_params=True)`` alike: ``pyro.param``,
+    a PyroModule's PyroParams, plain ``nn.Parameter`` and ``nn.Module``
+    attributes (nested PyroModules included), ``pyro.module``, and so every
+    AutoGuide; also any parameter of the global param store the guide reads
+    another way. If the re-evaluated log-density still depends on a tensor
+    that requires grad (a tensor the guide closes over, or a parameter a
+    module reads from a cache of its own rather than by attribute access),
+    the loss raises a ValueError naming it rather than return another
+    estimator's gradient.
 
     :param int num_particles: K, the number of particles (samples per data point).
     :param float alpha: the Renyi order passed to :func:`iwae_fused.iwelbo`.
@@ -74,18 +113,13 @@ class IWAE_ELBO(ELBO):
         strict=False,
         retain_graph=None,
     ):
-        if not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"IWAE_ELBO: expected num_particles to be a positive int, but got {num_particles!r}")
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"IWAE_ELBO: expected estimator to be one of {ESTIMATORS}, but got {estimator!r}")
-        if estimator != "iwae" and alpha != 0:
-            raise ValueError(
-                f"IWAE_ELBO: estimator={estimator!r} is defined for alpha = 0 (the IWAE bound), but got alpha={alpha!r}")
+        _check_options(num_particles, alpha, estimator, vectorize_particles, max_plate_nesting,
+                       strict, retain_graph)
         self.alpha = float(alpha)
         self.estimator = estimator
         self.strict = strict
         super().__init__(
-            num_particles=num_particles,
+            num_particles=int(num_particles),
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
             strict_enumeration_warning=False,
@@ -103,6 +137,13 @@ class IWAE_ELBO(ELBO):
             _traces.check_reparameterized(
                 out[1], "estimator='iwae' differentiates through the samples")
             return out
+        if torch._C._are_functorch_transforms_active():
+            # Its detaching works on autograd leaves and its z-path weights
+            # are set after the forward: neither exists inside torch.func.
+            raise NotImplementedError(
+                f"IWAE_ELBO(estimator={self.estimator!r}) does not support torch.func transforms "
+                "(grad, vjp, vmap, ...); use loss.backward() or torch.autograd.grad, or "
+                "estimator='iwae'")
         return _traces.run_detached(model, guide, args, kwargs, self.max_plate_nesting)
 
     def _get_traces(self, model, guide, args, kwargs):
@@ -133,8 +174,10 @@ class IWAE_ELBO(ELBO):
                 raise ValueError(
                     "IWAE_ELBO(strict=True): the per-data-point bound needs a plate that every "
                     f"sample site sits in, but {where}; strict=False gives the joint bound")
-            log_w = (_traces.trace_log_density(model_trace, frame, particle_dim)
-                     - _traces.trace_log_density(guide_trace, frame, particle_dim))
+            log_q = _traces.trace_log_density(guide_trace, frame, particle_dim)
+            if weights:  # DReG/STL: nothing but the samples may carry gradient into log q
+                _detach.check_detached(log_q, weights, guide_trace, guide)
+            log_w = _traces.trace_log_density(model_trace, frame, particle_dim) - log_q
             runs.append((log_w, frame, weights))
         frames = {None if f is None else (f.name, f.dim) for _, f, _ in runs}
         if len(frames) != 1:

@@ -1,0 +1,92 @@
+"""The ops' autograd under the torch settings that reach their saved tensors
+another way: saved-tensor hooks (what activation offloading and
+torch.utils.checkpoint are built on), checkpointing itself, in-place changes
+after the forward (the version counter), no_grad and inference_mode."""
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+import iwae_fused
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
+    eps = torch.randn(6, 3, dtype=torch.float64, generator=g)
+    return mu, eps
+
+
+def loss(name, mu, eps):
+    """A small reparameterized model: the op's gradient flows into mu."""
+    z = mu + eps
+    log_p = -0.5 * z**2 - 0.1 * z**4
+    if name == "dreg":
+        log_q = -0.5 * (z - mu.detach()) ** 2
+        return iwae_fused.dreg(log_p, log_q, z).sum()
+    log_q = -0.5 * (z - mu) ** 2
+    if name == "vimco":
+        return iwae_fused.vimco(log_p, log_q).sum()
+    return iwae_fused.iwelbo(log_p, log_q, alpha=0.5 if name == "renyi" else 0.0).sum()
+
+
+NAMES = ["iwelbo", "renyi", "vimco", "dreg"]
+
+
+def grad_of(name, wrap=lambda f, *a: f(*a)):
+    mu, eps = inputs()
+    wrap(lambda m, e: loss(name, m, e), mu, eps).backward()  # (reentrant checkpoint: no .grad())
+    return mu.grad
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_saved_tensor_hooks_see_every_saved_tensor(name):
+    # Offloading (save_on_cpu) and checkpointing pack every saved tensor
+    # through these hooks; an op that kept tensors past them would hold
+    # memory they meant to free and miss values they change.
+    packed = []
+
+    def pack(t):
+        packed.append(t)
+        return ("packed", t.clone())
+
+    def unpack(p):
+        return p[1]
+
+    mu, eps = inputs()
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        out = loss(name, mu, eps)
+    (g,) = torch.autograd.grad(out, mu)
+    torch.testing.assert_close(g, grad_of(name), rtol=1e-12, atol=1e-14)
+    assert len(packed) > 0
+    with torch.autograd.graph.save_on_cpu():
+        out = loss(name, *inputs())
+    out.backward()
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_recomputes_the_same_gradient(name, use_reentrant):
+    def wrap(f, mu, eps):
+        return checkpoint(f, mu, eps, use_reentrant=use_reentrant)
+
+    torch.testing.assert_close(grad_of(name, wrap), grad_of(name), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["iwelbo", "vimco"])
+def test_in_place_change_after_forward_is_refused(name):
+    lp = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    log_p, log_q = lp * 1.0, torch.randn(6, 3, dtype=torch.float64)
+    out = iwae_fused.vimco(log_p, log_q) if name == "vimco" else iwae_fused.iwelbo(log_p, log_q)
+    log_p.add_(1.0)  # the saved input changed: its gradient would be stale
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_no_graph_under_no_grad_and_inference_mode(mode):
+    mu, eps = inputs()
+    with mode():
+        for name in NAMES:
+            out = loss(name, mu, eps)
+            assert not out.requires_grad and out.grad_fn is None
