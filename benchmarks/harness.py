@@ -1,7 +1,9 @@
 """Timing machinery shared by the benchmark script and the pytest-benchmark
-suite: contenders, interleaved medians, bytes moved, copy bandwidth."""
+suite: contenders, call forms, interleaved medians, bytes moved, copy
+bandwidth, and the machine's load."""
 
 import math
+import os
 import statistics
 import time
 import types
@@ -14,31 +16,42 @@ from iwae_fused import reference
 
 
 def eager_iwelbo(log_p, log_q, dim):
-    """What users write today."""
-    return torch.logsumexp(log_p - log_q, dim) - math.log(log_p.shape[dim])
+    """What users write today: torch.logsumexp(log_w, dim) - log K, with
+    log_w = log_p - log_q, or log_p itself when log_q is None (the log-weights
+    already formed)."""
+    log_w = log_p if log_q is None else log_p - log_q
+    return torch.logsumexp(log_w, dim) - math.log(log_p.shape[dim])
 
 
 def _renyi_reference(log_p, log_q, dim):
     return reference.iwelbo(log_p, log_q, dim, alpha=0.5)
 
 
+# The two ways users call the ops: "w" with the log-weights already formed
+# (iwelbo(log_w), one input), "pq" with log_p and log_q (two inputs).
+FORMS = {"w": "iwelbo(log_w)", "pq": "iwelbo(log_p, log_q)"}
+
 # Each op: the fused call, its pure-PyTorch reference (the "eager" contender,
-# and what torch.compile compiles), and whether it has a backward.
+# and what torch.compile compiles), whether it has a backward, and the call
+# forms it has (VIMCO and DReG need log_q itself).
 OPS = {
     "iwelbo": dict(
         fused=lambda p, q, d: iwae_fused.iwelbo(p, q, d),
         reference=eager_iwelbo,
         grad=True,
+        forms=("w", "pq"),
     ),
     "renyi": dict(  # the VR bound at alpha = 0.5
         fused=lambda p, q, d: iwae_fused.iwelbo(p, q, d, alpha=0.5),
         reference=_renyi_reference,
         grad=True,
+        forms=("w", "pq"),
     ),
     "vimco": dict(  # value and the estimator's gradients
         fused=lambda p, q, d: iwae_fused.vimco(p, q, d),
         reference=reference.vimco,
         grad=True,
+        forms=("pq",),
     ),
     # DReG with z = log_p itself (log_p an identity of the samples), so the
     # backward's z-path product is cheap and the bound's own cost shows.
@@ -46,61 +59,49 @@ OPS = {
         fused=lambda p, q, d: iwae_fused.dreg(p, q, p, d),
         reference=lambda p, q, d: reference.dreg(p, q, p, d),
         grad=True,
+        forms=("pq",),
     ),
     "ess": dict(
         fused=lambda p, q, d: iwae_fused.effective_sample_size(p, q, d),
         reference=reference.effective_sample_size,
         grad=False,
+        forms=("w", "pq"),
     ),
 }
 
-_compiled = {}
+def _fresh_function(fn):
+    """A copy of fn under a code object of its own. Dynamo keeps its compiled
+    graphs on the code object, so every copy starts with an empty cache, as
+    the one torch.compile of a user's script does: no graphs of other shapes
+    to skip, no recompile limit to reach."""
+    return types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
 
 
-def _compiled_reference(op, replayable):
-    """torch.compile of the op's reference, shapes specialised. The replayable
-    variant (for the bwd mode's retain_graph replay) compiles a copy of the
-    function under its own code object without donated buffers."""
-    key = (op, replayable)
-    if key not in _compiled:
-        cfg = torch._dynamo.config
-        for name in ("recompile_limit", "cache_size_limit"):
-            # Up to three graphs per shape (no_grad forward, the forward
-            # with grad, and make_step's no_grad probe of inputs that require
-            # grad): a suite of 27 shapes (the short preset) passes 64, after
-            # which dynamo would silently run the eager function instead.
-            if hasattr(cfg, name):
-                setattr(cfg, name, max(getattr(cfg, name), 1024))
-        fn = OPS[op]["reference"]
-        if replayable:
-            fn = types.FunctionType(
-                fn.__code__.replace(), fn.__globals__, fn.__name__ + "_replayable"
-            )
-        compiled = torch.compile(fn, dynamic=False)
-        if replayable:
-            inner = compiled
+def compiled_reference(op, replayable=False):
+    """torch.compile(reference, dynamic=False) of the op, with its own cache.
+    The replayable variant (for the bwd mode's retain_graph replay) compiles
+    without donated buffers, which a backward run twice would find freed."""
+    compiled = torch.compile(_fresh_function(OPS[op]["reference"]), dynamic=False)
+    if not replayable:
+        return compiled
 
-            def compiled(*args):
-                with torch._functorch.config.patch(donated_buffer=False):
-                    return inner(*args)
+    def replay(*args):
+        with torch._functorch.config.patch(donated_buffer=False):
+            return compiled(*args)
 
-        _compiled[key] = compiled
-    return _compiled[key]
+    return replay
 
 
 def contenders(op="iwelbo", compile=True, replayable=False):
-    """name -> fn(log_p, log_q, dim) for the op: iwae_fused, eager, compile."""
+    """name -> fn(log_p, log_q, dim) for the op: iwae_fused, eager, compile.
+
+    Call once per shape and call form: the compile contender is a fresh
+    torch.compile of the reference (its first call compiles)."""
     out = {"iwae_fused": OPS[op]["fused"], "eager": OPS[op]["reference"]}
     if compile:
-        c = None
-
-        def compiled(p, q, d):
-            nonlocal c
-            if c is None:
-                c = _compiled_reference(op, replayable)
-            return c(p, q, d)
-
-        out["compile"] = compiled
+        out["compile"] = compiled_reference(op, replayable)
     return out
 
 
@@ -129,27 +130,36 @@ def parse_cases(text):
     return cases
 
 
-def bytes_moved(case, mode, itemsize):
+def bytes_moved(case, mode, itemsize, form="pq"):
     """Bytes that must cross memory: inputs read once, outputs written once.
 
-    fwd: read log_p and log_q, write the bound. bwd: read log_p and log_q,
-    write both gradients. fwd+bwd: both.
+    fwd: read the inputs (log_w; or log_p and log_q), write the bound. bwd:
+    read the inputs, write one gradient per input. fwd+bwd: both, the floor
+    of a training step.
     """
-    fwd = (2 * case.numel + case.outputs) * itemsize
-    bwd = 4 * case.numel * itemsize
+    n_in = 1 if form == "w" else 2
+    fwd = (n_in * case.numel + case.outputs) * itemsize
+    bwd = 2 * n_in * case.numel * itemsize
     return {"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}[mode]
 
 
-def input_bytes(case, itemsize):
-    """Bytes of log_p and log_q: what any forward must read at least once."""
-    return 2 * case.numel * itemsize
+def input_bytes(case, itemsize, form="pq"):
+    """Bytes of the inputs: what any forward must read at least once."""
+    return (1 if form == "w" else 2) * case.numel * itemsize
 
 
 class Timer:
-    """Wall time on CPU; CUDA events on GPU (synchronising around a batch)."""
+    """Wall time on CPU; CUDA events on GPU (synchronising around a batch).
 
-    def __init__(self, device):
+    clock="cpu" times CPU work instead (time.process_time: user + system
+    time of every thread of the process): with one thread it is what the
+    wall time would be on an idle machine, and barely moves when other
+    processes share the cores, so it is the clock to compare builds with on
+    a busy machine. With more threads it sums their time."""
+
+    def __init__(self, device, clock="wall"):
         self.cuda = torch.device(device).type == "cuda"
+        self.clock = time.process_time if clock == "cpu" else time.perf_counter
 
     def batch(self, fn, n):
         if self.cuda:
@@ -162,21 +172,29 @@ class Timer:
             end.record()
             torch.cuda.synchronize()
             return start.elapsed_time(end) / 1e3 / n
-        t0 = time.perf_counter()
+        t0 = self.clock()
         for _ in range(n):
             fn()
-        return (time.perf_counter() - t0) / n
+        return (self.clock() - t0) / n
 
 
-def make_step(fn, case, mode, dtype, device, seed=0, scale=1.0):
-    """A zero-argument callable running one forward (or forward+backward).
+def make_step(fn, case, mode, dtype, device, seed=0, scale=1.0, form="pq"):
+    """A zero-argument callable running one forward, backward or training step.
 
-    log_p and log_q are standard normal times `scale`: at scale 1 every weight
-    is within ~10 nats of its slice's max; from ~30 on many are more than 87
-    below it, denormal in float32 (benchmarks/NOTES.md CPU 13)."""
+    fwd: the forward under no_grad. fwdbwd: the training step as users run
+    it: gradients set to None (as zero_grad does), a fresh graph, then
+    f(x).backward(g). bwd: the backward alone, replayed on one graph.
+
+    form "w" calls fn(log_w, None, dim) with one input, "pq" fn(log_p, log_q,
+    dim). The inputs are standard normal times `scale`: at scale 1 every
+    weight is within ~10 nats of its slice's max; from ~30 on many are more
+    than 87 below it, denormal in float32 (benchmarks/NOTES.md CPU 13)."""
     gen = torch.Generator().manual_seed(seed)
     p = (torch.randn(case.shape, generator=gen) * scale).to(dtype).to(device)
     q = (torch.randn(case.shape, generator=gen) * scale).to(dtype).to(device)
+    if form == "w":
+        q = None
+    inputs = [t for t in (p, q) if t is not None]
     if mode == "fwd":
 
         def step():
@@ -184,16 +202,17 @@ def make_step(fn, case, mode, dtype, device, seed=0, scale=1.0):
                 return fn(p, q, case.dim)
 
         return step
-    p.requires_grad_()
-    q.requires_grad_()
-    with torch.no_grad():
-        g = torch.randn_like(fn(p, q, case.dim))
+    for t in inputs:
+        t.requires_grad_()
+    with torch.no_grad():  # the incoming gradient's shape, from the eager reference
+        shape = eager_iwelbo(p, q, case.dim).shape
+    g = torch.randn(shape, generator=gen).to(dtype).to(device)
     if mode == "bwd":
         out = fn(p, q, case.dim)  # one graph, backward replayed on it
 
         def step():
-            p.grad = None
-            q.grad = None
+            for t in inputs:
+                t.grad = None
             out.backward(g, retain_graph=True)
 
         return step
@@ -201,16 +220,30 @@ def make_step(fn, case, mode, dtype, device, seed=0, scale=1.0):
     def step():
         # Gradients set to None first, as zero_grad(set_to_none=True) does, so
         # every contender writes fresh gradients instead of accumulating.
-        p.grad = None
-        q.grad = None
+        for t in inputs:
+            t.grad = None
         fn(p, q, case.dim).backward(g)
 
     return step
 
 
-def interleaved_medians(steps, timer, repeats, target_s=0.05):
-    """Median seconds per call of each step, runs of the steps interleaved
-    (rotating their order) so drift and warm caches hit all alike."""
+@dataclass
+class Timing:
+    """Seconds per call of one contender: the median of its batches, and
+    their spread (interquartile range over the median)."""
+
+    median: float
+    spread: float
+    samples: list
+
+
+def interleaved_timings(steps, timer, repeats, target_s=0.05):
+    """Timing per contender: runs of the steps interleaved (rotating their
+    order), so that drift and warm caches hit all alike. Each timed batch
+    follows one untimed call of the same contender: the memory the previous
+    contender freed (glibc's heap, trimmed or not) otherwise decides whether
+    the first call of a batch page-faults on fresh memory, which a user's loop
+    of one contender never does (benchmarks/NOTES.md CPU 17)."""
     names = list(steps)
     counts = {}
     for name in names:  # warm up (and compile), then size the batches
@@ -222,8 +255,27 @@ def interleaved_medians(steps, timer, repeats, target_s=0.05):
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
+            steps[name]()
             samples[name].append(timer.batch(steps[name], counts[name]))
-    return {name: statistics.median(v) for name, v in samples.items()}
+    out = {}
+    for name, v in samples.items():
+        med = statistics.median(v)
+        q = statistics.quantiles(v, n=4) if len(v) >= 2 else [med, med, med]
+        out[name] = Timing(med, (q[2] - q[0]) / med if med > 0 else 0.0, v)
+    return out
+
+
+def interleaved_medians(steps, timer, repeats, target_s=0.05):
+    """Median seconds per call of each step (interleaved_timings)."""
+    return {n: t.median for n, t in interleaved_timings(steps, timer, repeats, target_s).items()}
+
+
+def load_average():
+    """The 1-minute load average, or None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def copy_bandwidth(device, timer, nbytes=1 << 28, repeats=7):

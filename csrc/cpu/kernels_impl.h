@@ -26,6 +26,8 @@
 
 #include "kernel_api.h"
 #include "vec_ops.h"
+// after vec_ops.h, which defines IWAE_ISA
+#include "lane_shuffles.h"
 
 namespace iwae_fused::cpu {
 inline namespace CPU_CAPABILITY {
@@ -66,6 +68,8 @@ inline int64_t choose_ksplit(int64_t items, int64_t K, int64_t width) {
 
 template <typename scalar_t>
 struct LaneTiles; // short_rows.h: slices too short to fill a vector
+template <typename scalar_t>
+struct DenseRows; // dense_rows.h: the weights pass over dense rows
 
 template <typename scalar_t>
 struct Kernels {
@@ -546,8 +550,10 @@ struct Kernels {
 
   static void weights(const WeightsArgs& a) {
     if (a.outer * a.inner * a.K == 0) return;
-    // Short slices: the lane tiles do what they can, this the rest.
-    const int64_t o_begin = std::max<int64_t>(0, LaneTiles<scalar_t>::weights(a));
+    // Dense rows, then short slices (the lane tiles) do what they can, this
+    // the rest.
+    int64_t o_begin = DenseRows<scalar_t>::weights(a);
+    if (o_begin < 0) o_begin = std::max<int64_t>(0, LaneTiles<scalar_t>::weights(a));
     if (o_begin >= a.outer) return;
     a.q.data ? weights_impl<true>(a, o_begin) : weights_impl<false>(a, o_begin);
   }
@@ -557,6 +563,7 @@ struct Kernels {
 } // namespace iwae_fused::cpu
 
 #include "short_rows.h"
+#include "dense_rows.h"
 #include "vimco_lanes.h"
 
 namespace iwae_fused::cpu {

@@ -226,6 +226,77 @@ struct LaneTiles {
     });
   }
 
+  // Dense rows (inner == 1: outputs o at P + o * K, samples contiguous) where
+  // transposing in registers is cheap (LaneShuffles::kFastTranspose). A
+  // tile's rows are one contiguous run: its log-weights are computed with
+  // contiguous loads into an L1 buffer (streaming reads, which the hardware
+  // prefetches; rows read L samples at a time straight from memory were
+  // stalls), then read back L rows by L samples at a time and transposed,
+  // so that lane l of every vector holds one row, and the blocked online
+  // update runs as in reduce_across_outputs, with no gathers (NOTES.md
+  // CPU 16).
+  template <bool HAS_Q>
+  static void reduce_rows_transposed(const ReduceArgs& a) {
+    static_assert(kBlock >= L, "a transposed block of L samples fits the buffer");
+    const int64_t rows = a.outer, K = a.K;
+    const int64_t tiles = ceil_div(rows, T);
+    const int64_t grain = std::max<int64_t>(1, kParallelElems / (K * T));
+    const auto* P = static_cast<const scalar_t*>(a.p.data);
+    const auto* Q = static_cast<const scalar_t*>(a.q.data);
+    const V beta(static_cast<opmath_t>(a.beta));
+    parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
+      opmath_t mo[T], so[T], to[1];
+      UninitVecs<V, kLaneTileVecs> m, s, t, bmax;
+      UninitTile<V, kBlock, kLaneTileVecs> buf;
+      UninitVecs<V, L> blk;
+      std::vector<opmath_t> xbuf(T * K);
+      for (int64_t tile = b; tile < e; ++tile) {
+        const int64_t r0 = tile * T, n = std::min(T, rows - r0);
+        const int64_t nv = ceil_div(n, L), c = n * K;
+        const scalar_t* ps = P + r0 * K;
+        const scalar_t* qs = HAS_Q ? Q + r0 * K : nullptr;
+        int64_t j = 0;
+        for (; j + L <= c; j += L) {
+          V x = IO::load(ps + j);
+          if constexpr (HAS_Q) x = x - IO::load(qs + j);
+          (x * beta).store(xbuf.data() + j);
+        }
+        if (j < c) {
+          V x = IO::load(ps + j, c - j);
+          if constexpr (HAS_Q) x = x - IO::load(qs + j, c - j);
+          (x * beta).store(xbuf.data() + j, c - j);
+        }
+        for (int64_t kb = 0; kb < K; kb += L) {
+          const int64_t w = std::min(L, K - kb);
+          for (int64_t v = 0; v < nv; ++v) {
+            const int64_t rv = std::min(L, n - v * L);
+            const opmath_t* xr = xbuf.data() + v * L * K + kb;
+            // Samples past w read as 0: columns that are never used.
+            for (int64_t r = 0; r < rv; ++r) {
+              blk[r] = w == L ? V::loadu(xr + r * K) : V::loadu(xr + r * K, w);
+            }
+            // Rows past the tile's last are lanes never stored.
+            for (int64_t r = rv; r < L; ++r) blk[r] = V(0);
+            LaneShuffles<V>::transpose(blk.data());
+            V bm(-INFINITY);
+            for (int64_t k = 0; k < w; ++k) {
+              buf[k][v] = blk[k];
+              bm = Lane::max(blk[k], bm);
+            }
+            bmax[v] = bm;
+          }
+          Base::template absorb_block<false>(
+              m.data(), s.data(), t.data(), bmax.data(), buf, w, nv, kb == 0);
+        }
+        for (int64_t v = 0; v < nv; ++v) {
+          m[v].store(mo + v * L);
+          s[v].store(so + v * L);
+        }
+        Base::finish(a, r0, mo, so, to, n);
+      }
+    });
+  }
+
   // ---- reduction across samples ---------------------------------------------
 
   // The inner outputs of slab o over samples [k0, k1) (slab contiguous).
@@ -351,6 +422,8 @@ struct LaneTiles {
       if (a.ess) { // diagnostics are rare: the general loads only
         q ? reduce_across_outputs<true, true, false>(a)
           : reduce_across_outputs<false, true, false>(a);
+      } else if (dense && a.inner == 1 && LaneShuffles<V>::kFastTranspose) {
+        q ? reduce_rows_transposed<true>(a) : reduce_rows_transposed<false>(a);
       } else if (dense) {
         q ? reduce_across_outputs<true, false, true>(a)
           : reduce_across_outputs<false, false, true>(a);
@@ -372,22 +445,61 @@ struct LaneTiles {
 
   // ---- weights over the element stream --------------------------------------
 
+  // Where each vector of a periodic element stream takes its per-output
+  // values (shift, log_norm, g): `count` consecutive outputs from `base`
+  // (relative to the stream's first output), lane l taking the one at
+  // base + rel[l]. One contiguous load and one lane permutation per value,
+  // where a gather would fetch every lane on its own (NOTES.md CPU 16). In
+  // a dense slab stream consecutive elements step their output by +1 or
+  // wrap back within a slab, so the L lanes of a vector always lie within L
+  // outputs of each other; `ok` says so (it cannot fail for dense slabs).
+  struct LaneSources {
+    int64_t period = 0; // vectors
+    std::vector<int64_t> base, count;
+    std::vector<idx_t> rel; // period * L
+    bool ok = true;
+
+    // out(e): the output of element e of a period (relative, >= 0).
+    template <typename OutOf>
+    LaneSources(int64_t vectors, OutOf out)
+        : period(vectors), base(vectors), count(vectors), rel(vectors * L) {
+      for (int64_t v = 0; v < vectors; ++v) {
+        int64_t lo = out(v * L), hi = lo;
+        for (int64_t l = 1; l < L; ++l) {
+          lo = std::min(lo, out(v * L + l));
+          hi = std::max(hi, out(v * L + l));
+        }
+        ok = ok && hi - lo < L;
+        base[v] = lo;
+        count[v] = std::min<int64_t>(L, hi - lo + 1);
+        for (int64_t l = 0; l < L; ++l) rel[v * L + l] = static_cast<idx_t>(out(v * L + l) - lo);
+      }
+    }
+  };
+
+  // The L lanes' values of per-output array x for vector pv of `src`.
+  static V lane_values(const opmath_t* x, const LaneSources& src, int64_t pv) {
+    return LaneShuffles<V>::permute(
+        V::loadu(x + src.base[pv], src.count[pv]), VI::loadu(src.rel.data() + pv * L));
+  }
+
   // n contiguous elements P[0..n) (Q, OP, OQ alike) whose vector v takes its
-  // stats at sh/ln[sidx[v % period]] and its g at g[gidx[v % period]].
+  // stats from sh/ln and its g from gv (opmath, per output; null: g = 1) as
+  // `src` says for vector v % src.period. The stream's last vector may be
+  // partial; the elements' lanes past n are neither read nor written.
   template <bool HAS_Q>
   static void weights_stream(
       const WeightsArgs& a, const scalar_t* P, const scalar_t* Q,
       scalar_t* OP, scalar_t* OQ, int64_t n, const opmath_t* sh,
-      const opmath_t* ln, const scalar_t* g, const idx_t* sidx,
-      const idx_t* gidx, int64_t period) {
+      const opmath_t* ln, const opmath_t* gv, const LaneSources& src) {
     const V beta(static_cast<opmath_t>(a.beta));
-    // A period of one vector (inner divides L) gathers its stats once.
+    const int64_t period = src.period;
+    // A period of one vector (inner divides L) takes its values once.
     V sh1(0), ln1(0), g1(1);
     if (period == 1) {
-      const VI si = VI::loadu(sidx);
-      sh1 = at::vec::gather<sizeof(opmath_t)>(sh, si);
-      ln1 = at::vec::gather<sizeof(opmath_t)>(ln, si);
-      if (g) g1 = gather(g, VI::loadu(gidx), gidx);
+      sh1 = lane_values(sh, src, 0);
+      ln1 = lane_values(ln, src, 0);
+      if (gv) g1 = lane_values(gv, src, 0);
     }
     // beta = 1: no product, as in Kernels::weights_run.
     auto run = [&](auto scaled) {
@@ -395,15 +507,14 @@ struct LaneTiles {
         V x = c == L ? IO::load(P + j) : IO::load(P + j, c);
         if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
         if constexpr (decltype(scaled)::value) x = x * beta;
-        V shv = sh1, lnv = ln1, gv = g1;
+        V shv = sh1, lnv = ln1, g = g1;
         if (period > 1) {
-          const VI si = VI::loadu(sidx + pv * L);
-          shv = at::vec::gather<sizeof(opmath_t)>(sh, si);
-          lnv = at::vec::gather<sizeof(opmath_t)>(ln, si);
-          if (g) gv = gather(g, VI::loadu(gidx + pv * L), gidx + pv * L);
+          shv = lane_values(sh, src, pv);
+          lnv = lane_values(ln, src, pv);
+          if (gv) g = lane_values(gv, src, pv);
         }
         const V wn = Lane::weight(x - shv, lnv);
-        const V w = g ? wn * gv : wn;
+        const V w = gv ? wn * g : wn;
         if (OP) IO::store(OP + j, w, c);
         if (OQ) IO::store(OQ + j, Base::q_grad(a.mode, w, wn), c);
       };
@@ -423,43 +534,54 @@ struct LaneTiles {
     return slab_dense(o, a.K, a.inner);
   }
 
-  template <bool HAS_Q>
-  static void weights_slab_tiles(const WeightsArgs& a, int64_t tiles) {
-    // A tile is L slabs of K * inner elements: period K * inner vectors.
-    const int64_t slab = a.K * a.inner, period = slab;
-    std::vector<idx_t> sidx(period * L), gidx(period * L);
-    for (int64_t e = 0; e < period * L; ++e) {
-      const int64_t o = e / slab, i = e % a.inner;
-      sidx[e] = o * a.inner + i;
-      gidx[e] = o * a.g_so + i * a.g_si;
+  // g of outputs [o0, o0 + slabs) x [0, inner), widened, into buf (slab-major).
+  static void widen_g(
+      const WeightsArgs& a, const scalar_t* g, int64_t o0, int64_t slabs,
+      opmath_t* buf) {
+    for (int64_t o = 0; o < slabs; ++o) {
+      for (int64_t i = 0; i < a.inner; ++i) {
+        buf[o * a.inner + i] =
+            static_cast<opmath_t>(g[(o0 + o) * a.g_so + i * a.g_si]);
+      }
     }
+  }
+
+  template <bool HAS_Q>
+  static bool weights_slab_tiles(const WeightsArgs& a, int64_t tiles) {
+    // A tile is L slabs of K * inner elements: period K * inner vectors;
+    // element e of a tile is output (e / slab) * inner + e % inner.
+    const int64_t slab = a.K * a.inner;
+    const LaneSources src(slab, [&](int64_t e) {
+      return (e / slab) * a.inner + e % a.inner;
+    });
+    if (!src.ok) return false;
     const typename Base::WeightsPtrs ptr(a);
     const auto *p = ptr.p, *q = ptr.q, *g = ptr.g;
     const opmath_t *shift = ptr.shift, *log_norm = ptr.log_norm;
     auto *op = ptr.op, *oq = ptr.oq;
     const int64_t grain = std::max<int64_t>(1, kParallelElems / (L * slab));
     parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
+      std::vector<opmath_t> gbuf(g ? L * a.inner : 0);
       for (int64_t tile = b; tile < e; ++tile) {
         const int64_t o0 = tile * L, off = o0 * a.out_so;
+        if (g) widen_g(a, g, o0, L, gbuf.data());
         weights_stream<HAS_Q>(
             a, p + o0 * a.p.so, HAS_Q ? q + o0 * a.q.so : nullptr,
             op ? op + off : nullptr, oq ? oq + off : nullptr, L * slab,
             shift + o0 * a.inner, log_norm + o0 * a.inner,
-            g ? g + o0 * a.g_so : nullptr, sidx.data(), gidx.data(), period);
+            g ? gbuf.data() : nullptr, src);
       }
     });
+    return true;
   }
 
   template <bool HAS_Q>
-  static void weights_per_slab(const WeightsArgs& a) {
+  static bool weights_per_slab(const WeightsArgs& a) {
     // One slab's inner outputs: period PV = inner / gcd(inner, L) vectors of
     // G = PV L elements; pieces of a slab start at multiples of G.
     const int64_t PV = a.inner / lane_gcd(a.inner, L), G = PV * L;
-    std::vector<idx_t> sidx(G), gidx(G);
-    for (int64_t e = 0; e < G; ++e) {
-      sidx[e] = e % a.inner;
-      gidx[e] = (e % a.inner) * a.g_si;
-    }
+    const LaneSources src(PV, [&](int64_t e) { return e % a.inner; });
+    if (!src.ok) return false;
     const int64_t n = a.K * a.inner;
     const int64_t chunk = std::max<int64_t>(1, kParallelElems / G) * G;
     const int64_t chunks = ceil_div(n, chunk);
@@ -468,17 +590,19 @@ struct LaneTiles {
     const opmath_t *shift = ptr.shift, *log_norm = ptr.log_norm;
     auto *op = ptr.op, *oq = ptr.oq;
     parallel_for(0, a.outer * chunks, 1, [&](int64_t b, int64_t e) {
+      std::vector<opmath_t> gbuf(g ? a.inner : 0);
       for (int64_t it = b; it < e; ++it) {
         const int64_t o = it / chunks, e0 = (it % chunks) * chunk;
         const int64_t off = o * a.out_so + e0;
+        if (g) widen_g(a, g, o, 1, gbuf.data());
         weights_stream<HAS_Q>(
             a, p + o * a.p.so + e0, HAS_Q ? q + o * a.q.so + e0 : nullptr,
             op ? op + off : nullptr, oq ? oq + off : nullptr,
             std::min(chunk, n - e0), shift + o * a.inner,
-            log_norm + o * a.inner, g ? g + o * a.g_so : nullptr, sidx.data(),
-            gidx.data(), PV);
+            log_norm + o * a.inner, g ? gbuf.data() : nullptr, src);
       }
     });
+    return true;
   }
 
   // Runs the weights pass where a lane map runs the reduction and the
@@ -494,19 +618,18 @@ struct LaneTiles {
     const bool q = a.q.data != nullptr;
     const int64_t slab = a.K * a.inner;
     if (slab >= kStreamMinVecs * L) {
-      q ? weights_per_slab<true>(a) : weights_per_slab<false>(a);
-      return a.outer;
+      const bool done = q ? weights_per_slab<true>(a) : weights_per_slab<false>(a);
+      return done ? a.outer : -1;
     }
     // Slabs must follow each other densely for the stream of a tile.
     const bool dense = a.outer == 1 ||
         (a.p.so == slab && (!q || a.q.so == slab) && a.out_so == slab);
     if (!dense) return -1;
     const int64_t tiles = a.outer / L;
-    if (tiles > 0) {
-      q ? weights_slab_tiles<true>(a, tiles)
-        : weights_slab_tiles<false>(a, tiles);
-    }
-    return tiles * L;
+    if (tiles == 0) return -1;
+    const bool done = q ? weights_slab_tiles<true>(a, tiles)
+                        : weights_slab_tiles<false>(a, tiles);
+    return done ? tiles * L : -1;
   }
 };
 

@@ -1,0 +1,94 @@
+// Moving values between the lanes of a vector in registers: a permutation of
+// one vector's lanes, and the transpose of an L x L tile of vectors. The
+// short-slice kernels (short_rows.h) use them where a gather would fetch
+// every lane from memory on its own: AVX-512 gathers cost about as much as
+// the exponential they feed on the CPUs we measured (benchmarks/NOTES.md
+// CPU 16), a permute or a shuffle about one cycle.
+// Included by kernels_impl.h inside one instruction set's compilation.
+#pragma once
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <type_traits>
+
+namespace iwae_fused::cpu {
+inline namespace IWAE_ISA {
+
+template <typename V>
+struct LaneShuffles {
+  using T = typename V::value_type;
+  using idx_t = at::vec::int_same_size_t<T>;
+  using VI = at::vec::Vectorized<idx_t>;
+  static constexpr int64_t L = V::size();
+
+  // out[l] = v[idx[l]], every idx[l] in [0, L).
+  static V permute(const V& v, const VI& idx) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float>) return _mm512_permutexvar_ps(idx, v);
+    if constexpr (std::is_same_v<T, double>) return _mm512_permutexvar_pd(idx, v);
+#elif defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<T, float>) return _mm256_permutevar8x32_ps(v, idx);
+#endif
+    T in[L], out[L];
+    idx_t ix[L];
+    v.store(in);
+    idx.store(ix);
+    for (int64_t l = 0; l < L; ++l) out[l] = in[ix[l]];
+    return V::loadu(out);
+  }
+
+  // Whether transpose() is a register shuffle network here; elsewhere the
+  // kernels keep their gathers.
+#if defined(CPU_CAPABILITY_AVX512)
+  static constexpr bool kFastTranspose = std::is_same_v<T, float>;
+#else
+  static constexpr bool kFastTranspose = false;
+#endif
+
+  // r[j] lane l <-> r[l] lane j, for the L x L tile r[0..L): rows in,
+  // columns out. 64 shuffles for 256 floats (the unpack / shuffle /
+  // 128-bit-lane network of FBGEMM and ATen's transpose_mxn).
+  static void transpose(V* r) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float>) {
+      __m512 t[16];
+      for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+      }
+      // In every 128-bit lane j, u[4g + c] holds rows 4g .. 4g + 3 of
+      // column 4j + c.
+      __m512 u[16];
+      for (int i = 0; i < 16; i += 4) {
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+      }
+      // Column 4j + c takes 128-bit lane j of u[c], u[4 + c], u[8 + c],
+      // u[12 + c]: a 4 x 4 transpose of 128-bit blocks.
+      for (int c = 0; c < 4; ++c) {
+        const __m512 t0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+        const __m512 t1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+        const __m512 t2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+        const __m512 t3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+        r[c] = _mm512_shuffle_f32x4(t0, t2, 0x88);
+        r[4 + c] = _mm512_shuffle_f32x4(t1, t3, 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(t0, t2, 0xDD);
+        r[12 + c] = _mm512_shuffle_f32x4(t1, t3, 0xDD);
+      }
+      return;
+    }
+#endif
+    T buf[L][L];
+    for (int64_t j = 0; j < L; ++j) r[j].store(buf[j]);
+    for (int64_t j = 0; j < L; ++j) {
+      T col[L];
+      for (int64_t l = 0; l < L; ++l) col[l] = buf[l][j];
+      r[j] = V::loadu(col);
+    }
+  }
+};
+
+} // namespace IWAE_ISA
+} // namespace iwae_fused::cpu
