@@ -27,16 +27,7 @@
 #define IWAE_HD inline
 #endif
 
-// The CUDA source run by the emulator counts every exponential and
-// logarithm (benchmarks/GPU-COUNTS.md); elsewhere these are nothing.
-#if defined(IWAE_CUDA_EMU)
-#include "cuda/emu/simt.h"
-#define IWAE_COUNT_EXP() ::iwae_emu::count_exp()
-#define IWAE_COUNT_LOG() ::iwae_emu::count_log()
-#else
-#define IWAE_COUNT_EXP()
-#define IWAE_COUNT_LOG()
-#endif
+#include "math_counts.h" // IWAE_COUNT_EXP / IWAE_COUNT_LOG
 
 // Each CPU instruction set compiles this header in a namespace of its own
 // (iwae_fused::AVX2, ...), as at::vec does, so that the scalar instantiations

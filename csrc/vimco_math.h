@@ -32,7 +32,7 @@
 
 #include "global_memory.h"
 #include "kernel_args.h"
-#include "online_lse.h" // IWAE_COUNT_EXP / IWAE_COUNT_LOG
+#include "math_counts.h" // IWAE_COUNT_EXP / IWAE_COUNT_LOG
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define VIMCO_HD __host__ __device__ __forceinline__

@@ -715,7 +715,11 @@ def test_vimco_nan_empty_examples_and_masks(path, dtype):
     nan = emu[1][0].isnan()
     assert torch.equal(nan, cpu[1][0].isnan()) and nan.any()
     emu[1][1:, nan] = cpu[1][1:, nan] = 0
-    for a, b in zip(emu, cpu):
+    # The last backward's state does not belong to its inputs (row 1 was
+    # finite when it was saved, now all -inf): only the NaN example's NaNs are
+    # defined there, and the backends may differ elsewhere (the CPU lanes take
+    # the argmax's own log-weight from the state, the CUDA kernels from log_p).
+    for a, b in zip(emu[:-2], cpu[:-2]):
         torch.testing.assert_close(a, b, equal_nan=True, **TOL[dtype])
     assert emu[0].movedim(0, -1).reshape(-1)[0].isnan()
     assert emu[-2].movedim(dim, -1)[0, 5].isnan() and emu[-1].movedim(dim, -1)[0, 5].isnan()
