@@ -633,6 +633,29 @@ def test_full_size_shapes(case):
 # ---- VIMCO -----------------------------------------------------------------
 
 
+FULL_WAVE = {  # a 1-SM device's wave filled by the outputs alone: K stays whole
+    "rows": ((400, 104), 1, "reduce_rows_kernel", (32,)),
+    "cols": ((40, 4096), 0, "reduce_cols_kernel", ()),
+}
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["vector", "scalar"])
+@pytest.mark.parametrize("with_q", [True, False], ids=["log_q", "no_log_q"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("family", list(FULL_WAVE))
+def test_full_wave_keeps_K_whole(family, dtype, with_q, aligned):
+    """Where the outputs' blocks alone fill a wave of resident blocks, the
+    planner never splits K, for every instantiation of the row and column
+    reductions (the vector and the scalar loads, with and without log_q)."""
+    shape, dim, kernel, extra = FULL_WAVE[family]
+    p, q = inputs(shape, dtype, with_q, seed=5)
+    launches = check_iwelbo(p if aligned else offset_view(p), q, dim, dtype, device=dict(sm_count=1))
+    (_, rec), = kernels(launches, kernel)
+    vec = vec_width(dtype) if aligned else 1
+    assert rec["kernel"] == instantiation(kernel, dtype, vec, *extra, with_q)
+    assert rec["grid"][1] == 1 and not kernels(launches, "merge_kernel")
+
+
 VIMCO_PATHS = {  # shape, dim, forward kernel, split-K
     "rows-tiles": ((70, 45), 1, "vimco_tiles_kernel", False),
     "rows-tiles-multi": ((200, 33), 1, "vimco_tiles_kernel", False),
@@ -677,6 +700,50 @@ def test_vimco(path, dtype, special):
     assert (rec["grid"][1] > 1) == split
     assert bool(kernels(launches, "vimco_merge_kernel")) == split
     assert kernels(launches, "vimco_backward_kernel")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", ["lone-finite", "all-equal"])
+@pytest.mark.parametrize("path", ["rows-tiles", "rows-warp", "rows-splitk", "cols-thread"])
+def test_vimco_degenerate_others(path, case, dtype):
+    """The any-gap state at its edges, on every forward path: one finite
+    sample and the rest -inf (the others' pair empty in every lane and every
+    piece of K: log-sum of nothing, the argmax's signal +inf), and all samples
+    equal (the others' mean exactly the max). Against the CPU kernels, and
+    the bound against its closed form."""
+    shape, dim, kernel, split = VIMCO_PATHS[path]
+    p, q = inputs(shape, dtype)
+    q.zero_()
+    x = p.movedim(dim, -1)
+    K = x.shape[-1]
+    if case == "lone-finite":
+        x[...] = -math.inf
+        x[..., 0] = 5.0
+    else:
+        x[...] = 0.5
+    out_shape = [s for d, s in enumerate(shape) if d != dim]
+    g = torch.ones(out_shape, dtype=dtype)
+
+    def run():
+        out, state = OPS._vimco_forward(p, q, dim, False)
+        gp, gq = OPS.vimco_backward(g, state, p, q, dim, False, [True, True])
+        return out, state, gp, gq
+
+    emu, launches = run_emulated(run)
+    cpu = run()
+    for a, b in zip(emu, cpu):
+        torch.testing.assert_close(a, b, equal_nan=True, **TOL[dtype])
+    bound = 5.0 - math.log(K) if case == "lone-finite" else 0.5
+    torch.testing.assert_close(emu[0], torch.full(out_shape, bound, dtype=dtype), **TOL[dtype])
+    if case == "lone-finite":  # dropping the lone sample leaves no weight
+        assert torch.isinf(emu[3].movedim(dim, -1)[..., 0]).all()
+    else:  # every leave-one-out bound equals the bound: no signal
+        p64, q64 = p.double().requires_grad_(), q.double().requires_grad_()
+        R.vimco(p64, q64, dim).backward(g.double())
+        close(emu[2], p64.grad, dtype)
+        close(emu[3], q64.grad, dtype)
+    (_, rec), = kernels(launches, kernel)
+    assert (rec["grid"][1] > 1) == split
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
