@@ -7,7 +7,17 @@
 # the committed one is benchmarks/gpu_resources.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
+# torch's headers come from the environment run.sh uses (PYTHON, the active
+# virtual environment, or the project's .venv).
+if [ -n "${PYTHON:-}" ]; then
+  PY="$PYTHON"
+elif [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
+  PY="$VIRTUAL_ENV/bin/python"
+elif [ -x .venv/bin/python ]; then
+  PY=.venv/bin/python
+else
+  PY=python3
+fi
 start=$(date +%s)
 mkdir -p build
 "$PY" benchmarks/gpu_resources.py --check --no-sass --archs 80,90,100,120 --out build/gpu_resources_ci.json
