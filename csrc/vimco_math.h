@@ -17,7 +17,9 @@
 // gap between log-weights underflows into a division or a log: the others'
 // sum as its own (max, sum) pair during the pass and as the log
 // lo = log(sum_others / w_max) in the saved state, and the argmax's signal
-// is taken as softplus(log(1 - f) - log(s_excl + f)) (argmax_signal). A
+// is taken as softplus(log(1 - f) - log(s_excl + f)) where s_excl or f is
+// below e^-700 (directly, as log1p((1 - f) / (s_excl + f)), elsewhere:
+// argmax_signal). A
 // sample 720 nats above the rest (whose weights exp(-720) are denormals, and
 // 0 where the CPU kernels flush denormals) gets its signal ~718 to double's
 // precision, and so does one 1e4 nats above (exp(-1e4) is 0 in any format).
@@ -84,12 +86,6 @@ VIMCO_HD double log_add_exp(double a, double b) {
   return hi + log1p_(exp_(lo - hi));
 }
 
-// log(1 - exp(a)) for a <= 0, accurate on both sides of -log 2 (Maechler
-// 2012, "Accurately computing log(1 - exp(-|a|))"); -inf at a = 0.
-VIMCO_HD double log1m_exp(double a) {
-  return a > -0.6931471805599453 ? log_(-expm1_(a)) : log1p_(-exp_(a));
-}
-
 // log(1 + exp(z)), without overflow for large z or underflow for small.
 VIMCO_HD double softplus(double z) {
   return z > 0 ? z + log1p_(exp_(-z)) : log1p_(exp_(z));
@@ -144,9 +140,22 @@ VIMCO_HD double bound(double m, double lo, int64_t K) {
 // Exact to a few ulp for any gap (the form with exp(lo) + f underflows to
 // log(0) = -inf from ~708 nats in double, ~745 with denormals), and for a
 // signal near 0 (a near-tie, 1 - f small: from -expm1).
-VIMCO_HD double argmax_signal(double lo, double lf) {
+// s_excl = exp(lo) and f = exp(lf) as the caller has them: where both are
+// normal doubles (lo, lf > -700) the direct form log1p((1 - f) / (s_excl + f))
+// is as exact (1 - f from -expm1, a sum of positive terms) at two calls where
+// the log form takes six, which on a GPU the argmax's lane makes its whole
+// warp wait for.
+VIMCO_HD double argmax_signal(double lo, double lf, double s_excl, double f) {
   lf = lf < 0.0 ? lf : 0.0; // the others' mean, rounded above the max
-  return softplus(log1m_exp(lf) - log_add_exp(lo, lf));
+  if (lo > -700.0 && lf > -700.0) return log1p_(-expm1_(lf) / (s_excl + f));
+  // Here lf <= lo - log(K - 1) <= -700 (a geometric mean is at most the
+  // arithmetic one) or lf = -inf, so log(1 - f) = log1p(-f) has no
+  // cancellation (f < 1e-304).
+  return softplus(log1p_(-exp_(lf)) - log_add_exp(lo, lf));
+}
+
+VIMCO_HD double argmax_signal(double lo, double lf) {
+  return argmax_signal(lo, lf, exp_(lo), exp_(lf));
 }
 
 // What the forward saves per example, as kStateSize doubles (store(), load()).
@@ -169,7 +178,8 @@ VIMCO_HD void signal(const Saved& sv, int64_t K, double x, int64_t j, double& w,
     w = sig = 0.0;
     return;
   }
-  const double S = 1.0 + exp_(lo); // sum_k exp(x_k - m)
+  const double s_excl = exp_(lo);
+  const double S = 1.0 + s_excl; // sum_k exp(x_k - m)
   const bool x_ninf = x == -INFINITY;
   const double e = x_ninf ? 0.0 : exp_(x - m);
   w = e / S;
@@ -179,15 +189,16 @@ VIMCO_HD void signal(const Saved& sv, int64_t K, double x, int64_t j, double& w,
   if (sv.n_ninf - (x_ninf ? 1.0 : 0.0) == 0.0) {
     lf = (sv.fsum - (x_ninf ? 0.0 : x)) / static_cast<double>(K - 1) - m;
   }
+  const double f = exp_(lf);
   if (static_cast<double>(j) == sv.argmax) {
-    sig = argmax_signal(lo, lf);
+    sig = argmax_signal(lo, lf, s_excl, f);
   } else {
     // L_-j's sum is S - e + f, S >= 1 + e: the signal is -log1p((f - e) / S)
     // with (f - e) / S >= -1/2, which keeps the signal's relative precision
     // even when it is 1e-14 next to bounds of 60 nats (the difference of two
     // logs would keep only its absolute precision). f and e underflow only
     // where the signal itself is below the smallest normal double.
-    sig = -log1p_((exp_(lf) - e) / S);
+    sig = -log1p_((f - e) / S);
   }
 }
 

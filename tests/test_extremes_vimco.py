@@ -138,6 +138,25 @@ def test_vimco_at_any_gap(gap, dtype, shape, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("far", [650.0, 1000.0, 1100.0, 2000.0, 1e4])
+def test_vimco_near_other_far_mean(far, dtype, shape, backend):
+    """The argmax's signal on both sides of its switch of form: the others'
+    sum near the max (one sample 2 nats below it) while their geometric mean
+    lies `far` x (K - 2) / (K - 1) below (the direct form while that mean is
+    above -700 nats, the log form past it)."""
+    K, B, dim = SHAPES[shape]
+    x = torch.full((B, K), -far, dtype=torch.float64)
+    x[:, 0] = 0.0
+    x[:, 1] = -2.0
+    x += 11.5 * torch.arange(B, dtype=torch.float64)[:, None]
+    x = x.to(dtype)
+    x = x if dim == 1 else x.T.contiguous()
+    within_bounds(x, dim, *run(x, dim, backend), dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_vimco_signal_of_the_issue(backend):
     # log_p = [0, -720]: the first sample's log_q gradient is its signal
     # L - L_-0 = log((1 + e^-720) / (2 e^-720)) minus its weight, 718.3068...
