@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import iwae_fused
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,7 +23,12 @@ def test_distributed_example_under_torchrun_with_gloo():
     # returns the same estimate.
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     assert torchrun, "torchrun (installed with torch) not found"
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    # The package the suite imports, also where it is built in place and not
+    # installed (scripts/check_torch_versions.sh): a script's own folder, not
+    # the working directory, starts its sys.path.
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(iwae_fused.__file__)))
+    path = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=path)
     run = subprocess.run(
         [torchrun, "--standalone", "--nproc-per-node", "2", "examples/distributed_eval.py",
          "--samples", "2000", "--chunk-size", "300"],
