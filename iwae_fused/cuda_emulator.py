@@ -19,11 +19,16 @@ tensors stand for device tensors. Autograd is iwae_fused's own (its C++
 backward calls the emulated backward op), so values and gradients are what a
 GPU would compute::
 
+    import torch
+    import iwae_fused
     from iwae_fused import cuda_emulator
-    with cuda_emulator.emulated(sm_count=4):      # a 4-SM toy: split-K at small K
+
+    log_p = torch.randn(4096, 2, requires_grad=True)  # [K, B]: few outputs, long K
+    log_q = torch.randn(4096, 2)
+    with cuda_emulator.emulated(sm_count=4):        # a 4-SM toy: K split in pieces, then merged
         bound = iwae_fused.iwelbo(log_p, log_q)
         bound.sum().backward()
-    print(cuda_emulator.launches())               # kernels, grids, blocks, counters
+    print(cuda_emulator.launches())                 # kernels, grids, blocks, counters
 
 Not for training: each emulated thread is a fiber, so a launch costs
 microseconds per element.

@@ -48,6 +48,11 @@ def iwelbo(
     .. math::
         \mathcal{L}_K = \log \frac{1}{K} \sum_{k=1}^{K} \exp(\log p_k - \log q_k)
 
+    with ``K = log_p.shape[dim]``. A drop-in for
+    ``torch.logsumexp(log_p - log_q, dim, keepdim) - math.log(K)``: the same
+    values, shape, dtype, device, broadcasting of ``log_p`` against ``log_q``
+    and dtype promotion, from one fused kernel per direction.
+
     With ``alpha``, the Renyi (variational Renyi, VR) bound of Li & Turner
     (2016), with log w_k = log p_k - log q_k:
 
@@ -59,11 +64,6 @@ def iwelbo(
     alpha = 0 is IWAE; alpha = 1 is the ELBO, mean_k(log w_k), taken exactly
     (uniform weights 1/K); negative alpha is allowed (alpha -> -inf tends to
     the max). For alpha > 1 a sample at log w = -inf makes the bound -inf.
-
-    with ``K = log_p.shape[dim]``. A drop-in for
-    ``torch.logsumexp(log_p - log_q, dim, keepdim) - math.log(K)``: the same
-    values, shape, dtype, device, broadcasting of ``log_p`` against ``log_q``
-    and dtype promotion, from one fused kernel per direction.
 
     Args:
         log_p: log p(x, z_k), e.g. ``[K, B]`` for K samples of B examples (what
@@ -300,17 +300,26 @@ def dreg(
     vector-Jacobian product of the saved ``log_p``/``log_q`` graphs with respect
     to ``z`` (a second backward through the decoder for the z part).
 
-    Training loop (generative net ``dec``, inference net ``enc``)::
+    A training loop (an inference net ``enc``, a generative net ``dec``)::
 
-        for x in loader:
+        import torch
+        import iwae_fused
+        from torch.distributions import Normal
+
+        K, D = 16, 2                                                # samples, latent dims
+        x = torch.randn(8, 4)                                       # B = 8 points
+        enc, dec = torch.nn.Linear(4, 2 * D), torch.nn.Linear(D, 4)
+        opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-2)
+        for step in range(10):
             mu, log_sigma = enc(x).chunk(2, -1)
-            q = torch.distributions.Normal(mu, log_sigma.exp())
-            z = q.rsample((K,))                                    # [K, B, D]
-            q_stop = torch.distributions.Normal(mu.detach(), log_sigma.exp().detach())
-            log_q = q_stop.log_prob(z).sum(-1)                     # [K, B]
-            log_p = prior.log_prob(z).sum(-1) + dec(z).log_prob(x).sum(-1)
+            z = Normal(mu, log_sigma.exp()).rsample((K,))           # [K, B, D]
+            q_stop = Normal(mu.detach(), log_sigma.exp().detach())  # q's parameters detached
+            log_q = q_stop.log_prob(z).sum(-1)                      # [K, B]
+            log_p = Normal(0.0, 1.0).log_prob(z).sum(-1) + Normal(dec(z), 1.0).log_prob(x).sum(-1)
             loss = -iwae_fused.dreg(log_p, log_q, z).mean()
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
     Shapes: ``log_p``, ``log_q`` as for :func:`iwelbo` (``dim`` the sample
     dim; either may be a number, as there); ``z`` any tensor both were
@@ -318,7 +327,10 @@ def dreg(
     torch.compile's autograd (the backward is reentrant); eager only. As for
     :func:`vimco`, the gradients are an estimator's: forward-mode AD, the
     differentiating torch.func transforms and double backward raise an error
-    naming dreg; ``torch.vmap`` of the value works.
+    naming dreg; ``torch.vmap`` of the value works. A ``retain_grad()`` on a
+    non-leaf ``log_p`` records ``g w~`` plus the z-path correction (the
+    correction's vector-Jacobian product runs through ``log_p``'s graph and
+    fires its hook too); leaves and parameters get the gradients above.
     """
     try:
         return _dreg(log_p, log_q, z, dim, z_weight)
