@@ -244,6 +244,10 @@ def launch_work(rec, case):
         vec, has_q = int(ta[1]), ta[2] == "true"
         read = numel * es * (2 if has_q else 1) + n_out * (2 * om + es)
         return read, 2 * numel * es, numel, vec
+    if name == "weights_flat_kernel":  # <scalar_t, HAS_Q, ROWS>: 16-byte vectors
+        has_q = ta[1] == "true"
+        read = numel * es * (2 if has_q else 1) + n_out * (2 * om + es)
+        return read, 2 * numel * es, numel, 16 // es
     if name in ("vimco_tiles_kernel", "vimco_rows_kernel", "vimco_cols_kernel"):
         split = name == "vimco_rows_kernel" and pieces > 1
         written = 40 * pieces * n_out if split else n_out * (es + 40)

@@ -39,6 +39,16 @@ MUTANTS = {
                   EMU + "::test_full_size_shapes[eval-rows-1024x5000]"]),
     "walker-o": ("cuda/kernels_cuda.cu", "    o += dout + carry;\n", "    o += dout;\n",
                  [LOOPS + "[weights-rows-run-carry-torch.float32-xyz]"]),
+    # the flat weights kernel's digits within a vector (a vector spans runs)
+    "flat-j": ("cuda/kernels_cuda.cu", "      j -= cj * fast;\n", "",
+               [EMU + "::test_weights_flat_kernel[torch.float32-log_q-rows]",
+                EMU + "::test_weights_flat_kernel[torch.float32-log_q-cols]"]),
+    "flat-r": ("cuda/kernels_cuda.cu", "      r += cj;\n", "",
+               [EMU + "::test_weights_flat_kernel[torch.float32-log_q-cols]",
+                LOOPS + "[weights-flat-rows-inner-torch.float32-xyz]"]),
+    "flat-o": ("cuda/kernels_cuda.cu", "      o += cr;\n", "",
+               [EMU + "::test_weights_flat_kernel[torch.float32-log_q-rows]",
+                LOOPS + "[weights-flat-cols-torch.float32-xyz]"]),
     # barriers before shared memory is reused by the loop's next pass
     "rows-barrier": ("cuda/kernels_cuda.cu", "      __syncthreads(); // sm_* are rewritten by the next row\n",
                      "", [LOOPS + "[rows-block-rows-torch.float32-xyz]"]),
@@ -105,7 +115,7 @@ def main(names):
     py = sys.executable
     os.makedirs(WORK, exist_ok=True)
     # a copy of what the emulator build reads (sources keep their mtimes)
-    for d in ("csrc",):
+    for d in ("csrc", "requirements"):
         dst = os.path.join(SRC, d)
         if os.path.exists(dst):
             shutil.rmtree(dst)

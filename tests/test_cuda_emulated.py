@@ -131,7 +131,8 @@ def test_reduction_path(path, dtype, with_q):
     assert bool(kernels(launches, "merge_kernel")) == split
     if path == "cols-gridz-loop":
         assert rec["grid"][2] == 4 < shape[0]
-    assert kernels(launches, "weights_kernel"), "the backward ran on the emulated GPU"
+    assert kernels(launches, "weights_kernel") or kernels(launches, "weights_flat_kernel"), \
+        "the backward ran on the emulated GPU"
 
 
 # ---- vector width, alignment, strides and broadcasts ------------------------
@@ -154,8 +155,12 @@ def test_vector_width_follows_alignment(dtype, layout, offset):
               "tiles": "reduce_tiles_kernel"}[layout]
     (args, _), = kernels(launches, kernel)
     assert args[1] == (str(vec_width(dtype)) if aligned else "1")
-    (wargs, _), = kernels(launches, "weights_kernel")
-    assert wargs[1] == (str(vec_width(dtype)) if aligned else "1")
+    flat = kernels(launches, "weights_flat_kernel")
+    if flat:  # short runs, dense and 16-byte aligned: one flat run of vectors
+        assert aligned
+    else:
+        (wargs, _), = kernels(launches, "weights_kernel")
+        assert wargs[1] == (str(vec_width(dtype)) if aligned else "1")
 
 
 CASES = {
@@ -318,7 +323,9 @@ def grads_for(kind, out_shape, dtype):
 @pytest.mark.parametrize("layout", ["rows", "cols"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_weights_kernel(dtype, layout, grad, mask):
-    shape, dim = ((6, 40, 3), 1) if layout == "rows" else ((6, 40, 24), 1)
+    # runs of 40: at least 4 vectors of every dtype (shorter dense runs take
+    # weights_flat_kernel, test_weights_flat_kernel)
+    shape, dim = ((6, 40, 3), 1) if layout == "rows" else ((6, 40, 40), 1)
     if layout == "rows":
         shape, dim = (6, 3, 40), 2
     p, q = inputs(shape, dtype)
@@ -369,6 +376,53 @@ def test_weights_kernel_tails_masks_and_modes(dtype, width, with_q, layout):
     assert weights == {instantiation("weights_kernel", dtype, vec, with_q, layout == "cols")}
 
 
+FLAT = {  # layout -> (shape, dim): short dense runs, 15 elements (a partial last vector)
+    "rows": ((5, 3), 1),
+    "cols": ((3, 5), 0),
+}
+
+
+@pytest.mark.parametrize("layout", list(FLAT))
+@pytest.mark.parametrize("with_q", [True, False], ids=["log_q", "no_log_q"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_weights_flat_kernel(dtype, with_q, layout):
+    """The weights pass over short runs stored densely (K = 3 rows, or rows
+    of 5 columns): one flat run of vectors spanning runs, for every dtype,
+    with and without log_q; a partial last vector, each output mask, the
+    incoming gradient contiguous, expanded and absent, DReG's corrections;
+    against the CPU kernels. An unaligned or non-dense layout keeps
+    weights_kernel."""
+    shape, dim = FLAT[layout]
+    p, q = inputs(shape, dtype, with_q, seed=6)
+    out_shape = [s for d, s in enumerate(shape) if d != dim]
+    gen = torch.Generator().manual_seed(4)
+    grads = [torch.randn(out_shape, generator=gen).to(dtype),  # contiguous
+             torch.randn((), generator=gen).to(dtype).expand(out_shape)]  # expanded
+
+    def run():
+        _, stats = OPS._iwelbo_forward(p, q, dim, False, 0.0)
+        res = [OPS.normalized_weights(p, q, dim)]
+        for g in grads:
+            for mask in ([True, True], [True, False], [False, True]):
+                res += OPS.iwelbo_backward(g, stats, p, q, dim, False, 0.0, mask)
+        if q is not None:
+            for z_weight in ("dreg", "rws"):
+                res += OPS.dreg_backward(grads[0], stats, p, q, dim, z_weight)
+        return res
+
+    emu, launches = run_emulated(run)
+    for a, b in zip(emu, run()):
+        close(a, b, dtype)
+    weights = {r["kernel"] for _, r in kernels(launches, "weights_flat_kernel")}
+    assert weights == {instantiation("weights_flat_kernel", dtype, with_q, layout == "rows")}
+    assert not kernels(launches, "weights_kernel")
+    # Off alignment: the per-run kernel's scalar path.
+    (_, stats), launches = run_emulated(lambda: OPS._iwelbo_forward(offset_view(p), q, dim, False, 0.0))
+    _, launches = run_emulated(lambda: OPS.iwelbo_backward(grads[0], stats, offset_view(p), q, dim,
+                                                           False, 0.0, [True, True]))
+    assert not kernels(launches, "weights_flat_kernel") and kernels(launches, "weights_kernel")
+
+
 @pytest.mark.parametrize("z_weight", ["dreg", "rws", "stl"])
 @pytest.mark.parametrize("layout", ["rows", "cols"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -397,8 +451,8 @@ def test_dreg_weightings(dtype, layout, z_weight):
     ref = R.dreg(-0.5 * z**2 - 0.1 * m64, -0.5 * (z - m64.detach()) ** 2, z, dim, z_weight)
     (r_g,) = torch.autograd.grad(ref.sum(), m64)
     close(g, r_g, dtype, scale=4.0)
-    if z_weight != "stl":
-        assert kernels(launches, "weights_kernel")
+    if z_weight != "stl":  # rows of 8 float32/16: the flat walk
+        assert kernels(launches, "weights_kernel") or kernels(launches, "weights_flat_kernel")
 
 
 # ---- special values ------------------------------------------------------------
@@ -524,8 +578,16 @@ LOOPS = {
     "weights-rows-long-runs": ("grad", "rows:2,2,2000", 1, dict(max_grid_x=1), "weights_kernel",
                                beyond(2 * 2 * 2000 / 4, 256)),
     # columns: runs are (outer, k), vectors along the inner axis
-    "weights-cols-all-digits": ("grad", (30, 5, 24), 1, dict(max_grid_x=1), "weights_kernel",
-                                beyond(30 * 5 * 24 / 4, 256)),
+    "weights-cols-all-digits": ("grad", (30, 5, 40), 1, dict(max_grid_x=1), "weights_kernel",
+                                beyond(30 * 5 * 40 / 4, 256)),
+    # the flat walk over short dense runs: rows [outer, K], rows [outer,
+    # inner, K] (K fastest), columns [outer, K, inner]; every digit carries
+    "weights-flat-rows": ("grad", (1500, 3), 1, dict(max_grid_x=1), "weights_flat_kernel",
+                          beyond(1500 * 3 / 8, 256)),
+    "weights-flat-rows-inner": ("grad", "rows:150,3,5", 1, dict(max_grid_x=1), "weights_flat_kernel",
+                                beyond(150 * 3 * 5 / 8, 256)),
+    "weights-flat-cols": ("grad", (300, 4, 5), 1, dict(max_grid_x=1), "weights_flat_kernel",
+                          beyond(300 * 4 * 5 / 8, 256)),
     "weights-cols-long-runs": ("grad", (3, 12, 1000), 1, dict(max_grid_x=8), "weights_kernel",
                                beyond(3 * 12 * 1000 / 8, 256)),
     # VIMCO
@@ -873,7 +935,7 @@ def test_random_cases_against_reference(c):
         args = r["kernel"].split("<")[1].rstrip(">").split(", ")
         assert args[0] == dtype_name, r["kernel"]
         if not r["kernel"].startswith("merge_kernel"):
-            has_q = args[-2] if r["kernel"].startswith("weights_kernel") else args[-1]
+            has_q = args[-2] if r["kernel"].startswith("weights") else args[-1]
             assert has_q == ("true" if q is not None else "false"), r["kernel"]
 
 

@@ -469,6 +469,95 @@ __device__ __forceinline__ void load_run(const T* p, int64_t avail, T (&out)[VEC
   for (int c = 0; c < VEC; ++c) out[c] = VEC == 1 || c < avail ? ld_global(p + c) : T(0);
 }
 
+// Element-wise weights over short runs stored one after another: log_p,
+// log_q and both outputs dense in one layout, [outer, inner, K] for rows
+// (ROWS) or [outer, K, inner] for columns, 16-byte aligned. weights_kernel
+// gives every run its own vectors, so a run of K = 2 float32 elements fills 2
+// of a vector's 4 lanes and keeps 8 B in flight per thread; here the tensor
+// is one flat run of n elements in 16-byte vectors, a vector's elements
+// spanning runs, each element taking its own output's stats and g by index
+// (L1 hits: neighbouring elements share them). The flat index's digits
+// (position in the fastest axis, the other inner axis, outer) are carried
+// by RunWalker, with no division in the loop.
+template <typename scalar_t, bool HAS_Q, bool ROWS>
+__global__ void __launch_bounds__(kThreads) weights_flat_kernel(WeightsArgs a, int64_t n) {
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  using opmath_t = at::opmath_type<scalar_t>;
+  using Lane = LaneOps<opmath_t>;
+  const auto* p = static_cast<const scalar_t*>(a.p.data);
+  const auto* q = static_cast<const scalar_t*>(a.q.data);
+  const auto* g = static_cast<const scalar_t*>(a.g);
+  const auto* shift = static_cast<const opmath_t*>(a.stats);
+  const opmath_t* log_norm = shift + a.outer * a.inner;
+  auto* out_p = static_cast<scalar_t*>(a.out_p);
+  auto* out_q = static_cast<scalar_t*>(a.out_q);
+  const opmath_t beta = static_cast<opmath_t>(a.beta);
+  const int64_t fast = ROWS ? a.K : a.inner, mid = ROWS ? a.inner : a.K;
+  const int64_t vecs = (n + VEC - 1) / VEC;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  const int64_t v0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  // Digits of the element index: j along `fast`, r along `mid`, o outer.
+  RunWalker at(v0 * VEC, stride * VEC, mid, fast);
+  for (int64_t v = v0; v < vecs; v += stride, at.advance(mid, fast)) {
+    const int64_t e = v * VEC, avail = n - e;
+    opmath_t x[VEC];
+    load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(p, q, e, e, avail, beta, x);
+    // Every element's output index first (a partial last vector repeats its
+    // last element's, in bounds), then all of their stats and g loaded at
+    // once: a thread has the stats of a whole vector in flight with its data.
+    int64_t j = at.j, r = at.r, o = at.o;
+    int64_t row[VEC], gi[VEC];
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) {
+      const int64_t i = ROWS ? r : j;
+      row[c] = o * a.inner + i;
+      gi[c] = o * a.g_so + i * a.g_si;
+      // The next element's digits (kept at the last one past the end).
+      const int64_t step = c + 1 < avail;
+      j += step;
+      const int64_t cj = j == fast;
+      j -= cj * fast;
+      r += cj;
+      const int64_t cr = r == mid;
+      r -= cr * mid;
+      o += cr;
+    }
+    opmath_t sh[VEC], ln[VEC], gv[VEC];
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) {
+      sh[c] = ld_global(shift + row[c]);
+      ln[c] = ld_global(log_norm + row[c]);
+      gv[c] = g ? static_cast<opmath_t>(ld_global(g + gi[c])) : opmath_t(1);
+    }
+    Pack<scalar_t, VEC> wp, wq;
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) {
+      const opmath_t wn = Lane::weight(x[c] - sh[c], ln[c]);
+      const opmath_t w = g ? wn * gv[c] : wn;
+      wp.v[c] = static_cast<scalar_t>(w);
+      // As in weights_kernel (its comment): the instantiations without log_q
+      // only ever take -g w.
+      const int mode = a.mode;
+      // GCOVR_EXCL_BR_START
+      const opmath_t wq_c = mode == kNegWeight ? -w : mode == kDregSquare ? w * (wn - 1) : -w * wn;
+      // GCOVR_EXCL_BR_STOP
+      wq.v[c] = static_cast<scalar_t>(wq_c);
+    }
+    if (avail >= VEC) {
+      if (out_p) st_global(reinterpret_cast<Pack<scalar_t, VEC>*>(out_p + e), wp);
+      if (out_q) st_global(reinterpret_cast<Pack<scalar_t, VEC>*>(out_q + e), wq);
+    } else { // unrolled, so that the grid-stride loop stays the innermost one
+#pragma unroll
+      for (int c = 0; c < VEC; ++c) {
+        if (c < avail) {
+          if (out_p) st_global(out_p + e + c, wp.v[c]);
+          if (out_q) st_global(out_q + e + c, wq.v[c]);
+        }
+      }
+    }
+  }
+}
+
 // Element-wise weights over runs of `len` contiguous elements: (o, k) runs
 // of the inner axis for columns, (o, i) runs of K for rows.
 template <typename scalar_t, int VEC, bool HAS_Q, bool COLS>
@@ -688,6 +777,40 @@ void launch_reduce(const ReduceArgs& a) {
   }
 }
 
+// Whether log_p, log_q and the outputs are one dense [outer, inner, K] (rows)
+// or [outer, K, inner] (columns) layout: the flat kernel's condition.
+// A dimension of size 1 takes any stride. (Every term is evaluated: `|` and
+// `&` of bools, one condition with no branch per term.)
+bool flat_dense(const WeightsArgs& a) {
+  const int64_t want_k = a.vec_k ? 1 : a.inner, want_i = a.vec_k ? a.K : 1;
+  auto dense = [&](int64_t so, int64_t sk, int64_t si) {
+    return ((a.outer == 1) | (so == a.K * a.inner)) & ((a.K == 1) | (sk == want_k)) &
+        ((a.inner == 1) | (si == want_i));
+  };
+  return dense(a.p.so, a.p.sk, a.p.si) & (!a.q.data | dense(a.q.so, a.q.sk, a.q.si)) &
+      dense(a.out_so, a.out_sk, a.out_si);
+}
+
+// Runs shorter than this many vectors take the flat kernel where the layout
+// allows: below it weights_kernel leaves lanes idle or keeps few bytes in
+// flight; above it, its stats loaded once per run cost fewer instructions.
+constexpr int64_t kFlatRunVectors = 4;
+
+template <typename scalar_t, bool HAS_Q>
+void launch_weights_flat(const WeightsArgs& a) {
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  const int64_t n = a.outer * a.K * a.inner;
+  const dev::Limits lim = dev::limits();
+  const int64_t blocks = std::min(
+      std::min<int64_t>(ceil_div(ceil_div(n, VEC), kThreads), (int64_t)lim.sm_count * 32),
+      lim.max_grid_x);
+  if (a.vec_k) {
+    dev::launch<weights_flat_kernel<scalar_t, HAS_Q, true>>(dim3(blocks), dim3(kThreads), a, n);
+  } else {
+    dev::launch<weights_flat_kernel<scalar_t, HAS_Q, false>>(dim3(blocks), dim3(kThreads), a, n);
+  }
+}
+
 template <typename scalar_t, int VEC, bool HAS_Q>
 void launch_weights(const WeightsArgs& a) {
   const int64_t runs = a.vec_k ? a.outer * a.inner : a.outer * a.K;
@@ -752,7 +875,16 @@ void CudaKernels::weights(const WeightsArgs& a) {
         const bool vec = operand_aligned(a.p, a, kVec) &&
             (!has_q || operand_aligned(a.q, a, kVec)) && out_ok(a.out_p) &&
             out_ok(a.out_q);
-        if (vec) {
+        const int64_t len = a.vec_k ? a.K : a.inner;
+        auto base_ok = [](const void* ptr) {
+          return !ptr || reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
+        };
+        const bool flat = len < kFlatRunVectors * kVec && flat_dense(a) && base_ok(a.p.data) &&
+            base_ok(a.q.data) && base_ok(a.out_p) && base_ok(a.out_q);
+        if (flat) {
+          has_q ? launch_weights_flat<scalar_t, true>(a)
+                : launch_weights_flat<scalar_t, false>(a);
+        } else if (vec) {
           has_q ? launch_weights<scalar_t, kVec, true>(a)
                 : launch_weights<scalar_t, kVec, false>(a);
         } else {
