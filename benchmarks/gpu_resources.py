@@ -6,7 +6,8 @@ needed, the CPU wheel's headers suffice) and records, per kernel
 instantiation and architecture, what ptxas reports (``-Xptxas -v``):
 registers per thread, spill stores/loads, stack frame, static shared memory
 and barriers. Where cuobjdump and nvdisasm are found (the CUDA toolkit, or
-the pip packages nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm), also from
+the pip packages nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm:
+``pip install -r requirements/gpu-model.txt``), also from
 the SASS: the global-load bytes one thread issues together in its hot loop
 (the largest run of LDGs between branches inside a loop: the bytes in
 flight per thread that Little's law needs), the loop's MUFU.EX2/LG2 count,
@@ -175,7 +176,7 @@ def parse_sass(text):
 def compile_one(arch, src, nvcc, incs, flags, tools, workdir):
     """{demangled kernel: resources} of one source for one architecture."""
     cubin = os.path.join(workdir, f"{src}.sm_{arch}.cubin")
-    cmd = [nvcc, "-cubin", f"-arch=sm_{arch}", "-O3", "-std=c++17", "-lineinfo",
+    cmd = [nvcc, "-cubin", f"-arch=sm_{arch}", "-O3", "-std=c++20", "-lineinfo",
            "-DIWAE_CUDA_DEVICE_ONLY", "-Xptxas", "-v", "-o", cubin,
            "-I" + os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "cuda", src)]
     cmd += flags + [f"-I{i}" for i in incs]

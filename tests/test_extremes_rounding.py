@@ -171,7 +171,7 @@ def ptx(source, flags, tmp):
         (inc / name).write_text("#pragma once\n" + text + "\n")
     tinc = os.path.join(os.path.dirname(torch.__file__), "include")
     out = tmp / (os.path.basename(source) + ".ptx")
-    cmd = [NVCC, "-arch=sm_90", "--ptx", "-std=c++17", "-O3", "--expt-relaxed-constexpr",
+    cmd = [NVCC, "-arch=sm_90", "--ptx", "-std=c++20", "-O3", "--expt-relaxed-constexpr",
            *flags, "-I", str(inc), "-I", os.path.join(ROOT, "csrc"), "-I", tinc,
            "-I", os.path.join(tinc, "torch", "csrc", "api", "include"), source, "-o", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)
