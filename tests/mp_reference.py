@@ -54,8 +54,11 @@ def vimco(values):
     L = log((1/K) sum_k w_k), each sample's normalised weight w_j and its
     learning signal L - L_-j, where L_-j replaces log w_j by the mean of the
     other log-weights, and the geometric mean f_j of the others' weights over
-    the sum of all (what the signal's sensitivity to that mean is): the
-    bound, then lists of mpf. Finite inputs only.
+    the leave-one-out sum T - e_j + f_j (what the signal's sensitivity to
+    that mean is: L_-j is the log of that sum, so a relative error in f_j
+    moves the signal by that share of it; at most 1, and 1/2 for the argmax
+    of K = 2 whatever the gap): the bound, then lists of mpf. Finite inputs
+    only.
 
     The signal is L - L_-j = log(T) - log(T - e_j + f_j), T = sum_k w_k, taken
     as -log1p((f_j - e_j) / T) where that is small (the difference of the two
@@ -75,11 +78,12 @@ def vimco(values):
         f = ctx.exp((fsum - xs[j]) / (K - 1) - m)
         e = terms[j]
         weights.append(e / total)
-        fs.append(f / total)
+        # T - e_j, summed on its own where it would cancel (w_j dominates)
+        others = total - e if e < total / 2 else ctx.fsum(terms[:j] + terms[j + 1 :])
+        fs.append(f / (others + f))
         if abs(f - e) < total / 2:
             signals.append(-ctx.log1p((f - e) / total))
         else:
-            others = ctx.fsum(terms[:j] + terms[j + 1 :])
             signals.append(ctx.log(total) - ctx.log(others + f))
     return lse - ctx.log(K), weights, signals, fs
 

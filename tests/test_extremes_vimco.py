@@ -68,9 +68,11 @@ def within_bounds(x, dim, out, gp, gq, dtype):
     the double computation's rounding is relative to:
       bound:   |L| + max|x| + log K (the max and log K are added to a log1p);
       w_j:     w_j (1 + |x_j - max x|) (exp of a rounded difference);
-      q-grad:  |signal_j| + that + (f_j / sum w) sum|x| (the others' mean is
-               a rounded sum of the log-weights; f_j / sum w is how much the
-               signal moves with it: e^-gap at a large gap).
+      q-grad:  |signal_j| + that + f_j sum|x| (the others' mean is a
+               rounded sum of the log-weights; f_j, the mean's share of the
+               leave-one-out sum, is how much the signal moves with it:
+               e^-gap for a sample below a large gap, up to 1/2 for the
+               argmax of two samples).
     The q-gradient is signal - w: where the two nearly cancel (a sample well
     below the max, whose gradient is of second order in its weight), its
     error is relative to them, not to itself."""
