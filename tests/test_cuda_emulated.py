@@ -337,6 +337,28 @@ def test_weights_kernel(dtype, layout, grad, mask):
     assert args[3] == ("false" if layout == "rows" else "true")  # COLS
 
 
+def check_weights_pass(p, q, dim, dtype, grads):
+    """Every use of the weights pass on the emulated GPU against the CPU
+    kernels: normalized_weights (no incoming gradient), the backward with
+    each incoming gradient and each output mask, DReG's two corrections
+    (with log_q). Returns the launches."""
+    def run():
+        _, stats = OPS._iwelbo_forward(p, q, dim, False, 0.0)
+        res = [OPS.normalized_weights(p, q, dim)]
+        for g in grads:
+            for mask in ([True, True], [True, False], [False, True]):
+                res += OPS.iwelbo_backward(g, stats, p, q, dim, False, 0.0, mask)
+        if q is not None:
+            for z_weight in ("dreg", "rws"):
+                res += OPS.dreg_backward(grads[0], stats, p, q, dim, z_weight)
+        return res
+
+    emu, launches = run_emulated(run)
+    for a, b in zip(emu, run()):
+        close(a, b, dtype)
+    return launches
+
+
 @pytest.mark.parametrize("layout", ["rows", "cols"])
 @pytest.mark.parametrize("with_q", [True, False], ids=["log_q", "no_log_q"])
 @pytest.mark.parametrize("width", ["vector", "scalar"])
@@ -357,20 +379,7 @@ def test_weights_kernel_tails_masks_and_modes(dtype, width, with_q, layout):
              torch.randn((), generator=gen).to(dtype).expand(out_shape),  # expanded
              offset_view(torch.randn(out_shape, generator=gen).to(dtype))]  # unaligned
 
-    def run():
-        _, stats = OPS._iwelbo_forward(p, q, dim, False, 0.0)
-        res = [OPS.normalized_weights(p, q, dim)]
-        for g in grads:
-            for mask in ([True, True], [True, False], [False, True]):
-                res += OPS.iwelbo_backward(g, stats, p, q, dim, False, 0.0, mask)
-        if q is not None:
-            for z_weight in ("dreg", "rws"):
-                res += OPS.dreg_backward(grads[0], stats, p, q, dim, z_weight)
-        return res
-
-    emu, launches = run_emulated(run)
-    for a, b in zip(emu, run()):
-        close(a, b, dtype)
+    launches = check_weights_pass(p, q, dim, dtype, grads)
     vec = vec_width(dtype) if width == "vector" else 1
     weights = {r["kernel"] for _, r in kernels(launches, "weights_kernel")}
     assert weights == {instantiation("weights_kernel", dtype, vec, with_q, layout == "cols")}
@@ -399,20 +408,7 @@ def test_weights_flat_kernel(dtype, with_q, layout):
     grads = [torch.randn(out_shape, generator=gen).to(dtype),  # contiguous
              torch.randn((), generator=gen).to(dtype).expand(out_shape)]  # expanded
 
-    def run():
-        _, stats = OPS._iwelbo_forward(p, q, dim, False, 0.0)
-        res = [OPS.normalized_weights(p, q, dim)]
-        for g in grads:
-            for mask in ([True, True], [True, False], [False, True]):
-                res += OPS.iwelbo_backward(g, stats, p, q, dim, False, 0.0, mask)
-        if q is not None:
-            for z_weight in ("dreg", "rws"):
-                res += OPS.dreg_backward(grads[0], stats, p, q, dim, z_weight)
-        return res
-
-    emu, launches = run_emulated(run)
-    for a, b in zip(emu, run()):
-        close(a, b, dtype)
+    launches = check_weights_pass(p, q, dim, dtype, grads)
     weights = {r["kernel"] for _, r in kernels(launches, "weights_flat_kernel")}
     assert weights == {instantiation("weights_flat_kernel", dtype, with_q, layout == "rows")}
     assert not kernels(launches, "weights_kernel")

@@ -469,6 +469,39 @@ __device__ __forceinline__ void load_run(const T* p, int64_t avail, T (&out)[VEC
   for (int c = 0; c < VEC; ++c) out[c] = VEC == 1 || c < avail ? ld_global(p + c) : T(0);
 }
 
+// The operands of both weights kernels, typed (the kernels bind them by name).
+template <typename scalar_t>
+struct WeightsOperands {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const scalar_t *p, *q, *g;
+  const opmath_t *shift, *log_norm; // the forward's stats
+  scalar_t *out_p, *out_q;
+  opmath_t beta;
+};
+
+template <typename scalar_t>
+__device__ __forceinline__ WeightsOperands<scalar_t> weights_operands(const WeightsArgs& a) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const auto* shift = static_cast<const opmath_t*>(a.stats);
+  return {static_cast<const scalar_t*>(a.p.data), static_cast<const scalar_t*>(a.q.data),
+          static_cast<const scalar_t*>(a.g), shift, shift + a.outer * a.inner,
+          static_cast<scalar_t*>(a.out_p), static_cast<scalar_t*>(a.out_q),
+          static_cast<opmath_t>(a.beta)};
+}
+
+// The log_q output of one element, w = g w~: -g w~ (kNegWeight); DReG's
+// z-path corrections g w~ (w~ - 1) and -g w~ w~ (kernel_args.h). DReG always
+// has log_q, so the instantiations without it only ever take -g w~; the
+// other arms are outside the branch count (tests/README.md) rather than cut
+// with `if constexpr`, which made ptxas spill in weights_kernel<double, 1,
+// false, false> (sm_90).
+template <typename opmath_t>
+__device__ __forceinline__ opmath_t q_output(int mode, opmath_t w, opmath_t wn) {
+  // GCOVR_EXCL_BR_START
+  return mode == kNegWeight ? -w : mode == kDregSquare ? w * (wn - 1) : -w * wn;
+  // GCOVR_EXCL_BR_STOP
+}
+
 // Element-wise weights over short runs stored one after another: log_p,
 // log_q and both outputs dense in one layout, [outer, inner, K] for rows
 // (ROWS) or [outer, K, inner] for columns, 16-byte aligned. weights_kernel
@@ -484,14 +517,7 @@ __global__ void __launch_bounds__(kThreads) weights_flat_kernel(WeightsArgs a, i
   constexpr int VEC = 16 / sizeof(scalar_t);
   using opmath_t = at::opmath_type<scalar_t>;
   using Lane = LaneOps<opmath_t>;
-  const auto* p = static_cast<const scalar_t*>(a.p.data);
-  const auto* q = static_cast<const scalar_t*>(a.q.data);
-  const auto* g = static_cast<const scalar_t*>(a.g);
-  const auto* shift = static_cast<const opmath_t*>(a.stats);
-  const opmath_t* log_norm = shift + a.outer * a.inner;
-  auto* out_p = static_cast<scalar_t*>(a.out_p);
-  auto* out_q = static_cast<scalar_t*>(a.out_q);
-  const opmath_t beta = static_cast<opmath_t>(a.beta);
+  const auto [p, q, g, shift, log_norm, out_p, out_q, beta] = weights_operands<scalar_t>(a);
   const int64_t fast = ROWS ? a.K : a.inner, mid = ROWS ? a.inner : a.K;
   const int64_t vecs = (n + VEC - 1) / VEC;
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
@@ -535,13 +561,7 @@ __global__ void __launch_bounds__(kThreads) weights_flat_kernel(WeightsArgs a, i
       const opmath_t wn = Lane::weight(x[c] - sh[c], ln[c]);
       const opmath_t w = g ? wn * gv[c] : wn;
       wp.v[c] = static_cast<scalar_t>(w);
-      // As in weights_kernel (its comment): the instantiations without log_q
-      // only ever take -g w.
-      const int mode = a.mode;
-      // GCOVR_EXCL_BR_START
-      const opmath_t wq_c = mode == kNegWeight ? -w : mode == kDregSquare ? w * (wn - 1) : -w * wn;
-      // GCOVR_EXCL_BR_STOP
-      wq.v[c] = static_cast<scalar_t>(wq_c);
+      wq.v[c] = static_cast<scalar_t>(q_output(a.mode, w, wn));
     }
     if (avail >= VEC) {
       if (out_p) st_global(reinterpret_cast<Pack<scalar_t, VEC>*>(out_p + e), wp);
@@ -565,14 +585,7 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
     WeightsArgs a, int64_t runs, int64_t len, int64_t vecs_per_run) {
   using opmath_t = at::opmath_type<scalar_t>;
   using Lane = LaneOps<opmath_t>;
-  const auto* p = static_cast<const scalar_t*>(a.p.data);
-  const auto* q = static_cast<const scalar_t*>(a.q.data);
-  const auto* g = static_cast<const scalar_t*>(a.g);
-  const auto* shift = static_cast<const opmath_t*>(a.stats);
-  const opmath_t* log_norm = shift + a.outer * a.inner;
-  auto* out_p = static_cast<scalar_t*>(a.out_p);
-  auto* out_q = static_cast<scalar_t*>(a.out_q);
-  const opmath_t beta = static_cast<opmath_t>(a.beta);
+  const auto [p, q, g, shift, log_norm, out_p, out_q, beta] = weights_operands<scalar_t>(a);
   const int64_t total = runs * vecs_per_run;
   const int64_t R = COLS ? a.K : a.inner; // runs per outer index
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
@@ -621,16 +634,7 @@ __global__ void __launch_bounds__(kThreads) weights_kernel(
       const opmath_t wn = live ? Lane::weight(x[c] - sh[c], ln[c]) : opmath_t(0);
       const opmath_t w = g && live ? wn * gv[c] : wn;
       wp.v[c] = static_cast<scalar_t>(w);
-      // -g w; DReG's z-path corrections g w (w - 1) and -g w w (kernel_args.h).
-      // DReG always has log_q, so the instantiations without it only ever
-      // take -g w; their other arms are outside the branch count (tests/
-      // README.md) rather than cut with `if constexpr`, which made ptxas
-      // spill in weights_kernel<double, 1, false, false> (sm_90).
-      const int mode = a.mode;
-      // GCOVR_EXCL_BR_START
-      const opmath_t wq_c = mode == kNegWeight ? -w : mode == kDregSquare ? w * (wn - 1) : -w * wn;
-      // GCOVR_EXCL_BR_STOP
-      wq.v[c] = static_cast<scalar_t>(wq_c);
+      wq.v[c] = static_cast<scalar_t>(q_output(a.mode, w, wn));
     }
     if (VEC > 1 && avail >= VEC) {
       if (out_p) st_global(reinterpret_cast<Pack<scalar_t, VEC>*>(out_p + ooff), wp);
