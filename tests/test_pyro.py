@@ -20,19 +20,9 @@ from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal  # noqa: E402
 
 import iwae_fused  # noqa: E402
 from iwae_fused.pyro import IWAE_ELBO  # noqa: E402
+from pyro_fixtures import float64_and_fresh_store  # noqa: E402, F401 (fixtures)
 
 K = 6
-
-
-@pytest.fixture(autouse=True)
-def float64_and_fresh_store():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    pyro.clear_param_store()
-    pyro.enable_validation(True)
-    yield
-    torch.set_default_dtype(old)
-    pyro.clear_param_store()
 
 
 def param_grads():

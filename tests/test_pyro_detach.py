@@ -38,6 +38,7 @@ from pyro.nn import PyroModule, PyroParam  # noqa: E402
 from pyro.poutine.messenger import Messenger  # noqa: E402
 
 from iwae_fused.pyro import IWAE_ELBO  # noqa: E402
+from pyro_fixtures import float64_and_fresh_store, local  # noqa: E402, F401 (fixtures)
 
 K, N = 6, 4
 X = torch.linspace(-1.0, 2.0, N, dtype=torch.float64)
@@ -45,23 +46,6 @@ HALF = math.sqrt(0.5)
 # Off the posterior: the guide's loc and scale are these multiples away from it.
 LOC_OFF = torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64)
 SCALE_OFF = torch.tensor([1.3, 0.8, 1.1, 0.9], dtype=torch.float64)
-
-
-@pytest.fixture(autouse=True)
-def float64_and_fresh_store():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    pyro.clear_param_store()
-    pyro.enable_validation(True)
-    yield
-    torch.set_default_dtype(old)
-    pyro.clear_param_store()
-
-
-@pytest.fixture(params=[False, True], ids=["global", "local"])
-def local(request):
-    with pyro.settings.context(module_local_params=request.param):
-        yield request.param
 
 
 def model():

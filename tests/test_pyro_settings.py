@@ -18,29 +18,13 @@ from pyro.nn import PyroModule  # noqa: E402
 from pyro.poutine.messenger import Messenger  # noqa: E402
 
 from iwae_fused.pyro import IWAE_ELBO  # noqa: E402
+from pyro_fixtures import float64_and_fresh_store, local  # noqa: E402, F401 (fixtures)
 
 K, N = 5, 6
 X = torch.linspace(-1.0, 1.5, N, dtype=torch.float64)
 MASK = torch.tensor([True, True, False, True, False, True])
 S_OUT, S_GUIDE = 0.7, 0.8
 S_IN = torch.linspace(0.5, 1.5, N, dtype=torch.float64)  # a scale per data point
-
-
-@pytest.fixture(autouse=True)
-def float64_and_fresh_store():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    pyro.clear_param_store()
-    pyro.enable_validation(True)
-    yield
-    torch.set_default_dtype(old)
-    pyro.clear_param_store()
-
-
-@pytest.fixture(params=[False, True], ids=["global", "local"])
-def local(request):
-    with pyro.settings.context(module_local_params=request.param):
-        yield request.param
 
 
 def model(sub=None):
