@@ -36,6 +36,7 @@ constexpr int64_t kTileVecs = 16; // columns: outputs per tile, in vectors
 constexpr int64_t kBlock = 16; // rows of a column block / vectors of a row chunk
 constexpr int64_t kOneBlockVecs = 32; // see Kernels::tile_width
 constexpr int64_t kNarrowMaxK = 8; // see Kernels::tile_width
+constexpr int64_t kMinNarrowVecs = 4; // see Kernels::tile_width
 constexpr int64_t kWeightsTile = 2048; // columns' weights pass: columns per tile
 // Below this many elements one thread does it all: at 2-16 threads the
 // fork/join costs a few microseconds, the time of ~30k exps.
@@ -282,14 +283,16 @@ struct Kernels {
   // Columns per tile: kTileVecs vectors, except for short slices (K <= 8).
   // A tile then reads its K rows (2K with log_q) in bursts of the tile's
   // width, once; narrower tiles, about kOneBlockVecs vectors in flight per
-  // tile, ran up to 1.3x faster there out of cache. From K = 9 on the
-  // narrowed tile would be one or two vectors, which ran slower in and out
-  // of cache (per-tile costs), as long slices do (NOTES.md CPU 11).
+  // tile, ran up to 1.3x faster there out of cache (NOTES.md CPU 11). Not
+  // below kMinNarrowVecs: a tile of 1-2 vectors pays its per-tile work (the
+  // finish, the state stores) on too few outputs and reads too short a
+  // burst per row (CPU 19). From K = 9 on the tile is not narrowed at all:
+  // long slices need the full tile in and out of cache (CPU 11).
   static int64_t tile_width(const ReduceArgs& a) {
     if (a.K > kNarrowMaxK) return W;
     const int64_t streams = a.K * (a.q.data ? 2 : 1);
     int64_t vecs = kTileVecs;
-    while (vecs > 1 && vecs * streams > kOneBlockVecs) vecs /= 2;
+    while (vecs > kMinNarrowVecs && vecs * streams > kOneBlockVecs) vecs /= 2;
     return vecs * L;
   }
 
