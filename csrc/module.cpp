@@ -5,6 +5,7 @@
 #include <torch/version.h>
 
 #include "cpu/kernel_api.h"
+#include "cpu/output_cache.h"
 
 #define IWAE_STR2(x) #x
 #define IWAE_STR(x) IWAE_STR2(x)
@@ -25,4 +26,19 @@ PYBIND11_MODULE(_C, m) {
       "cpu_kernels",
       [] { return std::string(iwae_fused::cpu::kernels().name); },
       "The instruction set of the CPU kernels in use (DEFAULT, AVX2, AVX512).");
+  m.def("empty_cache", &iwae_fused::cpu::empty_cache,
+        "Returns the CPU output cache's free blocks to the system.");
+  m.def(
+      "cache_stats",
+      [] {
+        const auto s = iwae_fused::cpu::output_cache_stats();
+        pybind11::dict d;
+        d["budget_bytes"] = s.budget_bytes;
+        d["cached_bytes"] = s.cached_bytes;
+        d["live_bytes"] = s.live_bytes;
+        d["hits"] = s.hits;
+        d["misses"] = s.misses;
+        return d;
+      },
+      "The CPU output cache's budget, free and held bytes, hits and misses.");
 }

@@ -2,7 +2,8 @@
 // arguments, launch. A backend supplies `Kernels` with
 //   static void reduce(const ReduceArgs&);
 //   static void weights(const WeightsArgs&);
-//   static void prepare_output(const at::Tensor&);  // before first touch
+//   static c10::Allocator* output_allocator();  // full-size outputs; null:
+//                                               // the device's default
 // and registers these functions under its dispatch key (cpu/iwelbo_cpu.cpp).
 #pragma once
 
@@ -206,13 +207,11 @@ std::tuple<at::Tensor, at::Tensor> weights_op(
   a.g_si = g_si;
   at::Tensor out_p, out_q;
   if (mask[0]) {
-    out_p = pl.empty_full(pl.dtype, a.out_so, a.out_sk, a.out_si);
-    Kernels::prepare_output(out_p);
+    out_p = pl.empty_full(pl.dtype, a.out_so, a.out_sk, a.out_si, Kernels::output_allocator());
     a.out_p = out_p.mutable_data_ptr();
   }
   if (mask[1]) {
-    out_q = pl.empty_full(pl.dtype, a.out_so, a.out_sk, a.out_si);
-    Kernels::prepare_output(out_q);
+    out_q = pl.empty_full(pl.dtype, a.out_so, a.out_sk, a.out_si, Kernels::output_allocator());
     a.out_q = out_q.mutable_data_ptr();
   }
   Kernels::weights(a);

@@ -1,5 +1,6 @@
 #include "plan.h"
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/ExpandUtils.h>
 #include <ATen/ops/empty_strided.h>
 #include <ATen/ops/result_type.h>
@@ -152,7 +153,8 @@ c10::SmallVector<int64_t, 6> Plan::out_shape(bool keepdim) const {
 }
 
 at::Tensor Plan::empty_full(
-    at::ScalarType dt, int64_t& so, int64_t& sk, int64_t& si) const {
+    at::ScalarType dt, int64_t& so, int64_t& sk, int64_t& si,
+    c10::Allocator* alloc) const {
   // Memory order of the geometry: rows keep K innermost, columns keep the
   // inner axis innermost (for the swapped case, the tensor's leading dims).
   if (vec_k) {
@@ -174,6 +176,11 @@ at::Tensor Plan::empty_full(
     run *= shape[d];
   }
   if (swapped) so = 0;
+  if (alloc) { // a CPU backend's own allocator
+    TORCH_INTERNAL_ASSERT(p.tensor.device().is_cpu());
+    return at::detail::empty_strided_generic(
+        shape, strides, alloc, c10::DispatchKeySet(c10::DispatchKey::CPU), dt);
+  }
   return at::empty_strided(
       shape, strides, at::TensorOptions().dtype(dt).device(p.tensor.device()));
 }

@@ -40,9 +40,12 @@ struct Plan {
   // Shape of the reduced result (dim removed, or kept as size 1).
   c10::SmallVector<int64_t, 6> out_shape(bool keepdim) const;
   // A tensor of the full broadcast shape laid out like the geometry, with unit
-  // stride on the vectorised axis; its geometry strides go to so/sk/si.
+  // stride on the vectorised axis; its geometry strides go to so/sk/si. Its
+  // memory comes from `alloc` if given (the CPU backend's output cache),
+  // else from the device's default allocator.
   at::Tensor empty_full(
-      at::ScalarType dtype, int64_t& so, int64_t& sk, int64_t& si) const;
+      at::ScalarType dtype, int64_t& so, int64_t& sk, int64_t& si,
+      c10::Allocator* alloc = nullptr) const;
   // Strides (so, si) of a tensor of the bound's shape (keepdim or not) over
   // the geometry's outputs; false if its dims do not collapse.
   bool output_strides(const at::Tensor& t, bool keepdim, int64_t& so, int64_t& si) const;

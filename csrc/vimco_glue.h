@@ -2,6 +2,7 @@
 // allocate, launch. A backend supplies `Kernels` with
 //   static void vimco_forward(const VimcoArgs&);
 //   static void vimco_backward(const VimcoArgs&);
+//   static c10::Allocator* output_allocator();  // as in ops_glue.h
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -84,11 +85,11 @@ std::tuple<at::Tensor, at::Tensor> vimco_backward(
   a.g_so = g.so, a.g_si = g.si;
   at::Tensor out_p, out_q;
   if (output_mask[0]) {
-    out_p = pl.empty_full(pl.dtype, a.out_so, a.out_sk, a.out_si);
+    out_p = pl.empty_full(pl.dtype, a.out_so, a.out_sk, a.out_si, Kernels::output_allocator());
     a.out_p = out_p.mutable_data_ptr();
   }
   if (output_mask[1]) {
-    out_q = pl.empty_full(pl.dtype, a.out_so, a.out_sk, a.out_si);
+    out_q = pl.empty_full(pl.dtype, a.out_so, a.out_sk, a.out_si, Kernels::output_allocator());
     a.out_q = out_q.mutable_data_ptr();
   }
   if (pl.num_outputs() > 0) Kernels::vimco_backward(a);

@@ -17,6 +17,7 @@ from iwae_fused.evaluation import (
     estimate_log_likelihood,
     iwelbo_state,
 )
+from iwae_fused.memory import cache_stats, empty_cache
 from iwae_fused.ops import (
     dreg,
     effective_sample_size,
@@ -42,6 +43,8 @@ __all__ = [
     "pareto_k",
     "psis_weights",
     "tail_length",
+    "empty_cache",
+    "cache_stats",
 ]
 
 

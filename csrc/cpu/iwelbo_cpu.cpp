@@ -3,7 +3,7 @@
 #include <torch/library.h>
 
 #include "../ops_glue.h"
-#include "huge_pages.h"
+#include "output_cache.h"
 #include "kernel_api.h"
 
 namespace iwae_fused {
@@ -12,9 +12,7 @@ namespace {
 struct CpuKernels {
   static void reduce(const ReduceArgs& a) { cpu::kernels().reduce(a); }
   static void weights(const WeightsArgs& a) { cpu::kernels().weights(a); }
-  static void prepare_output(const at::Tensor& t) {
-    cpu::advise_huge_pages(t.mutable_data_ptr(), t.nbytes());
-  }
+  static c10::Allocator* output_allocator() { return cpu::output_allocator(); }
 };
 
 } // namespace

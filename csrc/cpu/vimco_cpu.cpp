@@ -12,6 +12,7 @@
 #include "../vimco_glue.h"
 #include "denormals.h"
 #include "kernel_api.h"
+#include "output_cache.h"
 
 namespace iwae_fused {
 namespace {
@@ -43,6 +44,8 @@ struct CpuVimco {
       per_example(a, [&](int64_t r) { vimco_math::backward_example<scalar_t>(a, r); });
     });
   }
+
+  static c10::Allocator* output_allocator() { return cpu::output_allocator(); }
 };
 
 } // namespace

@@ -87,7 +87,7 @@ struct EmuKernels {
     cuda::CudaKernels::weights(a);
     s.check_outputs_written();
   }
-  static void prepare_output(const at::Tensor&) {}
+  static c10::Allocator* output_allocator() { return nullptr; }
 };
 
 struct EmuVimco {
@@ -111,6 +111,7 @@ struct EmuVimco {
     cuda::CudaVimco::vimco_backward(a);
     s.check_outputs_written();
   }
+  static c10::Allocator* output_allocator() { return nullptr; }
 };
 
 // The storages of an op's tensor arguments, for its OpMemory scope.

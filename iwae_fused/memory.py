@@ -1,0 +1,43 @@
+"""The CPU output cache: where the CPU backward's gradients come from.
+
+A training step allocates fresh gradients every step. torch's CPU allocator
+returns a large freed block to the operating system, which then faults in and
+zeroes a fresh one on the next step before any kernel writes it: on the
+machines measured that costs about as much as the backward itself (an
+``[8, 2**20]`` float32 step: 6.9 ms with fresh gradients, 4.2 ms from the
+cache). So, as the CUDA caching allocator does on GPUs, iwae_fused keeps the
+CPU blocks of 1 MB and more that held its full-size outputs (the gradients of
+``iwelbo``, ``dreg`` and ``vimco``, and ``normalized_weights``) when their
+tensors are freed, and hands them out again for the same size.
+
+The free blocks are bounded: at most 1 GiB by default, the oldest released
+first. Set the environment variable ``IWAE_FUSED_CPU_CACHE_MB`` before the
+first backward to change the budget (``0`` turns the cache off). Memory held
+by live tensors is not counted against it and is never touched.
+"""
+
+from iwae_fused._build import _C
+
+# Reads IWAE_FUSED_CPU_CACHE_MB now, so a bad value fails at import, naming it.
+_C.cache_stats()
+
+
+def empty_cache():
+    """Return the CPU output cache's free blocks to the system.
+
+    Blocks held by live tensors stay theirs. Call it after training, before
+    memory-hungry work that does not call iwae_fused's backward, as you would
+    ``torch.cuda.empty_cache()``.
+    """
+    _C.empty_cache()
+
+
+def cache_stats():
+    """The CPU output cache's state, as a dict.
+
+    Keys: ``budget_bytes`` (free blocks kept at most), ``cached_bytes`` (free
+    blocks kept now), ``live_bytes`` (cache-made blocks held by tensors now),
+    ``hits`` and ``misses`` (allocations served from a free block, and those
+    that took new memory, since the process started).
+    """
+    return dict(_C.cache_stats())
