@@ -7,6 +7,7 @@
 // and registers these functions under its dispatch key (cpu/iwelbo_cpu.cpp).
 #pragma once
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/amax.h>
@@ -68,6 +69,19 @@ inline c10::SmallVector<int64_t, 7> stats_shape(const Plan& pl) {
 
 inline at::TensorOptions opts(const Plan& pl, at::ScalarType dt) {
   return at::TensorOptions().dtype(dt).device(pl.p.tensor.device());
+}
+
+// A contiguous tensor that a kernel is about to overwrite completely, from
+// the backend's output allocator where it has one (the CPU output cache,
+// cpu/output_cache.h: a training step's outputs, stats and gradients then
+// reuse the previous step's pages instead of faulting in fresh ones).
+template <class Kernels>
+at::Tensor empty_output(const Plan& pl, at::IntArrayRef shape, at::ScalarType dt) {
+  if (c10::Allocator* alloc = Kernels::output_allocator()) {
+    return at::detail::empty_generic(
+        shape, alloc, c10::DispatchKeySet(c10::DispatchKey::CPU), dt, std::nullopt);
+  }
+  return at::empty(shape, opts(pl, dt));
 }
 
 // The incoming gradient of the bound, read in place when its strides walk
@@ -180,11 +194,11 @@ std::tuple<at::Tensor, at::Tensor> reduce_op(
   a.plain_log_sum = plain_log_sum;
   a.beta = beta;
   if (want_out) {
-    out = at::empty(pl.out_shape(keepdim), opts(pl, pl.dtype));
+    out = empty_output<Kernels>(pl, pl.out_shape(keepdim), pl.dtype);
     a.out = out.mutable_data_ptr();
   }
   if (want_stats) {
-    stats = at::empty(stats_shape(pl), opts(pl, opmath_dtype(pl.dtype)));
+    stats = empty_output<Kernels>(pl, stats_shape(pl), opmath_dtype(pl.dtype));
     a.stats = stats.mutable_data_ptr();
   }
   Kernels::reduce(a);
@@ -350,8 +364,7 @@ at::Tensor normalized_weights(
     int64_t dim) {
   const char* op = "normalized_weights";
   Plan pl = make_plan(op, log_p, log_q, dim);
-  const at::Tensor stats =
-      at::empty(stats_shape(pl), opts(pl, opmath_dtype(pl.dtype)));
+  const at::Tensor stats = empty_output<Kernels>(pl, stats_shape(pl), opmath_dtype(pl.dtype));
   auto a = geometry_args<ReduceArgs>(pl);
   a.stats = stats.mutable_data_ptr();
   Kernels::reduce(a);

@@ -46,8 +46,8 @@ template <class Kernels>
 std::tuple<at::Tensor, at::Tensor> vimco_forward(
     const at::Tensor& log_p, const at::Tensor& log_q, int64_t dim, bool keepdim) {
   const Plan pl = vimco_plan(log_p, log_q, dim);
-  at::Tensor out = at::empty(pl.out_shape(keepdim), opts(pl, pl.dtype));
-  at::Tensor state = at::empty(vimco_state_shape(pl), opts(pl, at::kDouble));
+  at::Tensor out = empty_output<Kernels>(pl, pl.out_shape(keepdim), pl.dtype);
+  at::Tensor state = empty_output<Kernels>(pl, vimco_state_shape(pl), at::kDouble);
   auto a = vimco_args(pl);
   a.out = out.mutable_data_ptr();
   a.state = state.mutable_data_ptr<double>();

@@ -71,6 +71,20 @@ def test_small_outputs_bypass_the_cache():
     assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
 
 
+def test_forward_outputs_and_saved_stats_use_it():
+    # [2, 2**18] float32 stats (2 MB) and a 1 MB bound: both cached, both
+    # handed out again on the next step once the graph and bound are freed.
+    x = torch.randn(4, 1 << 18, requires_grad=True)
+    g = torch.randn(1 << 18)
+    step([x], g)
+    before = iwae_fused.cache_stats()
+    (got,) = step([x], g)
+    after = iwae_fused.cache_stats()
+    assert after["hits"] - before["hits"] == 3  # bound, stats, gradient
+    assert after["misses"] == before["misses"]
+    close(got, reference_grads([x], g)[0], torch.float32)
+
+
 @pytest.mark.parametrize("op", ["dreg", "vimco", "normalized_weights"])
 def test_every_full_size_output_uses_it(op):
     lp = torch.randn(*BIG, requires_grad=True)
@@ -87,7 +101,7 @@ def test_every_full_size_output_uses_it(op):
         made = 2
     else:
         iwae_fused.vimco(lp, lq, dim=0).sum().backward()
-        made = 2
+        made = 3  # the two gradients and the saved state (5 doubles per example: 2.5 MB)
     after = iwae_fused.cache_stats()
     assert (after["hits"] + after["misses"]) - (before["hits"] + before["misses"]) == made
 

@@ -1,5 +1,6 @@
-// A caching allocator for the CPU backend's full-size outputs (gradients,
-// normalised weights).
+// A caching allocator for the CPU backend's outputs (gradients, bounds, the
+// stats saved for the backward, normalised weights), all of which a kernel
+// overwrites completely.
 //
 // torch's CPU allocator hands a large freed block back to the OS: glibc maps
 // blocks above its mmap threshold (at most 32 MB) and unmaps them on free,
