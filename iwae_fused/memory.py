@@ -1,16 +1,17 @@
-"""The CPU output cache: where the CPU backward's gradients come from.
+"""The CPU output cache: where the CPU kernels' large outputs come from.
 
 A training step allocates fresh gradients every step. torch's CPU allocator
 returns a large freed block to the operating system, which then faults in and
 zeroes a fresh one on the next step before any kernel writes it: on the
 machines measured that costs about as much as the backward itself (an
-``[8, 2**20]`` float32 step: 6.9 ms with fresh gradients, 4.2 ms from the
-cache). So, as the CUDA caching allocator does on GPUs, iwae_fused keeps the
-CPU blocks of 1 MB and more that held its outputs (the gradients of
-``iwelbo``, ``dreg`` and ``vimco``, their bounds and the statistics they save
-for the backward, ``normalized_weights``) when their tensors are freed, and
-hands them out again for the same size. Every element of such a block is
-overwritten by the kernel that receives it, so no old value can leak.
+``[8, 2**20]`` float32 step on a 2-core machine: 6.5 ms with fresh
+gradients, 4.0 ms from the cache; ``benchmarks/cache_step.py``). So, as the
+CUDA caching allocator does on GPUs, iwae_fused keeps the CPU blocks of 1 MB
+and more that held its outputs (the gradients of ``iwelbo``, ``dreg`` and
+``vimco``, their bounds and the statistics they save for the backward,
+``normalized_weights``) when their tensors are freed, and hands them out
+again for the same size. Every element of such a block is overwritten by the
+kernel that receives it, so no old value can leak.
 
 The free blocks are bounded: at most 1 GiB by default, the oldest released
 first. Set the environment variable ``IWAE_FUSED_CPU_CACHE_MB`` before the
