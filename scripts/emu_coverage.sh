@@ -6,8 +6,9 @@
 # Builds iwae_fused._cuda_emu a second time, instrumented for gcov
 # (IWAE_FUSED_EMU_COVERAGE=1, into build/emu-coverage: the installed build is
 # left alone), runs tests/test_cuda_emulated.py,
-# tests/test_cuda_emulator_checks.py and tests/test_extremes_vimco.py (VIMCO
-# at gaps past the exponent range, +inf log-weights) against it, and reports with gcovr the
+# tests/test_cuda_emulator_checks.py, tests/test_launch_plans.py (the launch
+# planner's split rules) and tests/test_extremes_vimco.py (VIMCO at gaps past
+# the exponent range, +inf log-weights) against it, and reports with gcovr the
 # line and branch coverage of kernels_cuda.cu, vimco_cuda.cu, tiles.h and of
 # what the emulated build compiles of online_lse.h, vimco_math.h and
 # global_memory.h (every template instantiation counted). Fails below 100%
@@ -50,7 +51,8 @@ find "$out/temp" -name '*.gcda' -delete
 # (The emulator runs on one thread; one OpenMP thread for the ATen ops the
 # tests compare with keeps them from waiting on a busy second core.)
 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" IWAE_FUSED_CUDA_EMU_LIB="$PWD/$lib" "$PY" -m pytest -q -p no:cacheprovider \
-    tests/test_cuda_emulated.py tests/test_cuda_emulator_checks.py tests/test_extremes_vimco.py "$@"
+    tests/test_cuda_emulated.py tests/test_cuda_emulator_checks.py tests/test_launch_plans.py \
+    tests/test_extremes_vimco.py "$@"
 tested=$(date +%s)
 
 # Branches: those of the source, not the ones the compiler adds for C++

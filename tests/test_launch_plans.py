@@ -95,3 +95,27 @@ def test_split_k_never_adds_a_partial_wave():
                                resident_blocks={name: 2})
     (_, rec), = kernels(launches, "reduce_rows_kernel")
     assert rec["grid"][0] == 3 and rec["grid"][1] == 2
+
+
+# Long rows (a block each) filling between one and kTailWaves (4) waves of 4
+# SMs x 1 resident block: split K only where the last wave would hold fewer
+# than half the slots, into the fewest pieces that leave a last wave at least
+# half full or make 4 waves; never when no piece count allows it.
+@pytest.mark.parametrize("rows,K,pieces", [
+    (5, 16384, 2),   # 1.25 waves -> 2.5 (last wave half full)
+    (13, 16384, 2),  # 3.25 waves -> 6.5 (4 waves reached first)
+    (6, 16384, 1),   # last wave already half full
+    (8, 16384, 1),   # whole waves
+    (5, 12000, 1),   # one chunk of 8192 elements at most: nothing to split
+    (17, 16384, 1),  # 4.25 waves: the tail is a small share
+], ids=["half-full", "four-waves", "already-half", "whole", "too-short", "many-waves"])
+def test_split_k_shortens_the_tail_wave_of_long_rows(rows, K, pieces):
+    p = torch.randn(rows, K, generator=torch.Generator().manual_seed(1))
+    name = "reduce_rows_kernel<float, 4, 256, false>"
+    out, launches = run_emulated(lambda: OPS.iwelbo(p, None, 1, False, 0.0), sm_count=4,
+                                 resident_blocks={name: 1})
+    (_, rec), = kernels(launches, "reduce_rows_kernel")
+    assert rec["kernel"] == name
+    assert rec["grid"][0] == rows and rec["grid"][1] == pieces
+    assert len(kernels(launches, "merge_kernel")) == (pieces > 1)
+    close(out, R.iwelbo(p.double(), None, 1), torch.float32)

@@ -36,6 +36,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kRowsPerStep = 4; // columns: rows loaded before one rescale
 constexpr int kWarpRowMaxK = 4096; // rows longer than this get a whole block
+constexpr int64_t kTailWaves = 4; // launch_reduce: split K below this many waves
 
 template <typename scalar_t, int VEC>
 struct alignas(sizeof(scalar_t) * VEC) Pack {
@@ -701,6 +702,24 @@ void launch_tiles(const ReduceArgs& a, int64_t slices_per_tile) {
       slices_per_tile);
 }
 
+// How many pieces to cut each row's K into, for `blocks` row blocks against
+// `target` resident slots (one wave), at most `most`: below one wave, as many
+// as fill it (rounded down: a second, partial wave would run with a fraction
+// of the bytes in flight; benchmarks/GPU-MODEL.md). Between one and
+// kTailWaves waves, the fewest that leave a last wave at least half full or
+// make kTailWaves waves: a last wave of a few blocks is the model's
+// tail-wave limiter (NOTES.md GPU 3). Past that, none. One function, not per
+// kernel instantiation.
+int64_t row_pieces(int64_t blocks, int64_t target, int64_t most) {
+  if (blocks < target) return std::max<int64_t>(1, std::min(target / blocks, most));
+  if (blocks >= kTailWaves * target) return 1;
+  for (int64_t p = 1; p <= most; ++p) {
+    const int64_t total = blocks * p, last = total % target;
+    if (total >= kTailWaves * target || last == 0 || 2 * last >= target) return p;
+  }
+  return 1;
+}
+
 template <typename scalar_t, int VEC, bool HAS_Q>
 void launch_reduce(const ReduceArgs& a) {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -721,11 +740,9 @@ void launch_reduce(const ReduceArgs& a) {
     const int64_t target_blocks = wave(
         warp_rows ? dev::resident_blocks<reduce_rows_kernel<scalar_t, VEC, 32, HAS_Q>>(kThreads)
                   : dev::resident_blocks<reduce_rows_kernel<scalar_t, VEC, kThreads, HAS_Q>>(kThreads));
-    if (blocks < target_blocks) {
-      // At least a few vectors per thread in every piece.
-      const int64_t min_chunk = tpr * VEC * 8;
-      pieces = std::clamp<int64_t>(std::min(target_blocks / blocks, a.K / min_chunk), 1, max_pieces);
-    }
+    // At least a few vectors per thread in every piece.
+    const int64_t min_chunk = tpr * VEC * 8;
+    pieces = row_pieces(blocks, target_blocks, std::min(a.K / min_chunk, max_pieces));
     kchunk = ceil_div(ceil_div(a.K, pieces), VEC) * VEC; // keeps pieces aligned
     pieces = ceil_div(a.K, kchunk);
     grid = dim3(std::min<int64_t>(blocks, lim.max_grid_x), pieces);
