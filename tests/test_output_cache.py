@@ -196,3 +196,35 @@ def test_bad_budget_fails_at_import_naming_the_variable(value):
     r = run_with_budget(value, "import iwae_fused")
     assert r.returncode != 0
     assert "IWAE_FUSED_CPU_CACHE_MB" in r.stderr and repr(value) in r.stderr.replace('"', "'")
+
+
+OUT_OF_MEMORY = """
+import resource, sys, torch, iwae_fused
+def vm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize"):
+            return int(line.split()[1]) * 1024
+x = torch.randn(1 << 24, requires_grad=True)     # 64 MB
+iwae_fused.iwelbo(x).backward()
+x.grad = None                                     # its gradient's block, cached
+x2 = torch.randn(1 << 25, requires_grad=True)    # 128 MB
+x3 = torch.randn(1 << 26, requires_grad=True)    # 256 MB
+assert iwae_fused.cache_stats()["cached_bytes"] == 64 << 20
+resource.setrlimit(resource.RLIMIT_AS, (vm() + (100 << 20),) * 2)
+iwae_fused.iwelbo(x2).backward()                  # fits once the cached block is released
+assert iwae_fused.cache_stats()["cached_bytes"] == 0 and x2.grad.numel() == 1 << 25
+try:
+    iwae_fused.iwelbo(x3).backward()
+except torch.OutOfMemoryError as e:
+    print(e)
+    sys.exit(0)
+sys.exit("no OutOfMemoryError")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
+def test_out_of_memory_releases_the_cache_then_raises_naming_the_size():
+    r = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "CPU out of memory allocating 268435456 bytes for an output" in r.stdout

@@ -64,9 +64,12 @@ class OutputCache final : public c10::Allocator {
     void* ptr = take(bytes);
     if (!ptr) {
       const size_t align = bytes >= 2 * kHugePage ? kHugePage : 64;
-      TORCH_CHECK(
-          posix_memalign(&ptr, align, bytes) == 0, "iwae_fused: out of memory allocating ",
-          bytes, " bytes for an output");
+      if (posix_memalign(&ptr, align, bytes) != 0) {
+        empty(); // free blocks of other sizes, then once more (as CUDA's cache does)
+        TORCH_CHECK_WITH(
+            OutOfMemoryError, posix_memalign(&ptr, align, bytes) == 0,
+            "iwae_fused: CPU out of memory allocating ", bytes, " bytes for an output");
+      }
       advise_huge_pages(ptr, bytes);
       std::lock_guard<std::mutex> lock(mu_);
       ++stats_.misses;
@@ -122,6 +125,7 @@ class OutputCache final : public c10::Allocator {
     {
       std::lock_guard<std::mutex> lock(mu_);
       const auto it = live_.find(ptr);
+      TORCH_INTERNAL_ASSERT(it != live_.end(), "iwae_fused: a block the output cache never made");
       const size_t bytes = it->second;
       live_.erase(it);
       stats_.live_bytes -= static_cast<int64_t>(bytes);
