@@ -228,3 +228,41 @@ def test_out_of_memory_releases_the_cache_then_raises_naming_the_size():
                        timeout=300)
     assert r.returncode == 0, r.stderr + r.stdout
     assert "CPU out of memory allocating 268435456 bytes for an output" in r.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_allocates_from_its_copy_of_the_cache():
+    # The cache's lock is held across fork (pthread_atfork), so a child never
+    # starts with it taken. This checks that a child forked while another
+    # thread allocates and frees still allocates and computes correctly (the
+    # handlers neither deadlock nor leave the lock held); the race the
+    # handlers close is too narrow to hit on demand.
+    x = torch.randn(*BIG, requires_grad=True)
+    g = torch.randn(BIG[1])
+    step([x], g)
+    stop = threading.Event()
+
+    def churn():  # another thread allocating and freeing during the fork
+        y = torch.randn(*BIG, requires_grad=True)
+        while not stop.is_set():
+            step([y], g)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its status
+            try:
+                # One thread, as DataLoader workers run: GNU OpenMP's pool
+                # does not survive fork (a child using it hangs, cache or not).
+                torch.set_num_threads(1)
+                (got,) = step([x], g)
+                ok = torch.allclose(got, reference_grads([x], g)[0].float(), atol=2e-5)
+                os._exit(0 if ok else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        stop.set()
+        t.join()
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -13,6 +13,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 
 namespace iwae_fused::cpu {
 namespace {
@@ -94,6 +97,9 @@ class OutputCache final : public c10::Allocator {
     for (const Block& b : drop) std::free(b.ptr);
   }
 
+  void lock() { mu_.lock(); }
+  void unlock() { mu_.unlock(); }
+
   OutputCacheStats stats() {
     std::lock_guard<std::mutex> lock(mu_);
     OutputCacheStats s = stats_;
@@ -151,7 +157,15 @@ class OutputCache final : public c10::Allocator {
 };
 
 OutputCache& cache() {
-  static OutputCache* c = new OutputCache(); // never destroyed, see the header
+  static OutputCache* c = [] {
+    auto* made = new OutputCache(); // never destroyed, see the header
+#if defined(__unix__) || defined(__APPLE__)
+    // A fork while another thread holds the lock would leave the child's
+    // copy locked for good (DataLoader workers fork): hold it across fork.
+    pthread_atfork([] { cache().lock(); }, [] { cache().unlock(); }, [] { cache().unlock(); });
+#endif
+    return made;
+  }();
   return *c;
 }
 
