@@ -2,8 +2,8 @@
 // arguments, launch. A backend supplies `Kernels` with
 //   static void reduce(const ReduceArgs&);
 //   static void weights(const WeightsArgs&);
-//   static c10::Allocator* output_allocator();  // full-size outputs; null:
-//                                               // the device's default
+//   static c10::Allocator* output_allocator();  // for outputs the kernels
+//                        // overwrite completely; null: the device's default
 // and registers these functions under its dispatch key (cpu/iwelbo_cpu.cpp).
 #pragma once
 
