@@ -26,7 +26,7 @@ import sys, tarfile
 name = sys.argv[1]
 assert "+" not in name.rsplit("/", 1)[-1], f"an sdist must carry no torch tag: {name}"
 files = tarfile.open(name).getnames()
-need = ["csrc/cpu/huge_pages.h", "csrc/cuda/kernels_cuda.cu", "csrc/online_lse.h", "csrc/cuda/emu/simt.h",
+need = ["csrc/cpu/output_cache.h", "csrc/cuda/kernels_cuda.cu", "csrc/online_lse.h", "csrc/cuda/emu/simt.h",
         "LICENSE", "setup.py"]
 missing = [f for f in need if not any(n.endswith("/" + f) for n in files)]
 assert not missing, f"the sdist lacks {missing}"
