@@ -2,6 +2,7 @@
 // Python on the autograd path (a Python-registered autograd formula costs
 // ~100 us per step at the dispatch-bound training shapes).
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/ExpandUtils.h>
 #include <ATen/WrapDimUtils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -11,6 +12,10 @@
 #include <torch/library.h>
 
 #include "autograd_composite.h"
+#include "log_mean_exp.h"
+#include "saved_stats.h"
+
+#include <atomic>
 
 namespace iwae_fused {
 namespace {
@@ -126,12 +131,51 @@ void check_surrogate_supported(const char* op, bool any_tangent, bool any_grad) 
       "torch.vmap without differentiation is supported.");
 }
 
+std::atomic<bool> g_cpu_stands_for_gpu{false};
+
+} // namespace
+
+void set_cpu_stands_for_gpu(bool on) {
+  g_cpu_stands_for_gpu.store(on);
+}
+
+bool cpu_stands_for_gpu() {
+  return g_cpu_stands_for_gpu.load();
+}
+
+bool backward_recomputes_stats(
+    const Tensor& log_p, const OptTensor& log_q, int64_t dim, double alpha) {
+  const bool gpu = log_p.is_cuda() || (log_p.is_cpu() && cpu_stands_for_gpu());
+  if (!gpu || log_p.dim() == 0 || !at::isFloatingType(log_p.scalar_type()) ||
+      log_p.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) {
+    return false;
+  }
+  const bool q_ok = !log_q.has_value() ||
+      (log_q->scalar_type() == log_p.scalar_type() && log_q->sizes() == log_p.sizes() &&
+       log_q->is_contiguous());
+  const int64_t nd = log_p.dim();
+  if (!q_ok || dim < -nd || dim >= nd) return false; // the op reports a bad dim
+  const int64_t d = dim < 0 ? dim + nd : dim;
+  const int64_t K = log_p.size(d);
+  const int64_t vec = 16 / static_cast<int64_t>(log_p.element_size());
+  const double beta = 1.0 - alpha;
+  return (d == nd - 1 || K == 1) && K >= 1 && vec % K == 0 && log_p.is_contiguous() &&
+      std::abs(beta) >= kRenyiDirectMinBeta;
+}
+
+namespace {
+
 struct IwelboFunction : public torch::autograd::Function<IwelboFunction> {
   static Tensor forward(
       torch::autograd::AutogradContext* ctx, const Tensor& log_p,
       const OptTensor& log_q, int64_t dim, bool keepdim, double alpha) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, stats] = forward_op().call(log_p, log_q, dim, keepdim, alpha);
+    Tensor out, stats; // stats undefined: the backward recomputes them
+    if (backward_recomputes_stats(log_p, log_q, dim, alpha)) {
+      out = iwelbo_op().call(log_p, log_q, dim, keepdim, alpha);
+    } else {
+      std::tie(out, stats) = forward_op().call(log_p, log_q, dim, keepdim, alpha);
+    }
     ctx->save_for_backward({log_p, log_q.value_or(Tensor()), stats});
     ctx->saved_data["dim"] = dim;
     ctx->saved_data["keepdim"] = keepdim;
@@ -164,8 +208,11 @@ struct IwelboFunction : public torch::autograd::Function<IwelboFunction> {
           mask[0] ? to_input(gw, log_p) : Tensor(),
           mask[1] ? to_input(-gw, log_q) : Tensor(), Tensor(), Tensor(), Tensor()};
     }
+    const Tensor st = stats.defined()
+        ? stats
+        : at::empty({0}, log_p.options().dtype(at::toOpMathType(log_p.scalar_type())));
     auto [gp, gq] = backward_op().call(
-        grads[0], stats, log_p, has_q ? OptTensor(log_q) : std::nullopt,
+        grads[0], st, log_p, has_q ? OptTensor(log_q) : std::nullopt,
         ctx->saved_data["dim"].toInt(), ctx->saved_data["keepdim"].toBool(),
         ctx->saved_data["alpha"].toDouble(), mask);
     return {

@@ -6,6 +6,7 @@
 
 #include "cpu/kernel_api.h"
 #include "cpu/output_cache.h"
+#include "saved_stats.h"
 
 #define IWAE_STR2(x) #x
 #define IWAE_STR(x) IWAE_STR2(x)
@@ -41,4 +42,8 @@ PYBIND11_MODULE(_C, m) {
         return d;
       },
       "The CPU output cache's budget, free and held bytes, hits and misses.");
+  m.def("_set_cpu_stands_for_gpu", &iwae_fused::set_cpu_stands_for_gpu,
+        "While the CUDA emulator runs the ops: autograd saves for CPU tensors "
+        "what it saves for GPU tensors.");
+  m.def("_cpu_stands_for_gpu", &iwae_fused::cpu_stands_for_gpu);
 }

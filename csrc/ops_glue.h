@@ -2,6 +2,8 @@
 // arguments, launch. A backend supplies `Kernels` with
 //   static void reduce(const ReduceArgs&);
 //   static void weights(const WeightsArgs&);
+//   static bool recomputes_stats(const WeightsArgs&); // whether weights()
+//                        // takes these arguments with null stats
 //   static c10::Allocator* output_allocator();  // for outputs the kernels
 //                        // overwrite completely; null: the device's default
 // and registers these functions under its dispatch key (cpu/iwelbo_cpu.cpp).
@@ -206,16 +208,17 @@ std::tuple<at::Tensor, at::Tensor> reduce_op(
 }
 
 // Runs the element-wise weights kernel on a planned input; outputs are full
-// (broadcast) shape, returned contiguous.
+// (broadcast) shape, returned contiguous. Undefined stats: the backend
+// recomputes them in the same pass where it can (recomputes_stats), and
+// otherwise they are computed here first by its reduction.
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor> weights_op(
-    const Plan& pl, const at::Tensor& stats, const at::Tensor& g,
+    const Plan& pl, at::Tensor stats, const at::Tensor& g,
     int64_t g_so, int64_t g_si, std::array<bool, 2> mask, double beta = 1.0,
     int mode = kNegWeight) {
   auto a = geometry_args<WeightsArgs>(pl);
   a.beta = beta;
   a.mode = mode;
-  a.stats = stats.const_data_ptr();
   a.g = g.defined() ? g.const_data_ptr() : nullptr;
   a.g_so = g_so;
   a.g_si = g_si;
@@ -228,6 +231,14 @@ std::tuple<at::Tensor, at::Tensor> weights_op(
     out_q = pl.empty_full(pl.dtype, a.out_so, a.out_sk, a.out_si, Kernels::output_allocator());
     a.out_q = out_q.mutable_data_ptr();
   }
+  if (!stats.defined() && !Kernels::recomputes_stats(a)) {
+    stats = empty_output<Kernels>(pl, stats_shape(pl), opmath_dtype(pl.dtype));
+    auto r = geometry_args<ReduceArgs>(pl);
+    r.beta = beta;
+    r.stats = stats.mutable_data_ptr();
+    Kernels::reduce(r);
+  }
+  a.stats = stats.defined() ? stats.const_data_ptr() : nullptr;
   Kernels::weights(a);
   canonical_output(pl, out_p);
   canonical_output(pl, out_q);
@@ -276,11 +287,15 @@ std::tuple<at::Tensor, at::Tensor> iwelbo_backward(
       "(): expected grad of shape ", at::IntArrayRef(out_shape),
       " (the shape of the bound), but got ", grad.sizes());
   const auto st_shape = stats_shape(pl);
+  // Stats of shape [0]: not saved by the forward (autograd.cpp decides).
+  const bool saved = !(stats.dim() == 1 && stats.size(0) == 0);
   TORCH_CHECK_VALUE(
-      stats.sizes() == at::IntArrayRef(st_shape) &&
-          stats.scalar_type() == opmath_dtype(pl.dtype),
+      !saved ||
+          (stats.sizes() == at::IntArrayRef(st_shape) &&
+           stats.scalar_type() == opmath_dtype(pl.dtype)),
       op, "(): expected stats of shape ", at::IntArrayRef(st_shape),
-      " and dtype ", opmath_dtype(pl.dtype), " (from _iwelbo_forward), but got ",
+      " and dtype ", opmath_dtype(pl.dtype),
+      " (from _iwelbo_forward), or of shape [0] (not saved), but got ",
       stats.sizes(), " and ", stats.scalar_type());
   common_device(op, {{"log_p", &log_p}, {"grad", &grad}, {"stats", &stats}});
   if (beta == 0.0) { // the ELBO: every sample has weight 1/K
@@ -290,9 +305,14 @@ std::tuple<at::Tensor, at::Tensor> iwelbo_backward(
     return {output_mask[0] ? w : at::empty({0}, opts(pl, pl.dtype)),
             output_mask[1] ? at::neg(w) : at::empty({0}, opts(pl, pl.dtype))};
   }
+  at::Tensor st;
+  if (saved) {
+    st = stats.contiguous();
+  } else if (std::abs(beta) < kRenyiDirectMinBeta) { // as the forward takes them
+    st = std::get<1>(renyi_near_elbo(pl, log_p, log_q, keepdim, beta, false, true));
+  }
   const IncomingGrad g = incoming_grad(pl, grad, keepdim, !pl.vec_k);
-  return weights_op<Kernels>(
-      pl, stats.contiguous(), g.g, g.so, g.si, output_mask, beta);
+  return weights_op<Kernels>(pl, st, g.g, g.so, g.si, output_mask, beta);
 }
 
 // The effective sample size 1 / sum w^2 = (sum w)^2 / sum w^2 and the largest
@@ -364,12 +384,8 @@ at::Tensor normalized_weights(
     int64_t dim) {
   const char* op = "normalized_weights";
   Plan pl = make_plan(op, log_p, log_q, dim);
-  const at::Tensor stats = empty_output<Kernels>(pl, stats_shape(pl), opmath_dtype(pl.dtype));
-  auto a = geometry_args<ReduceArgs>(pl);
-  a.stats = stats.mutable_data_ptr();
-  Kernels::reduce(a);
   return std::get<0>(
-      weights_op<Kernels>(pl, stats, at::Tensor(), 0, 0, {true, false}));
+      weights_op<Kernels>(pl, at::Tensor(), at::Tensor(), 0, 0, {true, false}));
 }
 
 } // namespace iwae_fused

@@ -25,7 +25,9 @@ inline void define_schemas(torch::Library& m) {
       pt2);
   // grad_log_p = g * w and grad_log_q = -g * w, w = softmax((1-alpha) log w),
   // in one pass, full broadcast shape; an output off in output_mask comes
-  // back as an empty tensor.
+  // back as an empty tensor. stats of shape [0]: not saved (the GPU's
+  // training step, for rows that fit a 16-byte vector: saved_stats.h); the
+  // kernel recomputes them where it can, the glue computes them otherwise.
   m.def(
       "iwelbo_backward(Tensor grad, Tensor stats, Tensor log_p, Tensor? log_q, "
       "int dim, bool keepdim, float alpha, bool[2] output_mask) -> (Tensor, Tensor)",

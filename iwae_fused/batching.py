@@ -150,7 +150,10 @@ def _backward_inputs(op, info, in_dims, grad, state, log_p, log_q, dim, keepdim)
     g = _front(grad, bg, _logical_rank(grad, bg), n)
     if scalar:
         g = g.reshape(n)
-    # state: [S, *reduced] -> [S, batch, *reduced]
+    # state: [S, *reduced] -> [S, batch, *reduced]; iwelbo's [0] (stats not
+    # saved: the backward recomputes them) stays as it is.
+    if bs is None and state.dim() == 1 and state.shape[0] == 0:
+        return g, state, p, q, d, keepdim and not scalar, scalar
     s = state.unsqueeze(1) if bs is None else state.movedim(bs, 1)
     if s.shape[1] != n:
         s = s.expand((s.shape[0], n) + s.shape[2:])

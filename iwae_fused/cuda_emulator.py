@@ -42,6 +42,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import iwae_fused  # noqa: F401  (registers torch.ops.iwae_fused)
+from iwae_fused import _C
 
 
 def _load():
@@ -134,10 +135,15 @@ def emulated(sm_count=None, max_grid_x=None, max_grid_y=None, max_grid_z=None,
     emu.set_plan_only(bool(plan_only))
     resident_before = emu.resident_blocks()
     emu.set_resident_blocks(dict(resident_blocks or {}))
+    # The training forward then saves what it saves on a GPU (no stats for
+    # rows its backward recomputes them for; csrc/saved_stats.h).
+    gpu_before = _C._cpu_stands_for_gpu()
+    _C._set_cpu_stands_for_gpu(True)
     try:
         with _ToEmulated():
             yield
     finally:
+        _C._set_cpu_stands_for_gpu(gpu_before)
         emu.set_resident_blocks(resident_before)
         emu.set_plan_only(False)
         emu.set_count_requests(False)
@@ -180,8 +186,8 @@ def launch_counts():
 def planted_fault(name):
     """Break the kernel arguments of every emulated op within the block the
     way a stride bug in the planner would (``"log_p_outer_stride"``,
-    ``"grad_out_outer_stride"``): for tests that show the emulator's checks
-    catch such a bug."""
+    ``"grad_out_outer_stride"``, ``"grad_in_outer_stride"``): for tests that
+    show the emulator's checks catch such a bug."""
     emu = _module()
     emu.plant_fault(name)
     try:

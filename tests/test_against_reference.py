@@ -214,6 +214,33 @@ def test_incoming_gradient_layouts(grad_kind, shape, dim, device):
     close(p.grad, expected, torch.float64)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.9, 1.0, -2.0])
+@pytest.mark.parametrize("shape,dim,q_shape", [
+    ((50, 2), 1, None), ((50, 4), 1, (50, 4)), ((6, 40), 0, (6, 40)),
+    ((7, 9, 4), 1, (1, 9, 4)), ((30, 1), 1, None)])
+def test_backward_with_stats_not_saved(shape, dim, q_shape, alpha, device):
+    """iwelbo_backward given stats of shape [0] (what the GPU's training step
+    passes where it saves none): the same gradients as from saved stats, and
+    the float64 reference's, on every device, layout and alpha."""
+    gen = torch.Generator().manual_seed(11)
+    p = log_weights_like(shape, torch.float64, device, gen=gen)
+    q = log_weights_like(q_shape, torch.float64, device, scale=1.0, gen=gen) if q_shape else None
+    _, stats = torch.ops.iwae_fused._iwelbo_forward(p, q, dim, False, alpha)
+    g = torch.randn(stats.shape[1:], generator=gen, dtype=torch.float64).to(device)
+    empty = torch.empty(0, dtype=torch.float64, device=device)
+    for mask in ([True, True], [True, False]):
+        saved = torch.ops.iwae_fused.iwelbo_backward(g, stats, p, q, dim, False, alpha, mask)
+        recomputed = torch.ops.iwae_fused.iwelbo_backward(g, empty, p, q, dim, False, alpha, mask)
+        for a, b in zip(saved, recomputed):
+            close(b, a, torch.float64)
+    p64 = p.clone().requires_grad_()
+    R.iwelbo(p64, q, dim, False, alpha).backward(g)
+    full = torch.broadcast_shapes(p.shape, q.shape) if q is not None else p.shape
+    close(recomputed[0].sum_to_size(p.shape) if recomputed[0].shape != p.shape else recomputed[0],
+          p64.grad, torch.float64)
+    assert full == recomputed[0].shape
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_renyi_alpha_one_is_the_elbo_exactly(dtype, device):
     gen = torch.Generator().manual_seed(3)

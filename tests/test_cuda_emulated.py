@@ -365,10 +365,12 @@ def check_weights_pass(p, q, dim, dtype, grads):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_weights_kernel_tails_masks_and_modes(dtype, width, with_q, layout):
     """Every weights-kernel instantiation with a partial last vector (one row
-    of K = 37, or one row of 37 columns: the only outputs 16-byte vectors
+    of K = 37, or two rows of 37 columns: the only outputs 16-byte vectors
     leave a tail in), each output mask, the incoming gradient contiguous,
     expanded and absent (normalized_weights), and DReG's two corrections;
-    against the CPU kernels."""
+    against the CPU kernels. One row of columns (K = 1) takes
+    weights_rows_kernel where no stats are given, so normalized_weights of
+    columns runs on two rows of 40 as well."""
     dim = 1 if layout == "rows" else 0
     p, q = inputs((1, 37), dtype, with_q, seed=5)
     if width == "scalar":
@@ -383,6 +385,13 @@ def test_weights_kernel_tails_masks_and_modes(dtype, width, with_q, layout):
     vec = vec_width(dtype) if width == "vector" else 1
     weights = {r["kernel"] for _, r in kernels(launches, "weights_kernel")}
     assert weights == {instantiation("weights_kernel", dtype, vec, with_q, layout == "cols")}
+    if layout == "cols":
+        p2, q2 = inputs((2, 40), dtype, with_q, seed=5)
+        p2 = offset_view(p2) if width == "scalar" else p2
+        w, launches = run_emulated(lambda: OPS.normalized_weights(p2, q2, 0))
+        close(w, OPS.normalized_weights(p2, q2, 0), dtype)
+        assert kernels(launches, "weights_kernel")[0][1]["kernel"] == instantiation(
+            "weights_kernel", dtype, vec, with_q, True)
 
 
 FLAT = {  # layout -> (shape, dim): short dense runs, 15 elements (a partial last vector)
@@ -417,6 +426,134 @@ def test_weights_flat_kernel(dtype, with_q, layout):
     _, launches = run_emulated(lambda: OPS.iwelbo_backward(grads[0], stats, offset_view(p), q, dim,
                                                            False, 0.0, [True, True]))
     assert not kernels(launches, "weights_flat_kernel") and kernels(launches, "weights_kernel")
+
+
+NOT_SAVED = {torch.float64: torch.empty(0, dtype=torch.float64)}  # stats of shape [0]
+
+
+def not_saved(dtype):
+    return NOT_SAVED.get(dtype, torch.empty(0, dtype=torch.float32))
+
+
+def rows_with_specials(shape, dtype, with_q, seed):
+    """Rows [.., K] with an all -inf row, a +inf and a NaN."""
+    p, q = inputs(shape, dtype, with_q, seed=seed)
+    flat = p.view(-1, shape[-1])
+    flat[0] = -math.inf
+    flat[1, 0] = math.inf
+    flat[2, -1] = math.nan
+    return p, q
+
+
+def check_recomputed(p, q, dim, dtype, grads, device=None):
+    """The backward op given stats of shape [0] (not saved) on the emulated
+    GPU, each incoming gradient and output mask, and normalized_weights:
+    against the backward from saved stats on the CPU kernels. Returns the
+    launches."""
+    def run(stats):
+        res = [OPS.normalized_weights(p, q, dim)]
+        for g in grads:
+            for mask in ([True, True], [True, False], [False, True]):
+                res += OPS.iwelbo_backward(g, stats, p, q, dim, False, 0.0, mask)
+        return res
+
+    emu, launches = run_emulated(lambda: run(not_saved(dtype)), **(device or {}))
+    for a, b in zip(emu, run(OPS._iwelbo_forward(p, q, dim, False, 0.0)[1])):
+        close(a, b, dtype)
+    return launches
+
+
+@pytest.mark.parametrize("with_q", [True, False], ids=["log_q", "no_log_q"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_weights_rows_kernel(dtype, with_q):
+    """Rows that fit a 16-byte vector (every K dividing it): the training step
+    saves no stats and its backward recomputes them in one launch of
+    weights_rows_kernel; the backward op given stats of shape [0] with the
+    incoming gradient contiguous, expanded and absent (normalized_weights:
+    one launch), each output mask, rows over an inner axis, a partial last
+    vector, an all -inf row, +inf and NaN; against the CPU kernels from saved
+    stats and the float64 reference. Off alignment the stats are computed
+    first by a reduction."""
+    vec = vec_width(dtype)
+    for K in (k for k in (1, 2, 4, 8) if vec % k == 0):
+        for shape in ((13, K), "rows:3,5,%d" % K):
+            dim = 1
+            if isinstance(shape, str):  # [3, K, 5] stored as [3, 5, K]
+                p, q = loop_inputs(shape, dtype, seed=K)
+            else:
+                p, q = rows_with_specials(shape, dtype, with_q, seed=K)
+            q = q if with_q else None
+            out_shape = [s for d, s in enumerate(p.shape) if d != dim]
+            gen = torch.Generator().manual_seed(K)
+            grads = [torch.randn(out_shape, generator=gen).to(dtype),
+                     torch.randn((), generator=gen).to(dtype).expand(out_shape)]
+            launches = check_recomputed(p, q, dim, dtype, grads)
+            assert {r["kernel"] for r in launches} == {instantiation("weights_rows_kernel", dtype, with_q)}
+            assert len(launches) == 7  # one per call: normalized_weights, 6 backwards
+            if isinstance(shape, str):
+                continue  # autograd recomputes only for contiguous rows (saved_stats.h)
+
+            # The training step through autograd: a reduction and the rows kernel.
+            def step():
+                pp = p.clone().requires_grad_()
+                qq = q.clone().requires_grad_() if with_q else None
+                out = iwae_fused.iwelbo(pp, qq, dim=dim)
+                out.backward(grads[0])
+                return out.detach(), pp.grad, None if qq is None else qq.grad
+
+            emu, launches = run_emulated(step)
+            names = [r["kernel"].split("<")[0] for r in launches]
+            assert len(names) == 2 and names[1] == "weights_rows_kernel", names
+            cpu = step()
+            # The reference's own autograd makes an all -inf row's gradient
+            # NaN (the kernels give 0): the special rows against the CPU only.
+            r_out, r_gp, r_gq = reference(p[3:], None if q is None else q[3:], dim, grads[0][3:])
+            close(emu[0][3:], r_out, dtype)
+            close(emu[1][3:], r_gp, dtype)
+            for a, b in zip(emu, cpu):
+                if a is not None:
+                    close(a, b, dtype)
+            if with_q:
+                close(emu[2][3:], r_gq, dtype)
+    # One block (a toy device): later passes, each with two whole vectors.
+    p, q = rows_with_specials((300 * vec, 2), dtype, with_q, seed=2)
+    q = q if with_q else None
+    g = torch.randn(300 * vec, generator=torch.Generator().manual_seed(3)).to(dtype)
+    launches = check_recomputed(p, q, 1, dtype, [g], device=dict(max_grid_x=1))
+    assert all(r["grid"][0] == 1 for r in launches)
+    # Off alignment: the stats from a reduction first, then the stats kernels.
+    p, q = rows_with_specials((13, 2), dtype, with_q, seed=1)
+    q = q if with_q else None
+    launches = check_recomputed(offset_view(p), q, 1, dtype, [torch.ones(13, dtype=dtype)])
+    assert not kernels(launches, "weights_rows_kernel")
+    assert kernels(launches, "reduce_tiles_kernel") or kernels(launches, "reduce_rows_kernel")
+
+
+def test_stats_not_saved_only_where_recomputed():
+    """The emulated GPU's training step saves no stats for rows that fit a
+    vector, and saves them (one more launch's worth of bytes, read by the
+    stats kernels) for K = 3, columns, broadcast log_q, the ELBO and alpha
+    near 1; outside the emulator (the CPU) it always saves them."""
+    def names(p, q, dim, alpha=0.0):
+        def step():
+            pp = p.clone().requires_grad_()
+            out = iwae_fused.iwelbo(pp, q, dim=dim, alpha=alpha)
+            out.sum().backward()
+        _, launches = run_emulated(step)
+        return [r["kernel"].split("<")[0] for r in launches]
+
+    p = torch.randn(40, 4)
+    assert names(p, torch.randn(40, 4), 1)[-1] == "weights_rows_kernel"
+    assert names(p, None, 1, alpha=0.5)[-1] == "weights_rows_kernel"
+    for q, dim, alpha in ((None, 0, 0.0), (torch.randn(1, 4), 1, 0.0), (None, 1, 0.9)):
+        assert "weights_rows_kernel" not in names(p, q, dim, alpha)
+    assert "weights_rows_kernel" not in names(torch.randn(40, 3), None, 1)
+    # log_q broadcast to more dims than log_p has: dim is the broadcast's
+    assert "weights_rows_kernel" not in names(torch.randn(4), torch.randn(3, 4), 1)
+    assert not iwae_fused._C._cpu_stands_for_gpu()
+    with cuda_emulator.emulated():
+        assert iwae_fused._C._cpu_stands_for_gpu()
+    assert not iwae_fused._C._cpu_stands_for_gpu()
 
 
 @pytest.mark.parametrize("z_weight", ["dreg", "rws", "stl"])
@@ -584,6 +721,10 @@ LOOPS = {
                                 beyond(150 * 3 * 5 / 8, 256)),
     "weights-flat-cols": ("grad", (300, 4, 5), 1, dict(max_grid_x=1), "weights_flat_kernel",
                           beyond(300 * 4 * 5 / 8, 256)),
+    # rows that fit a vector, stats recomputed: [outer, inner, K = 2] (float32:
+    # 2 rows per vector, float16: 4), two vectors per thread per pass
+    "weights-rows-recomputed": ("recompute", "rows:1200,3,2", 1, dict(max_grid_x=1),
+                                "weights_rows_kernel", beyond(1200 * 3 * 2 / 8, 2 * 256)),
     "weights-cols-long-runs": ("grad", (3, 12, 1000), 1, dict(max_grid_x=8), "weights_kernel",
                                beyond(3 * 12 * 1000 / 8, 256)),
     # VIMCO
@@ -631,6 +772,10 @@ def test_loop_later_passes(case, dtype, order):
             close(a, b, dtype, scale=4.0)
         lw = p.double() - q.double()
         close(emu[0], torch.logsumexp(lw, dim) - math.log(lw.shape[dim]), dtype)
+    elif op == "recompute":
+        out_shape = [s for d, s in enumerate(p.shape) if d != dim]
+        g = torch.randn(out_shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+        launches = check_recomputed(p, q, dim, dtype, [g], device=device)
     else:
         launches = check_iwelbo(p, q, dim, dtype, device=device)
     recs = [r for _, r in kernels(launches, kernel)]
@@ -931,7 +1076,8 @@ def test_random_cases_against_reference(c):
         args = r["kernel"].split("<")[1].rstrip(">").split(", ")
         assert args[0] == dtype_name, r["kernel"]
         if not r["kernel"].startswith("merge_kernel"):
-            has_q = args[-2] if r["kernel"].startswith("weights") else args[-1]
+            flag_last = not r["kernel"].startswith("weights") or r["kernel"].startswith("weights_rows")
+            has_q = args[-1] if flag_last else args[-2]
             assert has_q == ("true" if q is not None else "false"), r["kernel"]
 
 

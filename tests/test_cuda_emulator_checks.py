@@ -190,7 +190,15 @@ def test_kernel_that_depends_on_block_order_is_caught_in_every_order():
     ("grad_out_outer_stride", lambda p, q: OPS.vimco_backward(
         torch.ones(8), OPS._vimco_forward(p, q, 1, False)[1], p, q, 1, False, [True, True]),
      "grad_log_p"),
-], ids=["iwelbo-log_p", "vimco-log_p", "iwelbo_backward-grad", "vimco_backward-grad"])
+    ("grad_in_outer_stride", lambda p, q: OPS.iwelbo_backward(
+        torch.ones(8), OPS._iwelbo_forward(p, q, 1, False, 0.0)[1], p, q, 1, False, 0.0,
+        [True, True]), "grad"),
+    # rows that fit a vector, stats not saved: weights_rows_kernel reads g
+    ("grad_in_outer_stride", lambda p, q: OPS.iwelbo_backward(
+        torch.ones(8), torch.empty(0), p[:, :4].contiguous(), q[:, :4].contiguous(), 1, False,
+        0.0, [True, True]), "grad"),
+], ids=["iwelbo-log_p", "vimco-log_p", "iwelbo_backward-grad", "vimco_backward-grad",
+        "iwelbo_backward-g", "iwelbo_backward-recomputed-g"])
 def test_planted_planner_stride_bug_is_caught(fault, run, storage):
     """A stride bug in the planner doubles an outer stride: the extent the
     kernel arguments describe grows with it, so only the storage the tensor

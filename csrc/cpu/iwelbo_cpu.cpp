@@ -12,6 +12,9 @@ namespace {
 struct CpuKernels {
   static void reduce(const ReduceArgs& a) { cpu::kernels().reduce(a); }
   static void weights(const WeightsArgs& a) { cpu::kernels().weights(a); }
+  // The CPU kernels always take the forward's stats: the glue computes them
+  // where the forward did not save them.
+  static bool recomputes_stats(const WeightsArgs&) { return false; }
   static c10::Allocator* output_allocator() { return cpu::output_allocator(); }
 };
 

@@ -11,7 +11,10 @@ namespace iwae_fused::cuda {
 
 struct CudaKernels {
   static void reduce(const ReduceArgs& a);
+  // With a.stats null, the weights with their stats recomputed: only where
+  // recomputes_stats(a) holds (rows that fit a 16-byte vector).
   static void weights(const WeightsArgs& a);
+  static bool recomputes_stats(const WeightsArgs& a);
   static c10::Allocator* output_allocator() { return nullptr; } // CUDA's caching one
 };
 

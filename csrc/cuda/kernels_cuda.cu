@@ -503,6 +503,28 @@ __device__ __forceinline__ opmath_t q_output(int mode, opmath_t w, opmath_t wn) 
   // GCOVR_EXCL_BR_STOP
 }
 
+// The weights of VEC elements from e (the first `avail` real) to both
+// outputs (either may be null): whole 16-byte vectors, or element by element
+// at the end (unrolled, so that the caller's grid-stride loop stays the
+// innermost one).
+template <typename scalar_t, int VEC>
+__device__ __forceinline__ void store_weights(
+    scalar_t* out_p, scalar_t* out_q, int64_t e, int64_t avail,
+    const Pack<scalar_t, VEC>& wp, const Pack<scalar_t, VEC>& wq) {
+  if (avail >= VEC) {
+    if (out_p) st_global(reinterpret_cast<Pack<scalar_t, VEC>*>(out_p + e), wp);
+    if (out_q) st_global(reinterpret_cast<Pack<scalar_t, VEC>*>(out_q + e), wq);
+  } else {
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) {
+      if (c < avail) {
+        if (out_p) st_global(out_p + e + c, wp.v[c]);
+        if (out_q) st_global(out_q + e + c, wq.v[c]);
+      }
+    }
+  }
+}
+
 // Element-wise weights over short runs stored one after another: log_p,
 // log_q and both outputs dense in one layout, [outer, inner, K] for rows
 // (ROWS) or [outer, K, inner] for columns, 16-byte aligned. weights_kernel
@@ -564,16 +586,120 @@ __global__ void __launch_bounds__(kThreads) weights_flat_kernel(WeightsArgs a, i
       wp.v[c] = static_cast<scalar_t>(w);
       wq.v[c] = static_cast<scalar_t>(q_output(a.mode, w, wn));
     }
-    if (avail >= VEC) {
-      if (out_p) st_global(reinterpret_cast<Pack<scalar_t, VEC>*>(out_p + e), wp);
-      if (out_q) st_global(reinterpret_cast<Pack<scalar_t, VEC>*>(out_q + e), wq);
-    } else { // unrolled, so that the grid-stride loop stays the innermost one
+    store_weights(out_p, out_q, e, avail, wp, wq);
+  }
+}
+
+// The weights of rows that fit a 16-byte vector (K divides VEC; dense
+// [outer, inner, K], 16-byte aligned), with no saved stats: each vector
+// holds VEC / K whole rows, so a thread has all of a row in registers and
+// takes its max, sum and weights there. The forward then writes no stats
+// and the backward reads none: 16 of the 72 bytes per example of a float32
+// K = 2 training step with log_q (benchmarks/NOTES.md, GPU 4). One
+// exponential per element, as the stats path has, and one division; the
+// -inf rules are online_lse.h's: an all -inf row (s = 0) gets weight 0, a
+// +inf or NaN makes its row's weights NaN as log_norm does there.
+//
+// One vector's rows: x holds its log-weights (lanes at or past `avail`
+// -inf), e its first element, K = 2^log2k; the rows' g at g + row * g_step.
+template <typename scalar_t, typename opmath_t, int VEC>
+__device__ __forceinline__ void rows_vector_weights(
+    const WeightsArgs& a, const opmath_t (&x)[VEC], int64_t e, int64_t avail, int log2k,
+    const scalar_t* g, int64_t g_step, scalar_t* out_p, scalar_t* out_q) {
+  using Lane = LaneOps<opmath_t>;
+  const int K = 1 << log2k;
+  // Each lane's row max (NaN ignored, as max_of does), then the row's by
+  // butterflies within its K lanes: every lane of a row ends with the same
+  // max and, summed the same way, the same sum.
+  opmath_t m[VEC], ex[VEC], s[VEC];
 #pragma unroll
-      for (int c = 0; c < VEC; ++c) {
-        if (c < avail) {
-          if (out_p) st_global(out_p + e + c, wp.v[c]);
-          if (out_q) st_global(out_q + e + c, wq.v[c]);
-        }
+  for (int c = 0; c < VEC; ++c) m[c] = Lane::max(x[c], opmath_t(-INFINITY));
+#pragma unroll
+  for (int w = 1; w < VEC; w *= 2) {
+    if (w < K) {
+      opmath_t t[VEC];
+#pragma unroll
+      for (int c = 0; c < VEC; ++c) t[c] = Lane::max(m[c ^ w], m[c]);
+#pragma unroll
+      for (int c = 0; c < VEC; ++c) m[c] = t[c];
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < VEC; ++c) s[c] = ex[c] = Lane::exp(x[c] - Lane::shift(m[c]));
+#pragma unroll
+  for (int w = 1; w < VEC; w *= 2) {
+    if (w < K) {
+      opmath_t t[VEC];
+#pragma unroll
+      for (int c = 0; c < VEC; ++c) t[c] = s[c] + s[c ^ w];
+#pragma unroll
+      for (int c = 0; c < VEC; ++c) s[c] = t[c];
+    }
+  }
+  // The row's g, loaded by its first lane and copied to the others.
+  opmath_t gv[VEC];
+  const int64_t row0 = e >> log2k;
+#pragma unroll
+  for (int c = 0; c < VEC; ++c) {
+    if ((c & (K - 1)) == 0) { // the row's first lane
+      gv[c] = g && c < avail ? static_cast<opmath_t>(ld_global(g + (row0 + (c >> log2k)) * g_step))
+                             : opmath_t(1);
+    } else {
+      gv[c] = gv[c - 1];
+    }
+  }
+  Pack<scalar_t, VEC> wp, wq;
+#pragma unroll
+  for (int c = 0; c < VEC; ++c) {
+    const opmath_t wn = s[c] == opmath_t(0) ? opmath_t(0) : ex[c] / s[c];
+    const opmath_t w = wn * gv[c];
+    wp.v[c] = static_cast<scalar_t>(w);
+    wq.v[c] = static_cast<scalar_t>(q_output(a.mode, w, wn));
+  }
+  store_weights(out_p, out_q, e, avail, wp, wq);
+}
+
+// The kernel: kRowsVecs vectors a grid stride apart per pass, all their
+// loads issued before any is used (a thread keeps 2 x 16 B per operand in
+// flight: one vector's were too few to reach the B200's bandwidth at
+// float16, GPU-MODEL.md). The incoming gradient must be flat over the
+// outputs (recomputes_stats checks): row r's at g + r * g_step.
+constexpr int kRowsVecs = 2;
+
+template <typename scalar_t, bool HAS_Q>
+__global__ void __launch_bounds__(kThreads) weights_rows_kernel(
+    WeightsArgs a, int64_t n, int log2k) {
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  using opmath_t = at::opmath_type<scalar_t>;
+  // The operands of weights_operands but the stats (null here).
+  const auto* p = static_cast<const scalar_t*>(a.p.data);
+  const auto* q = static_cast<const scalar_t*>(a.q.data);
+  const auto* g = static_cast<const scalar_t*>(a.g);
+  auto* out_p = static_cast<scalar_t*>(a.out_p);
+  auto* out_q = static_cast<scalar_t*>(a.out_q);
+  const auto beta = static_cast<opmath_t>(a.beta);
+  const int64_t g_step = a.inner == 1 ? a.g_so : a.g_si;
+  const int64_t vecs = (n + VEC - 1) / VEC;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; v < vecs;
+       v += kRowsVecs * stride) {
+    opmath_t x[kRowsVecs][VEC];
+    if ((v + (kRowsVecs - 1) * stride + 1) * VEC <= n) { // every vector whole
+      load_log_w_rows<scalar_t, opmath_t, VEC, kRowsVecs, HAS_Q>(
+          p, q, v * VEC, v * VEC, stride * VEC, stride * VEC, beta, x);
+    } else {
+#pragma unroll
+      for (int u = 0; u < kRowsVecs; ++u) {
+        const int64_t e = (v + u * stride) * VEC;
+        load_log_w<scalar_t, opmath_t, VEC, HAS_Q>(p, q, e, e, n - e, beta, x[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kRowsVecs; ++u) {
+      const int64_t e = (v + u * stride) * VEC;
+      if (e < n) {
+        rows_vector_weights<scalar_t, opmath_t, VEC>(
+            a, x[u], e, n - e, log2k, g, g_step, out_p, out_q);
       }
     }
   }
@@ -817,14 +943,19 @@ bool flat_dense(const WeightsArgs& a) {
 // flight; above it, its stats loaded once per run cost fewer instructions.
 constexpr int64_t kFlatRunVectors = 4;
 
+// Blocks of kThreads for a grid-stride loop over `items` thread work items:
+// one item per thread up to 32 blocks per SM, then the loop takes more passes.
+int64_t grid_stride_blocks(int64_t items) {
+  const dev::Limits lim = dev::limits();
+  return std::min(
+      std::min<int64_t>(ceil_div(items, kThreads), (int64_t)lim.sm_count * 32), lim.max_grid_x);
+}
+
 template <typename scalar_t, bool HAS_Q>
 void launch_weights_flat(const WeightsArgs& a) {
   constexpr int VEC = 16 / sizeof(scalar_t);
   const int64_t n = a.outer * a.K * a.inner;
-  const dev::Limits lim = dev::limits();
-  const int64_t blocks = std::min(
-      std::min<int64_t>(ceil_div(ceil_div(n, VEC), kThreads), (int64_t)lim.sm_count * 32),
-      lim.max_grid_x);
+  const int64_t blocks = grid_stride_blocks(ceil_div(n, VEC));
   if (a.vec_k) {
     dev::launch<weights_flat_kernel<scalar_t, HAS_Q, true>>(dim3(blocks), dim3(kThreads), a, n);
   } else {
@@ -832,15 +963,22 @@ void launch_weights_flat(const WeightsArgs& a) {
   }
 }
 
+template <typename scalar_t, bool HAS_Q>
+void launch_weights_rows(const WeightsArgs& a) {
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  const int64_t n = a.outer * a.K * a.inner;
+  const int64_t blocks = grid_stride_blocks(ceil_div(n, VEC * kRowsVecs));
+  int log2k = 0; // K is a power of two (it divides VEC)
+  while ((int64_t{1} << log2k) < a.K) ++log2k;
+  dev::launch<weights_rows_kernel<scalar_t, HAS_Q>>(dim3(blocks), dim3(kThreads), a, n, log2k);
+}
+
 template <typename scalar_t, int VEC, bool HAS_Q>
 void launch_weights(const WeightsArgs& a) {
   const int64_t runs = a.vec_k ? a.outer * a.inner : a.outer * a.K;
   const int64_t len = a.vec_k ? a.K : a.inner;
   const int64_t vecs_per_run = ceil_div(len, VEC);
-  const int64_t total = runs * vecs_per_run;
-  const dev::Limits lim = dev::limits();
-  const int64_t blocks = std::min(
-      std::min<int64_t>(ceil_div(total, kThreads), (int64_t)lim.sm_count * 32), lim.max_grid_x);
+  const int64_t blocks = grid_stride_blocks(runs * vecs_per_run);
   if (a.vec_k) {
     dev::launch<weights_kernel<scalar_t, VEC, HAS_Q, false>>(
         dim3(blocks), dim3(kThreads), a, runs, len, vecs_per_run);
@@ -883,12 +1021,30 @@ void CudaKernels::reduce(const ReduceArgs& a) {
       });
 }
 
+// Rows that fit a 16-byte vector, dense and aligned, and g flat over them:
+// weights_rows_kernel's condition. A row of one element is its own row whatever the layout's
+// name (vec_k is false for K = 1 over dim 0).
+bool CudaKernels::recomputes_stats(const WeightsArgs& a) {
+  const int64_t vec = 16 / static_cast<int64_t>(c10::elementSize(a.dtype));
+  // g flat over the outputs: row r's at r * g_step (contiguous, or the
+  // expanded scalar of a .sum(); incoming_grad copies most others).
+  const bool g_flat = (a.inner == 1) | (a.outer == 1) | (a.g_so == a.inner * a.g_si);
+  return (a.vec_k | (a.K == 1)) & (vec % a.K == 0) & flat_dense(a) & g_flat &
+      aligned(a.p.data, 16) & aligned(a.q.data, 16) & aligned(a.out_p, 16) &
+      aligned(a.out_q, 16);
+}
+
 void CudaKernels::weights(const WeightsArgs& a) {
   if (a.outer * a.inner * a.K == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, a.dtype, "iwae_fused_weights_cuda", [&] {
         constexpr int kVec = 16 / sizeof(scalar_t);
         const bool has_q = a.q.data != nullptr;
+        if (!a.stats) { // not saved: the op glue checked recomputes_stats
+          has_q ? launch_weights_rows<scalar_t, true>(a)
+                : launch_weights_rows<scalar_t, false>(a);
+          return;
+        }
         auto out_ok = [&](const void* ptr) {
           return !ptr ||
               operand_aligned(Strided{ptr, a.out_so, a.out_sk, a.out_si}, a, kVec);
@@ -897,11 +1053,9 @@ void CudaKernels::weights(const WeightsArgs& a) {
             (!has_q || operand_aligned(a.q, a, kVec)) && out_ok(a.out_p) &&
             out_ok(a.out_q);
         const int64_t len = a.vec_k ? a.K : a.inner;
-        auto base_ok = [](const void* ptr) {
-          return !ptr || reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
-        };
-        const bool flat = len < kFlatRunVectors * kVec && flat_dense(a) && base_ok(a.p.data) &&
-            base_ok(a.q.data) && base_ok(a.out_p) && base_ok(a.out_q);
+        const bool flat = len < kFlatRunVectors * kVec && flat_dense(a) &&
+            aligned(a.p.data, 16) && aligned(a.q.data, 16) && aligned(a.out_p, 16) &&
+            aligned(a.out_q, 16);
         if (flat) {
           has_q ? launch_weights_flat<scalar_t, true>(a)
                 : launch_weights_flat<scalar_t, false>(a);

@@ -20,6 +20,7 @@ enum class Fault {
   None,
   LogPOuterStride,  // log_p's outer stride doubled
   GradOutOuterStride,  // the gradient outputs' outer stride doubled
+  GradInOuterStride,  // the incoming gradient's outer stride doubled
 };
 
 inline Fault& planted_fault() {
@@ -28,7 +29,8 @@ inline Fault& planted_fault() {
 }
 
 inline const std::vector<std::string>& fault_names() {
-  static const std::vector<std::string> names{"none", "log_p_outer_stride", "grad_out_outer_stride"};
+  static const std::vector<std::string> names{"none", "log_p_outer_stride", "grad_out_outer_stride",
+                                                "grad_in_outer_stride"};
   return names;
 }
 
@@ -50,6 +52,7 @@ Args planted(Args a) {
   if (f == Fault::LogPOuterStride) a.p.so *= 2;
   if constexpr (!std::is_same_v<Args, iwae_fused::ReduceArgs>) {
     if (f == Fault::GradOutOuterStride) a.out_so *= 2;
+    if (f == Fault::GradInOuterStride) a.g_so *= 2;
   }
   return a;
 }

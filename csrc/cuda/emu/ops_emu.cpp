@@ -82,10 +82,13 @@ struct EmuKernels {
     iwae_emu::Session s;
     const int64_t n = a.outer * a.inner;
     inputs(s, a, a.dtype);
-    s.input("stats", a.stats, 2 * n * opmath_elem(a.dtype));
+    if (a.stats) s.input("stats", a.stats, 2 * n * opmath_elem(a.dtype));
     gradient_regions(s, a);
     cuda::CudaKernels::weights(a);
     s.check_outputs_written();
+  }
+  static bool recomputes_stats(const WeightsArgs& a) {
+    return cuda::CudaKernels::recomputes_stats(iwae_emu::planted(a));
   }
   static c10::Allocator* output_allocator() { return nullptr; }
 };
