@@ -214,6 +214,40 @@ def test_incoming_gradient_layouts(grad_kind, shape, dim, device):
     close(p.grad, expected, torch.float64)
 
 
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 5, 6, 7, 8, 9, 16])
+def test_short_dense_rows_every_tail(K):
+    """Dense rows [N, K] over the last dim, float32 (the CPU's lane tiles:
+    K of 2, 4 and 8 deinterleaved, others transposed), N around the 16-row
+    vectors and the 64-row tiles, an all -inf row, +inf and NaN: values and
+    gradients against the float64 reference, the special rows against the
+    rules (-inf bound and weight 0; NaN where +inf or NaN is)."""
+    gen = torch.Generator().manual_seed(K)
+    for n in (1, 15, 16, 17, 63, 64, 65, 257):
+        for with_q in (False, True):
+            p = (torch.randn(n, K, generator=gen, dtype=torch.float64) * 4).float()
+            q = torch.randn(n, K, generator=gen, dtype=torch.float64).float() if with_q else None
+            special = n >= 4
+            if special:
+                p[0] = -math.inf
+                p[1, 0] = math.inf
+                p[2, K - 1] = math.nan
+            pg = p.clone().requires_grad_()
+            out = iwae_fused.iwelbo(pg, q, dim=1)
+            g = torch.randn(n, generator=gen)
+            out.backward(g)
+            rows = slice(3, None) if special else slice(None)
+            p64 = p[rows].double().requires_grad_()
+            q64 = None if q is None else q[rows].double()
+            ref = R.iwelbo(p64, q64, 1)
+            ref.backward(g[rows].double())
+            close(out[rows], ref, torch.float32, scale=10)
+            close(pg.grad[rows], p64.grad, torch.float32)
+            if special:
+                assert out[0] == -math.inf and torch.all(pg.grad[0] == 0)
+                assert torch.isnan(out[1]) or out[1] == math.inf
+                assert torch.isnan(out[2]) and torch.isnan(pg.grad[2]).all()
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 0.9, 1.0, -2.0])
 @pytest.mark.parametrize("shape,dim,q_shape", [
     ((50, 2), 1, None), ((50, 4), 1, (50, 4)), ((6, 40), 0, (6, 40)),

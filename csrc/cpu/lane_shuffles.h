@@ -45,6 +45,29 @@ struct LaneShuffles {
   static constexpr bool kFastTranspose = false;
 #endif
 
+  // v[0..K): L rows of K samples stored row after row (sample fastest), K a
+  // power of two below L; out: lane l of v[k] is sample k of row l. log2(K)
+  // levels of deinterleave2 (two permutes per pair of vectors): 2 for K = 2,
+  // 8 for K = 4, where transpose() spends 64 whatever K.
+  template <int K>
+  static void split_samples(V* v) {
+    if constexpr (K > 1) {
+      V ev[K / 2], od[K / 2];
+      for (int i = 0; i < K / 2; ++i) {
+        auto [e, o] = at::vec::deinterleave2(v[2 * i], v[2 * i + 1]);
+        ev[i] = e;
+        od[i] = o;
+      }
+      // The even samples of L rows, and the odd ones, each row after row.
+      split_samples<K / 2>(ev);
+      split_samples<K / 2>(od);
+      for (int j = 0; j < K / 2; ++j) {
+        v[2 * j] = ev[j];
+        v[2 * j + 1] = od[j];
+      }
+    }
+  }
+
   // r[j] lane l <-> r[l] lane j, for the L x L tile r[0..L): rows in,
   // columns out. 64 shuffles for 256 floats (the unpack / shuffle /
   // 128-bit-lane network of FBGEMM and ATen's transpose_mxn).

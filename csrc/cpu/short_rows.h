@@ -235,6 +235,19 @@ struct LaneTiles {
   // so that lane l of every vector holds one row, and the blocked online
   // update runs as in reduce_across_outputs, with no gathers (NOTES.md
   // CPU 16).
+  // LaneShuffles::split_samples for a K known at run time (a power of two
+  // below L).
+  static void split_samples(V* v, int64_t K) {
+    using S = LaneShuffles<V>;
+    if (K == 2) {
+      S::template split_samples<2>(v);
+    } else if (K == 4) {
+      S::template split_samples<4>(v);
+    } else if constexpr (L > 8) {
+      S::template split_samples<8>(v);
+    }
+  }
+
   template <bool HAS_Q>
   static void reduce_rows_transposed(const ReduceArgs& a) {
     static_assert(kBlock >= L, "a transposed block of L samples fits the buffer");
@@ -244,6 +257,10 @@ struct LaneTiles {
     const auto* P = static_cast<const scalar_t*>(a.p.data);
     const auto* Q = static_cast<const scalar_t*>(a.q.data);
     const V beta(static_cast<opmath_t>(a.beta));
+    // K of 2, 4 or 8 (below L, dividing it): L rows are K whole vectors,
+    // deinterleaved in a few permutes (a full transpose costs 64 shuffles
+    // whatever K: at K = 2 it was most of the forward, NOTES.md CPU 22).
+    const bool split = K > 1 && K < L && L % K == 0;
     parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
       opmath_t mo[T], so[T], to[1];
       UninitVecs<V, kLaneTileVecs> m, s, t, bmax;
@@ -271,13 +288,23 @@ struct LaneTiles {
           for (int64_t v = 0; v < nv; ++v) {
             const int64_t rv = std::min(L, n - v * L);
             const opmath_t* xr = xbuf.data() + v * L * K + kb;
-            // Samples past w read as 0: columns that are never used.
-            for (int64_t r = 0; r < rv; ++r) {
-              blk[r] = w == L ? V::loadu(xr + r * K) : V::loadu(xr + r * K, w);
+            if (split) { // L rows are K whole vectors (kb == 0, w == K)
+              // Past rv rows: lanes never stored.
+              for (int64_t k = 0; k < K; ++k) {
+                const int64_t left = rv * K - k * L;
+                blk[k] = left >= L ? V::loadu(xr + k * L)
+                                   : left > 0 ? V::loadu(xr + k * L, left) : V(0);
+              }
+              split_samples(blk.data(), K);
+            } else {
+              // Samples past w read as 0: columns that are never used.
+              for (int64_t r = 0; r < rv; ++r) {
+                blk[r] = w == L ? V::loadu(xr + r * K) : V::loadu(xr + r * K, w);
+              }
+              // Rows past the tile's last are lanes never stored.
+              for (int64_t r = rv; r < L; ++r) blk[r] = V(0);
+              LaneShuffles<V>::transpose(blk.data());
             }
-            // Rows past the tile's last are lanes never stored.
-            for (int64_t r = rv; r < L; ++r) blk[r] = V(0);
-            LaneShuffles<V>::transpose(blk.data());
             V bm(-INFINITY);
             for (int64_t k = 0; k < w; ++k) {
               buf[k][v] = blk[k];
