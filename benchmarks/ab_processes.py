@@ -1,7 +1,11 @@
 """Interleaved A/B of two builds of iwae_fused, in alternating processes.
 
     python benchmarks/ab_processes.py A_ROOT B_ROOT [--shapes 50x128:0,...]
-        [--op iwelbo|vimco] [--alpha 0] [--dtype float32] [--rounds 10] [--iters 200]
+        [--op iwelbo|vimco] [--form pq|w] [--alpha 0] [--dtype float32]
+        [--rounds 10] [--iters 200]
+
+--form w calls iwelbo(log_w) alone (the log-weights-only form); pq passes
+log_p and log_q.
 
 A_ROOT and B_ROOT are checkouts with a built extension (each is put first on
 PYTHONPATH of its own processes). Every round runs one process per build, in
@@ -23,6 +27,7 @@ import json, sys, time, torch, iwae_fused
 torch.set_num_threads(int(sys.argv[1]))
 shapes, alpha, dt, iters = json.loads(sys.argv[2]), float(sys.argv[3]), getattr(torch, sys.argv[4]), int(sys.argv[5])
 op = sys.argv[6]
+form = sys.argv[7]
 def bound(p, q, dim):
     if op == "vimco":
         return iwae_fused.vimco(p, q, dim)
@@ -35,11 +40,13 @@ for item in shapes:
     shape = (K, B) if dim == 0 else (B, K)
     g = torch.Generator().manual_seed(0)
     p = (torch.randn(shape, generator=g) * 3).to(dt).requires_grad_()
-    q = torch.randn(shape, generator=g).to(dt).requires_grad_()
+    q = torch.randn(shape, generator=g).to(dt).requires_grad_() if form == "pq" else None
     def step():
         out = bound(p, q, dim)
         out.backward(torch.ones_like(out))
-        p.grad = q.grad = None
+        p.grad = None
+        if q is not None:
+            q.grad = None
     def fwd():
         with torch.no_grad():
             bound(p, q, dim)
@@ -64,7 +71,7 @@ def run(root, args):
     env = dict(os.environ, PYTHONPATH=root)
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(args.threads), json.dumps(args.shapes.split(",")),
-         str(args.alpha), args.dtype, str(args.iters), args.op],
+         str(args.alpha), args.dtype, str(args.iters), args.op, args.form],
         env=env, capture_output=True, text=True, check=True, cwd="/",
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -76,12 +83,15 @@ def main():
     ap.add_argument("b")
     ap.add_argument("--shapes", default="50x128:0,128x50:1,1024x1024:0,5000x100:0,64x65536:1")
     ap.add_argument("--op", choices=["iwelbo", "vimco"], default="iwelbo")
+    ap.add_argument("--form", choices=["pq", "w"], default="pq")
     ap.add_argument("--alpha", type=float, default=0.0)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if args.op == "vimco" and args.form == "w":
+        ap.error("vimco needs log_p and log_q: --form pq")
     best = {"a": {}, "b": {}}
     for r in range(args.rounds):
         order = ("a", "b") if r % 2 == 0 else ("b", "a")
@@ -91,7 +101,7 @@ def main():
                 for mode, t in times.items():
                     key = (shape, mode)
                     best[side][key] = min(best[side].get(key, float("inf")), t)
-    print(f"A = {args.a}, B = {args.b}; {args.op}, alpha = {args.alpha}, {args.dtype}, "
+    print(f"A = {args.a}, B = {args.b}; {args.op} ({args.form}), alpha = {args.alpha}, {args.dtype}, "
           f"{args.threads} threads, {args.rounds} rounds (minima, us)")
     print("| shape (KxB:dim) | mode | A | B | B / A |")
     print("|---|---|---|---|---|")
