@@ -16,7 +16,10 @@ namespace iwae_fused {
 // a GPU tensor (or one of the emulated GPU's, below), dense rows with the
 // sample dim last (or K = 1), K dividing 16 / itemsize, log_q (if any) of
 // the same shape and dtype, concrete sizes, and a Renyi beta = 1 - alpha the
-// kernels take directly (not the ELBO, not near it).
+// kernels take directly (not the ELBO, not near it). The CPU always saves
+// them: its backward can recompute them for rows of 2, 4 or 8 samples, but
+// its training step there is bound by arithmetic, not bytes, and measured
+// 0.86-1.22x the step with saved stats (benchmarks/NOTES.md, CPU 23).
 bool backward_recomputes_stats(
     const at::Tensor& log_p, const std::optional<at::Tensor>& log_q, int64_t dim,
     double alpha);

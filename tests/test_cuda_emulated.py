@@ -436,11 +436,14 @@ def not_saved(dtype):
 
 
 def rows_with_specials(shape, dtype, with_q, seed):
-    """Rows [.., K] with an all -inf row, a +inf and a NaN."""
+    """Rows [.., K] with an all -inf row, a +inf beside a finite sample large
+    enough to overflow exp with the row's shift of 0, and a NaN."""
     p, q = inputs(shape, dtype, with_q, seed=seed)
     flat = p.view(-1, shape[-1])
     flat[0] = -math.inf
     flat[1, 0] = math.inf
+    if shape[-1] > 1:
+        flat[1, 1] = 300.0
     flat[2, -1] = math.nan
     return p, q
 

@@ -135,11 +135,120 @@ struct DenseRows {
     return periods * R;
   }
 
+  // Rows whose stats the weights pass recomputes, given none: K of 2, 4 or
+  // 8 (dividing L), where L rows are K whole vectors that split_samples
+  // turns into one vector per sample in a few permutes (AVX-512, float
+  // lanes). normalized_weights then takes one pass instead of two
+  // (1.6-2.6x faster, NOTES.md CPU 23).
+  static bool recomputes(const WeightsArgs& a) {
+    const int64_t K = a.K;
+    return Shuffles::kFastTranspose && applies(a) && K > 1 && K < L && L % K == 0 &&
+        a.mode == kNegWeight;
+  }
+
+  // The weights of L rows from row r0 (n <= L of them real) with their max
+  // and sum taken here: after the split, x[k] lane l is sample k of row
+  // r0 + l. The rules are those of Lane::weight with the saved stats: an
+  // all -inf row (sum 0) gets weight 0, a NaN makes its row NaN, a +inf
+  // gives NaN there and 0 at the row's other samples. K is a
+  // template argument so that every array stays in registers.
+  template <bool HAS_Q, int K>
+  C10_ALWAYS_INLINE static void recomputed_tile(
+      const Run& r, int64_t r0, int64_t n, const V& g0, bool has_g, bool g_scalar) {
+    const int64_t j0 = r0 * K, c = n * K; // c elements, row after row
+    V x[K];
+    if (c == K * L) {
+      for (int k = 0; k < K; ++k) {
+        x[k] = IO::load(r.P + j0 + k * L);
+        if constexpr (HAS_Q) x[k] = x[k] - IO::load(r.Q + j0 + k * L);
+      }
+    } else { // the last tile; lanes of rows past n are never stored
+      for (int k = 0; k < K; ++k) {
+        const int64_t m = std::max<int64_t>(0, std::min<int64_t>(L, c - k * L));
+        x[k] = IO::load(r.P + j0 + k * L, m);
+        if constexpr (HAS_Q) x[k] = x[k] - IO::load(r.Q + j0 + k * L, m);
+      }
+    }
+    for (int k = 0; k < K; ++k) x[k] = x[k] * r.beta;
+    Shuffles::template split_samples<K>(x);
+    V mx(-INFINITY);
+    for (int k = 0; k < K; ++k) mx = Lane::max(x[k], mx);
+    const V sh = Lane::shift(mx);
+    // A row holding +inf has shift 0, and its finite samples could overflow:
+    // they take exp(-inf) = 0, so that the +inf one gets inf / inf = NaN and
+    // the others 0, as exp(x - log_norm = +inf) gives.
+    const V inf_row = mx == V(INFINITY);
+    V e[K], sum(0);
+    for (int k = 0; k < K; ++k) {
+      e[k] = Lane::exp(V::blendv(x[k] - sh, V(-INFINITY), inf_row & (x[k] < V(INFINITY))));
+      sum = sum + e[k];
+    }
+    V inv = V::blendv(V(1) / sum, V(0), sum == V(0));
+    V g = g0;
+    if (has_g && !g_scalar) g = n == L ? IO::load(r.G + r0) : IO::load(r.G + r0, n);
+    if (has_g) inv = inv * g;
+    V w[K];
+    for (int k = 0; k < K; ++k) w[k] = e[k] * inv; // g w~ (inf * 0 = NaN at +inf)
+    if (r.OQ) { // -g w~ (kNegWeight: recomputes() takes no other mode)
+      V wq[K];
+      for (int k = 0; k < K; ++k) wq[k] = V(0) - w[k];
+      Shuffles::template merge_samples<K>(wq);
+      store_tile<K>(r.OQ + j0, wq, c);
+    }
+    if (r.OP) {
+      Shuffles::template merge_samples<K>(w);
+      store_tile<K>(r.OP + j0, w, c);
+    }
+  }
+
+  template <int K>
+  C10_ALWAYS_INLINE static void store_tile(scalar_t* out, const V (&v)[K], int64_t c) {
+    if (c == K * L) {
+      for (int k = 0; k < K; ++k) IO::store(out + k * L, v[k]);
+      return;
+    }
+    for (int k = 0; k < K && k * L < c; ++k) {
+      IO::store(out + k * L, v[k], std::min<int64_t>(L, c - k * L));
+    }
+  }
+
+  template <bool HAS_Q, int K>
+  static void recomputed_rows_k(const WeightsArgs& a) {
+    const Run run(a);
+    const int64_t tiles = ceil_div(run.rows, L);
+    const int64_t grain = std::max<int64_t>(1, kParallelElems / (L * K));
+    parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
+      const Run r = run;
+      const bool has_g = r.G != nullptr, g_scalar = has_g && r.g_so == 0;
+      const V g0(g_scalar ? static_cast<opmath_t>(r.G[0]) : opmath_t(1));
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t r0 = t * L;
+        recomputed_tile<HAS_Q, K>(r, r0, std::min(L, r.rows - r0), g0, has_g, g_scalar);
+      }
+    });
+  }
+
+  template <bool HAS_Q>
+  static void recomputed_rows(const WeightsArgs& a) {
+    if (a.K == 2) {
+      recomputed_rows_k<HAS_Q, 2>(a);
+    } else if (a.K == 4) {
+      recomputed_rows_k<HAS_Q, 4>(a);
+    } else if constexpr (L > 8) {
+      recomputed_rows_k<HAS_Q, 8>(a);
+    }
+  }
+
   // Runs the weights pass if the layout is dense rows: the first row the
   // caller must still do (a.outer: none), or -1 where it does not apply.
+  // Without stats (recomputes() held) it does every row.
   static int64_t weights(const WeightsArgs& a) {
     if (!applies(a)) return -1;
     const bool q = a.q.data != nullptr;
+    if (!a.stats) {
+      q ? recomputed_rows<true>(a) : recomputed_rows<false>(a);
+      return a.outer;
+    }
     if (a.K >= L) {
       q ? long_rows<true>(a) : long_rows<false>(a);
       return a.outer;

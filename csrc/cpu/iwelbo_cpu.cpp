@@ -12,9 +12,12 @@ namespace {
 struct CpuKernels {
   static void reduce(const ReduceArgs& a) { cpu::kernels().reduce(a); }
   static void weights(const WeightsArgs& a) { cpu::kernels().weights(a); }
-  // The CPU kernels always take the forward's stats: the glue computes them
-  // where the forward did not save them.
-  static bool recomputes_stats(const WeightsArgs&) { return false; }
+  // Dense rows of 2, 4 or 8 (AVX-512): normalized_weights in one pass, and
+  // a backward given no stats. The CPU training step still saves them
+  // (saved_stats.h says why); elsewhere the glue computes missing stats.
+  static bool recomputes_stats(const WeightsArgs& a) {
+    return cpu::kernels().recomputes_stats(a);
+  }
   static c10::Allocator* output_allocator() { return cpu::output_allocator(); }
 };
 

@@ -9,11 +9,13 @@ namespace iwae_fused::cpu {
 
 using ReduceFn = void (*)(const ReduceArgs&);
 using WeightsFn = void (*)(const WeightsArgs&);
+using RecomputesFn = bool (*)(const WeightsArgs&);
 using VimcoFn = void (*)(const VimcoArgs&);
 
 struct KernelTable {
   ReduceFn reduce;
-  WeightsFn weights;
+  WeightsFn weights; // with null stats only where recomputes_stats says
+  RecomputesFn recomputes_stats; // rows whose stats weights() recomputes (dense_rows.h)
   VimcoFn vimco_forward; // bound and state (vimco_lanes.h)
   VimcoFn vimco_backward; // both gradients from the state
   const char* name; // the instruction set, for diagnostics

@@ -423,7 +423,7 @@ struct Kernels {
           q(static_cast<const scalar_t*>(a.q.data)),
           g(static_cast<const scalar_t*>(a.g)),
           shift(static_cast<const opmath_t*>(a.stats)),
-          log_norm(shift + a.outer * a.inner),
+          log_norm(shift ? shift + a.outer * a.inner : nullptr),
           op(static_cast<scalar_t*>(a.out_p)),
           oq(static_cast<scalar_t*>(a.out_q)) {}
   };
@@ -584,10 +584,18 @@ inline void weights(const WeightsArgs& a) {
       [&] { Kernels<scalar_t>::weights(a); });
 }
 
+inline bool recomputes_stats(const WeightsArgs& a) {
+  bool r = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, a.dtype, "iwae_fused_recomputes_stats",
+      [&] { r = DenseRows<scalar_t>::recomputes(a); });
+  return r;
+}
+
 #define IWAE_STRINGIFY2(x) #x
 #define IWAE_STRINGIFY(x) IWAE_STRINGIFY2(x)
 inline constexpr KernelTable table{
-    &reduce, &weights, &vimco_forward, &vimco_backward,
+    &reduce, &weights, &recomputes_stats, &vimco_forward, &vimco_backward,
     IWAE_STRINGIFY(CPU_CAPABILITY)};
 
 } // namespace CPU_CAPABILITY

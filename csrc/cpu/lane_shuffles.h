@@ -68,6 +68,26 @@ struct LaneShuffles {
     }
   }
 
+  // The inverse of split_samples: lane l of v[k] (sample k of row l) back
+  // to L rows of K samples stored row after row in v[0..K).
+  template <int K>
+  static void merge_samples(V* v) {
+    if constexpr (K > 1) {
+      V ev[K / 2], od[K / 2];
+      for (int j = 0; j < K / 2; ++j) {
+        ev[j] = v[2 * j];
+        od[j] = v[2 * j + 1];
+      }
+      merge_samples<K / 2>(ev); // the even samples, row after row
+      merge_samples<K / 2>(od);
+      for (int i = 0; i < K / 2; ++i) {
+        auto [lo, hi] = at::vec::interleave2(ev[i], od[i]);
+        v[2 * i] = lo;
+        v[2 * i + 1] = hi;
+      }
+    }
+  }
+
   // r[j] lane l <-> r[l] lane j, for the L x L tile r[0..L): rows in,
   // columns out. 64 shuffles for 256 floats (the unpack / shuffle /
   // 128-bit-lane network of FBGEMM and ATen's transpose_mxn).

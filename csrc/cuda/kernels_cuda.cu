@@ -598,7 +598,8 @@ __global__ void __launch_bounds__(kThreads) weights_flat_kernel(WeightsArgs a, i
 // K = 2 training step with log_q (benchmarks/NOTES.md, GPU 4). One
 // exponential per element, as the stats path has, and one division; the
 // -inf rules are online_lse.h's: an all -inf row (s = 0) gets weight 0, a
-// +inf or NaN makes its row's weights NaN as log_norm does there.
+// NaN makes its row's weights NaN, a +inf gives NaN there and 0 at the
+// row's other samples, as weight() does with log_norm = +inf.
 //
 // One vector's rows: x holds its log-weights (lanes at or past `avail`
 // -inf), e its first element, K = 2^log2k; the rows' g at g + row * g_step.
@@ -624,8 +625,14 @@ __device__ __forceinline__ void rows_vector_weights(
       for (int c = 0; c < VEC; ++c) m[c] = t[c];
     }
   }
+  // A row holding +inf has shift 0, and its finite samples could overflow:
+  // they take exp(-inf) = 0, so that the +inf one gets inf / inf = NaN and
+  // the others 0, as weight() gives with log_norm = +inf.
 #pragma unroll
-  for (int c = 0; c < VEC; ++c) s[c] = ex[c] = Lane::exp(x[c] - Lane::shift(m[c]));
+  for (int c = 0; c < VEC; ++c) {
+    const bool below_inf = m[c] == opmath_t(INFINITY) && x[c] < opmath_t(INFINITY);
+    s[c] = ex[c] = Lane::exp(below_inf ? opmath_t(-INFINITY) : x[c] - Lane::shift(m[c]));
+  }
 #pragma unroll
   for (int w = 1; w < VEC; w *= 2) {
     if (w < K) {
