@@ -1,7 +1,7 @@
 """Interleaved A/B of two builds of iwae_fused, in alternating processes.
 
     python benchmarks/ab_processes.py A_ROOT B_ROOT [--shapes 50x128:0,...]
-        [--op iwelbo|vimco] [--form pq|w] [--alpha 0] [--dtype float32]
+        [--op iwelbo|vimco|normalized_weights] [--form pq|w] [--alpha 0] [--dtype float32]
         [--rounds 10] [--iters 200]
 
 --form w calls iwelbo(log_w) alone (the log-weights-only form); pq passes
@@ -31,6 +31,8 @@ form = sys.argv[7]
 def bound(p, q, dim):
     if op == "vimco":
         return iwae_fused.vimco(p, q, dim)
+    if op == "normalized_weights":
+        return iwae_fused.normalized_weights(p, q, dim)
     return iwae_fused.iwelbo(p, q, dim, alpha=alpha)
 res = {}
 for item in shapes:
@@ -51,7 +53,8 @@ for item in shapes:
         with torch.no_grad():
             bound(p, q, dim)
     best = {}
-    for name, fn in (("fwdbwd", step), ("fwd", fwd)):
+    modes = (("fwd", fwd),) if op == "normalized_weights" else (("fwdbwd", step), ("fwd", fwd))
+    for name, fn in modes:
         for _ in range(3):
             fn()
         n = max(1, iters // 10)
@@ -82,7 +85,8 @@ def main():
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--shapes", default="50x128:0,128x50:1,1024x1024:0,5000x100:0,64x65536:1")
-    ap.add_argument("--op", choices=["iwelbo", "vimco"], default="iwelbo")
+    ap.add_argument("--op", choices=["iwelbo", "vimco", "normalized_weights"], default="iwelbo",
+                    help="normalized_weights: the forward only (it has no gradient)")
     ap.add_argument("--form", choices=["pq", "w"], default="pq")
     ap.add_argument("--alpha", type=float, default=0.0)
     ap.add_argument("--dtype", default="float32")
