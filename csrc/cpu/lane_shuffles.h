@@ -68,6 +68,17 @@ struct LaneShuffles {
     }
   }
 
+  // The same for a K known at run time: 2, 4, or 8 where L = 16.
+  static void split_samples(V* v, int64_t K) {
+    if (K == 2) {
+      split_samples<2>(v);
+    } else if (K == 4) {
+      split_samples<4>(v);
+    } else if constexpr (L > 8) {
+      split_samples<8>(v);
+    }
+  }
+
   // The inverse of split_samples: lane l of v[k] (sample k of row l) back
   // to L rows of K samples stored row after row in v[0..K).
   template <int K>

@@ -235,19 +235,6 @@ struct LaneTiles {
   // so that lane l of every vector holds one row, and the blocked online
   // update runs as in reduce_across_outputs, with no gathers (NOTES.md
   // CPU 16).
-  // LaneShuffles::split_samples for a K known at run time (a power of two
-  // below L).
-  static void split_samples(V* v, int64_t K) {
-    using S = LaneShuffles<V>;
-    if (K == 2) {
-      S::template split_samples<2>(v);
-    } else if (K == 4) {
-      S::template split_samples<4>(v);
-    } else if constexpr (L > 8) {
-      S::template split_samples<8>(v);
-    }
-  }
-
   template <bool HAS_Q>
   static void reduce_rows_transposed(const ReduceArgs& a) {
     static_assert(kBlock >= L, "a transposed block of L samples fits the buffer");
@@ -295,7 +282,7 @@ struct LaneTiles {
                 blk[k] = left >= L ? V::loadu(xr + k * L)
                                    : left > 0 ? V::loadu(xr + k * L, left) : V(0);
               }
-              split_samples(blk.data(), K);
+              LaneShuffles<V>::split_samples(blk.data(), K);
             } else {
               // Samples past w read as 0: columns that are never used.
               for (int64_t r = 0; r < rv; ++r) {

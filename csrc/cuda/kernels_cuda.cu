@@ -1029,8 +1029,8 @@ void CudaKernels::reduce(const ReduceArgs& a) {
 }
 
 // Rows that fit a 16-byte vector, dense and aligned, and g flat over them:
-// weights_rows_kernel's condition. A row of one element is its own row whatever the layout's
-// name (vec_k is false for K = 1 over dim 0).
+// weights_rows_kernel's condition. A row of one element is its own row
+// whatever the layout's name (vec_k is false for K = 1 over dim 0).
 bool CudaKernels::recomputes_stats(const WeightsArgs& a) {
   const int64_t vec = 16 / static_cast<int64_t>(c10::elementSize(a.dtype));
   // g flat over the outputs: row r's at r * g_step (contiguous, or the
