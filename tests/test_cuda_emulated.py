@@ -22,6 +22,9 @@ from emulated import (CENSUS, OPS, instantiation, kernels, launch_census, never_
 
 # The small device that reaches the grid-z loop with a handful of outputs.
 TOY_Z = dict(max_grid_z=4)
+# One SM holding one block of the launch's column kernel: any grid fills it
+# (test_reduction_path names the instantiation).
+ONE_SLOT = dict(sm_count=1, one_slot=True)
 
 
 def inputs(shape, dtype, with_q=True, seed=0, q_shape=None):
@@ -83,8 +86,16 @@ PATHS = {
     "cols-one-piece": ((72, 40), 0, "reduce_cols_kernel", None, False, {}),
     "cols-splitk": ((1700, 40), 0, "reduce_cols_kernel", None, True, {}),
     "cols-tx1": (None, 1, "reduce_cols_kernel", 1, False, {}),
-    "cols-tx32": ((70, 256), 0, "reduce_cols_kernel", 32, False, {}),
-    "cols-tx-uneven": ((70, 200), 0, "reduce_cols_kernel", 25, False, {}),
+    # the widest blocks, on a device of one resident slot (no narrowing)
+    "cols-tx32": ((70, 256), 0, "reduce_cols_kernel", 32, False, ONE_SLOT),
+    "cols-tx-uneven": ((70, 200), 0, "reduce_cols_kernel", 25, False, ONE_SLOT),
+    # too few column blocks for a wave: narrower blocks (8 threads per row,
+    # a tree of 32 states), then split K for what they cannot fill; 25
+    # vectors make 3 blocks of 10 threads (an even width: whole sectors) x 25
+    # rows (a tree over a TY that is no power of two, 5 lanes idle)
+    "cols-narrow": ((70, 512), 0, "reduce_cols_kernel", 8, False, {}),
+    "cols-narrow-splitk": ((1100, 128), 0, "reduce_cols_kernel", 8, True, {}),
+    "cols-narrow-uneven": (lambda v: (70, 25 * v), 0, "reduce_cols_kernel", 10, False, {}),
     "cols-gridz-loop": ((10, 72, 8), 1, "reduce_cols_kernel", None, False, TOY_Z),
     # short slices (K <= 64, contiguous): a tile of whole slices per block
     "tiles-rows-K2": ((3000, 2), 1, "reduce_tiles_kernel", None, False, {}),
@@ -94,9 +105,9 @@ PATHS = {
     "tiles-rows-multi-tile": ((9000, 8), 1, "reduce_tiles_kernel", None, False, {}),
     # enough blocks to fill the device (a one-SM toy wants two): K never split
     "rows-warp-full-grid": ((20, 104), 1, "reduce_rows_kernel", "32", False, dict(sm_count=1)),
-    "cols-full-grid": ((70, 512), 0, "reduce_cols_kernel", 32, False, dict(sm_count=1)),
+    "cols-full-grid": ((70, 512), 0, "reduce_cols_kernel", 32, False, ONE_SLOT),
     # 80 vectors of columns: 3 blocks of 27 threads per row, the last one idle
-    "cols-idle-threads": (lambda v: (40, 80 * v), 0, "reduce_cols_kernel", 27, False, {}),
+    "cols-idle-threads": (lambda v: (40, 80 * v), 0, "reduce_cols_kernel", 27, False, ONE_SLOT),
     # K = 1 in columns: any inner size keeps 16-byte vectors, the last one partial
     "cols-K1-tail": ((1, 4101), 0, "reduce_cols_kernel", None, False, {}),
 }
@@ -116,6 +127,9 @@ def test_reduction_path(path, dtype, with_q):
     elif callable(shape):
         shape = shape(vec_width(dtype))
     p, q = inputs(shape, dtype, with_q, seed=seed_of(path))
+    if device.get("one_slot"):
+        name = instantiation(kernel, dtype, vec_width(dtype), with_q)
+        device = dict(sm_count=1, resident_blocks={name: 1})
     launches = check_iwelbo(p, q, dim, dtype, device=device)
     (args, rec), = kernels(launches, kernel)
     assert args[1] == str(vec_width(dtype)), "expected the 16-byte vector path"
@@ -699,10 +713,11 @@ LOOPS = {
                    beyond(15, 2)),
     # merge_kernel (a warp per output, 8 per block): outputs beyond grid.x,
     # and on the H100 many blocks
-    "merge-outputs": ("iwelbo", (3, 260, 256), 1, dict(max_grid_x=2), "merge_kernel",
-                      beyond(768, 8)),
-    "merge-many-blocks": ("iwelbo", (3, 260, 256), 1, {}, "merge_kernel",
-                          lambda r: r["grid"][0] == 768 // 8),
+    # (K = 1100: two pieces of the column kernel's 32-row blocks)
+    "merge-outputs": ("iwelbo", (3, 1100, 64), 1, dict(max_grid_x=2), "merge_kernel",
+                      beyond(192, 8)),
+    "merge-many-blocks": ("iwelbo", (3, 1100, 64), 1, {}, "merge_kernel",
+                          lambda r: r["grid"][0] == 192 // 8),
     # weights_kernel's grid-stride walk, its (outer, run, vector) digits
     # carried; rows: runs are the geometry's inner positions, K-vectors within
     # (float32: 10 vectors per run, stride 256: every digit carries; 100:
@@ -801,12 +816,13 @@ def test_column_blocks_beyond_the_device_grid_x_are_refused():
 
 
 @pytest.mark.parametrize("case", ["eval-rows-1024x5000", "eval-cols-5000x100", "B1-K100000",
-                                  "vimco-B1-K100000"])
+                                  "B1-K1100000", "vimco-B1-K100000"])
 def test_full_size_shapes(case):
     """Shapes users run, on the emulated H100: [1024, 5000] over dim 1 (a
     block per row; the weights kernel's grid-stride walk carries past
     132 x 32 blocks of 256 vectors), the evaluation columns [5000, 100] over
-    dim 0, and one example with K = 1e5 (split-K and the merge)."""
+    dim 0, and one example with K = 1e5 (split-K and the merge) or 1.1e6
+    (134 pieces: the merge's lanes take a second step of four pieces)."""
     dtype = torch.float32
     if case == "vimco-B1-K100000":
         p, q = inputs((1, 100000), dtype)
@@ -825,15 +841,17 @@ def test_full_size_shapes(case):
         assert rec["grid"][1] > 32 and kernels(launches, "vimco_merge_kernel")
         return
     shape, dim = {"eval-rows-1024x5000": ((1024, 5000), 1), "eval-cols-5000x100": ((5000, 100), 0),
-                  "B1-K100000": ((1, 100000), 1)}[case]
+                  "B1-K100000": ((1, 100000), 1), "B1-K1100000": ((1, 1100000), 1)}[case]
     p, q = inputs(shape, dtype)
     launches = check_iwelbo(p, q, dim, dtype)
     (_, w), = kernels(launches, "weights_kernel")
     if case == "eval-rows-1024x5000":
         assert w["grid"][0] == 132 * 32 and 1024 * 5000 / 4 > w["grid"][0] * 256, "the walk carries"
         assert kernels(launches, "reduce_rows_kernel")[0][0][2] == "256"
-    if case == "B1-K100000":
-        assert kernels(launches, "merge_kernel")
+    if case.startswith("B1-"):
+        (_, merge), = kernels(launches, "merge_kernel")
+        if case == "B1-K1100000":
+            assert merge["int_args"][0] > 4 * 32, "more pieces than one step of the warp's lanes"
 
 
 # ---- VIMCO -----------------------------------------------------------------

@@ -10,13 +10,16 @@
 //    ones; lanes keep their own state and merge by shuffles (and shared
 //    memory across warps).
 //  * columns (si == 1, e.g. [K, B] over dim 0): a thread owns VEC adjacent
-//    columns, so a warp reads 32 x 16 B of one row; threadIdx.y splits the
-//    rows of the block, merged in shared memory.
+//    columns, so a warp reads 32 x 16 B of one row (or 8 x 16 B of four,
+//    where the columns are too few for wide blocks to fill the GPU);
+//    threadIdx.y splits the rows of the block, merged by a tree in shared
+//    memory.
 //  * short slices (K <= 64, each outer slice of K x inner contiguous): a
 //    block reads a tile of whole slices into shared memory, then a thread per
 //    output reduces its K values from there (reduce_tiles_kernel says why).
 // Rows and columns: when there are too few outputs to fill the GPU (B of
-// 1..64 with K up to 1e6), gridDim.y splits K; each piece writes its (max,
+// 1..64 with K up to 1e6; for columns, after narrowing the blocks),
+// gridDim.y splits K; each piece writes its (max,
 // sum) state to a workspace and merge_kernel combines them.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -35,6 +38,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kRowsPerStep = 4; // columns: rows loaded before one rescale
+constexpr int kMinColLanes = 8; // columns: fewest threads per row (8 x 16 B, four sectors)
 constexpr int kWarpRowMaxK = 4096; // rows longer than this get a whole block
 constexpr int64_t kTailWaves = 4; // launch_reduce: split K below this many waves
 
@@ -271,6 +275,21 @@ __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(
   }
 }
 
+// A thread's VEC column states into the block's exchange, laid out
+// [c][thread] (consecutive threads, consecutive words: no bank conflict).
+// (Shared: the __shared__ array, or the emulator's stand-in for it.)
+template <int VEC, typename Shared, typename opmath_t>
+__device__ __forceinline__ void publish_states(
+    Shared& sm_m, Shared& sm_s, Shared& sm_t, int tid,
+    const opmath_t (&m)[VEC], const opmath_t (&s)[VEC], const opmath_t (&t)[VEC]) {
+#pragma unroll
+  for (int c = 0; c < VEC; ++c) {
+    st_shared(sm_m + c * kThreads + tid, m[c]);
+    st_shared(sm_s + c * kThreads + tid, s[c]);
+    st_shared(sm_t + c * kThreads + tid, t[c]);
+  }
+}
+
 // Columns: thread (x, y) owns VEC adjacent columns and every blockDim.y-th
 // step of kRowsPerStep rows of its K piece.
 template <typename scalar_t, int VEC, bool HAS_Q>
@@ -288,7 +307,7 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
   const int64_t i0 = ((int64_t)blockIdx.x * TX + tx) * VEC;
   const int64_t piece = blockIdx.y;
   const int64_t k0 = piece * kchunk, k1 = std::min<int64_t>(a.K, k0 + kchunk);
-  const int slot = (ty * TX + tx) * VEC;
+  const int tid = ty * TX + tx;
   for (int64_t o = blockIdx.z; o < a.outer; o += gridDim.z) {
     opmath_t m[VEC], s[VEC], t[VEC];
 #pragma unroll
@@ -310,22 +329,27 @@ __global__ void __launch_bounds__(kThreads) reduce_cols_kernel(
         }
       }
     }
-#pragma unroll
-    for (int c = 0; c < VEC; ++c) {
-      st_shared(sm_m + slot + c, m[c]);
-      st_shared(sm_s + slot + c, s[c]);
-      st_shared(sm_t + slot + c, t[c]);
-    }
-    __syncthreads();
-    if (ty == 0 && i0 < a.inner) {
-      for (int y = 1; y < TY; ++y) {
-        const int other = (y * TX + tx) * VEC;
+    // The block's TY states per column merge in a tree over ty: log2(TY)
+    // rounds, one barrier each (a serial merge by the threads of ty == 0
+    // would take TY - 1 steps on 1/TY of the block; TY is 32 for 8-lane
+    // blocks). Round h: ty < h merges ty + h's state and publishes its own;
+    // the slots read ([h, 2h)) and written ([0, h)) are disjoint.
+    publish_states<VEC>(sm_m, sm_s, sm_t, tid, m, s, t);
+#pragma unroll 1
+    for (int h = kThreads / 2; h > 0; h /= 2) {
+      if (h >= TY) continue; // the same for the whole block: no barrier skipped by some threads only
+      __syncthreads();
+      if ((ty < h) & (ty + h < TY)) { // `&`: one condition (TY is a power of two for VEC == 1)
+        const int other = tid + h * TX;
 #pragma unroll
         for (int c = 0; c < VEC; ++c) {
-          merge2(m[c], s[c], t[c], ld_shared(sm_m + other + c),
-                 ld_shared(sm_s + other + c), ld_shared(sm_t + other + c));
+          merge2(m[c], s[c], t[c], ld_shared(sm_m + c * kThreads + other),
+                 ld_shared(sm_s + c * kThreads + other), ld_shared(sm_t + c * kThreads + other));
         }
+        if (h > 1) publish_states<VEC>(sm_m, sm_s, sm_t, tid, m, s, t); // thread 0 keeps the last round's result in registers
       }
+    }
+    if (ty == 0 && i0 < a.inner) {
 #pragma unroll
       for (int c = 0; c < VEC; ++c) {
         if (VEC == 1 || i0 + c < a.inner) {
@@ -409,9 +433,24 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(
   for (int64_t r = (int64_t)blockIdx.x * kWarps + warp; r < n;
        r += (int64_t)gridDim.x * kWarps) {
     opmath_t m = opmath_t(-INFINITY), s = opmath_t(0), t = opmath_t(0);
-    for (int64_t j = lane; j < pieces; j += 32) {
-      merge2(m, s, t, ld_global(ws + j * n + r), ld_global(ws + (pieces + j) * n + r),
-             ld_global(ws + (2 * pieces + j) * n + r));
+    // kSteps pieces per step, their loads issued before the merges: a lane
+    // walking 400 pieces one load latency at a time made this launch slower
+    // than the launch floor (NOTES.md GPU 6). A piece past the last reads
+    // as the state's identity. (One for double: with two or four, ptxas
+    // spills around the double exp's calls.)
+    constexpr int kSteps = sizeof(opmath_t) == 8 ? 1 : 4;
+    for (int64_t j = lane; j < pieces; j += kSteps * 32) {
+      opmath_t pm[kSteps], ps[kSteps], pt[kSteps];
+#pragma unroll
+      for (int u = 0; u < kSteps; ++u) {
+        const int64_t ju = j + u * 32;
+        const bool in = kSteps == 1 || ju < pieces; // one step: the loop's own test
+        pm[u] = in ? ld_global(ws + ju * n + r) : opmath_t(-INFINITY);
+        ps[u] = in ? ld_global(ws + (pieces + ju) * n + r) : opmath_t(0);
+        pt[u] = in ? ld_global(ws + (2 * pieces + ju) * n + r) : opmath_t(0);
+      }
+#pragma unroll
+      for (int u = 0; u < kSteps; ++u) merge2(m, s, t, pm[u], ps[u], pt[u]);
     }
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) {
@@ -882,23 +921,37 @@ void launch_reduce(const ReduceArgs& a) {
     block = dim3(kThreads);
   } else {
     const int64_t vec_cols = ceil_div(a.inner, VEC);
+    const int64_t gz = std::min<int64_t>(a.outer, lim.max_grid_z); // the kernel loops over the rest
+    const int64_t target_blocks = wave(dev::resident_blocks<reduce_cols_kernel<scalar_t, VEC, HAS_Q>>(kThreads));
     // 16-byte vectors: the columns split evenly over as few blocks of at most
     // 32 threads per row as needed (25 -> 25, 80 -> 3 x 27), so no lane idles
     // for a power-of-two block (a warp then spans two sample rows, each a
-    // whole number of sectors). Scalar loads keep a power of two: a warp
-    // spanning two rows of 2-byte elements would touch twice the sectors.
+    // whole number of sectors). Where those blocks are fewer than a wave,
+    // narrower ones (down to kMinColLanes threads, 128 bytes of a row; an
+    // even count) fill it before K is split: no workspace and no merge launch (NOTES.md
+    // GPU 5). Scalar loads keep a power of two: a warp spanning two rows of
+    // 2-byte elements would touch twice the sectors.
     int tx = 1;
     if (VEC > 1) {
-      tx = static_cast<int>(ceil_div(vec_cols, ceil_div(vec_cols, 32)));
+      const int64_t widest = ceil_div(vec_cols, 32);
+      int64_t col_blocks = widest;
+      if (widest * gz < target_blocks) {
+        const int64_t most = std::min<int64_t>(vec_cols / kMinColLanes, lim.max_grid_x);
+        col_blocks = std::clamp<int64_t>(target_blocks / gz, widest, std::max(widest, most));
+      }
+      tx = static_cast<int>(ceil_div(vec_cols, col_blocks));
+      // Narrowed blocks take an even width: each block's share of a row is
+      // then whole 32-byte sectors (an odd one, 11 x 16 B, would split a
+      // sector with its neighbour, and its warps touch one sector more per
+      // row); the block count only drops.
+      tx += col_blocks > widest ? tx & 1 : 0;
     } else {
       while (tx < 32 && tx < vec_cols) tx *= 2;
     }
     const int ty = kThreads / tx;
     const int64_t gx = ceil_div(vec_cols, tx);
     check_column_blocks(a.inner, gx, lim);
-    const int64_t gz = std::min<int64_t>(a.outer, lim.max_grid_z); // the kernel loops over the rest
     const int64_t blocks = gx * gz;
-    const int64_t target_blocks = wave(dev::resident_blocks<reduce_cols_kernel<scalar_t, VEC, HAS_Q>>(kThreads));
     if (blocks < target_blocks) {
       const int64_t min_chunk = (int64_t)ty * kRowsPerStep * 4;
       pieces = std::clamp<int64_t>(std::min(target_blocks / blocks, a.K / min_chunk), 1, max_pieces);
