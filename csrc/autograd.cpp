@@ -9,6 +9,8 @@
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/dynamo/compiled_autograd.h>
 #include <torch/library.h>
 
 #include "autograd_composite.h"
@@ -165,59 +167,123 @@ bool backward_recomputes_stats(
 
 namespace {
 
-struct IwelboFunction : public torch::autograd::Function<IwelboFunction> {
-  static Tensor forward(
-      torch::autograd::AutogradContext* ctx, const Tensor& log_p,
-      const OptTensor& log_q, int64_t dim, bool keepdim, double alpha) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    Tensor out, stats; // stats undefined: the backward recomputes them
-    if (backward_recomputes_stats(log_p, log_q, dim, alpha)) {
-      out = iwelbo_op().call(log_p, log_q, dim, keepdim, alpha);
-    } else {
-      std::tie(out, stats) = forward_op().call(log_p, log_q, dim, keepdim, alpha);
-    }
-    ctx->save_for_backward({log_p, log_q.value_or(Tensor()), stats});
-    ctx->saved_data["dim"] = dim;
-    ctx->saved_data["keepdim"] = keepdim;
-    ctx->saved_data["alpha"] = alpha;
-    return out;
+// iwelbo's gradients for the node below: log_q and stats may be undefined
+// (no log_q; stats recomputed by the backward).
+torch::autograd::variable_list iwelbo_grads(
+    const Tensor& grad, const Tensor& log_p, const Tensor& log_q, const Tensor& stats,
+    int64_t dim, bool keepdim, double alpha, std::array<bool, 2> mask) {
+  // An undefined grad (the bound feeds nothing that needs a gradient) is
+  // a zero one: so are the inputs' gradients, returned undefined as ATen's
+  // own nodes return them.
+  if (!grad.defined()) return {Tensor(), Tensor()};
+  const bool has_q = log_q.defined();
+  mask[1] = mask[1] && has_q;
+  if (at::GradMode::is_enabled() || has_tangent(grad) || has_tangent(log_p) ||
+      has_tangent(log_q)) {
+    // create_graph=True (double backward), or forward-over-reverse: the
+    // gradient g * softmax(beta log w) from differentiable ops, so its own
+    // derivative is g beta (diag(w) - w w^T) along dim (0 on an all -inf
+    // slice), and a tangent flows through it.
+    const OptTensor q = has_q ? OptTensor(log_q) : std::nullopt;
+    Tensor w = weights_composite(log_p, q, dim, alpha);  // full shape ([1] for 0-dim)
+    Tensor g = grad;  // the bound's shape: dim dropped unless keepdim, [] for 0-dim
+    if (g.dim() < w.dim()) g = g.unsqueeze(at::maybe_wrap_dim(dim, w.dim()));
+    Tensor gw = (g * w).to(has_q ? at::result_type(log_p, log_q) : log_p.scalar_type());
+    return {mask[0] ? to_input(gw, log_p) : Tensor(), mask[1] ? to_input(-gw, log_q) : Tensor()};
+  }
+  const Tensor st = stats.defined()
+      ? stats
+      : at::empty({0}, log_p.options().dtype(at::toOpMathType(log_p.scalar_type())));
+  auto [gp, gq] = backward_op().call(
+      grad, st, log_p, has_q ? OptTensor(log_q) : std::nullopt, dim, keepdim, alpha, mask);
+  return {mask[0] ? to_input(gp, log_p) : Tensor(), mask[1] ? to_input(gq, log_q) : Tensor()};
+}
+
+// iwelbo_grads as compiled autograd calls it from its graph: the arguments
+// packed by IwelboBackward::apply_with_saved (every tensor defined: log_p
+// stands in for an absent log_q or stats, and two flags say which).
+torch::autograd::variable_list iwelbo_grads_packed(
+    const torch::autograd::variable_list& grads, const std::vector<c10::IValue>& args) {
+  const Tensor log_p = args[0].toTensor();
+  const Tensor log_q = args[6].toBool() ? args[1].toTensor() : Tensor();
+  const Tensor stats = args[7].toBool() ? args[2].toTensor() : Tensor();
+  return iwelbo_grads(grads[0], log_p, log_q, stats, args[3].toInt(), args[4].toBool(),
+                      args[5].toDouble(), {args[8].toBool(), args[9].toBool()});
+}
+
+// The training step's graph node, written as a Node rather than through
+// torch::autograd::Function: the Function's generic CppNode (its saved-data
+// map of IValues, wrapped outputs, input and output infos) cost 1.3 us of an
+// 18 us step at [50, 128], where ATen's own nodes cost next to nothing
+// (benchmarks/NOTES.md CPU 25). What the backward needs is held as
+// SavedVariables, so an in-place change of an input, saved-tensor hooks and a
+// second backward behave as for any node.
+struct IwelboBackward final : public torch::autograd::Node {
+  torch::autograd::SavedVariable log_p_, log_q_, stats_; // stats_ undefined: recomputed
+  int64_t dim_ = 0;
+  bool keepdim_ = false;
+  double alpha_ = 0.0;
+
+  std::string name() const override {
+    return "IwelboBackward";
   }
 
-  static torch::autograd::variable_list backward(
-      torch::autograd::AutogradContext* ctx,
-      torch::autograd::variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const Tensor &log_p = saved[0], &log_q = saved[1], &stats = saved[2];
-    const bool has_q = log_q.defined();
-    const std::array<bool, 2> mask{
-        ctx->needs_input_grad(0), has_q && ctx->needs_input_grad(1)};
-    if (at::GradMode::is_enabled() || has_tangent(grads[0]) ||
-        has_tangent(log_p) || has_tangent(log_q)) {
-      // create_graph=True (double backward), or forward-over-reverse: the
-      // gradient g * softmax(beta log w) from differentiable ops, so its own
-      // derivative is g beta (diag(w) - w w^T) along dim (0 on an all -inf
-      // slice), and a tangent flows through it.
-      const int64_t dim = ctx->saved_data["dim"].toInt();
-      const double alpha = ctx->saved_data["alpha"].toDouble();
-      const OptTensor q = has_q ? OptTensor(log_q) : std::nullopt;
-      Tensor w = weights_composite(log_p, q, dim, alpha);  // full shape ([1] for 0-dim)
-      Tensor g = grads[0];  // the bound's shape: dim dropped unless keepdim, [] for 0-dim
-      if (g.dim() < w.dim()) g = g.unsqueeze(at::maybe_wrap_dim(dim, w.dim()));
-      Tensor gw = (g * w).to(has_q ? at::result_type(log_p, log_q) : log_p.scalar_type());
-      return {
-          mask[0] ? to_input(gw, log_p) : Tensor(),
-          mask[1] ? to_input(-gw, log_q) : Tensor(), Tensor(), Tensor(), Tensor()};
+  void release_variables() override {
+    log_p_.reset_data();
+    log_q_.reset_data();
+    stats_.reset_data();
+  }
+
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    // (task_should_compute_output: false for an input torch.autograd.grad
+    // was not asked about.)
+    return iwelbo_grads(grads[0], log_p_.unpack(), log_q_.unpack(), stats_.unpack(), dim_,
+                        keepdim_, alpha_,
+                        {task_should_compute_output(0), task_should_compute_output(1)});
+  }
+
+  // Compiled autograd: the node's state as cache key and graph inputs, and
+  // the backward as one call in its graph (iwelbo_grads_packed, traced
+  // through the ops' fake implementations), as torch::autograd::Function's
+  // nodes are.
+  void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& args) const override {
+    args.collect(log_p_, false);
+    args.collect(log_q_, false);
+    args.collect(stats_, false);
+    args.collect(dim_);
+    args.collect(keepdim_);
+    args.collect(alpha_);
+  }
+
+  torch::autograd::variable_list apply_with_saved(
+      const torch::autograd::variable_list& grads,
+      torch::dynamo::autograd::SwapSavedVariables& saved) override {
+    saved.before(log_p_);
+    saved.before(log_q_);
+    saved.before(stats_);
+    const Tensor p = log_p_.unpack(), q = log_q_.unpack(), st = stats_.unpack();
+    std::vector<c10::IValue> args{
+        p, q.defined() ? q : p, st.defined() ? st : p, dim_, keepdim_, alpha_,
+        q.defined(), st.defined(), task_should_compute_output(0),
+        task_should_compute_output(1)};
+    std::vector<at::TypePtr> schema;
+    for (const auto& a : args) {
+      schema.push_back(a.isTensor() ? at::TensorType::get() : a.type());
     }
-    const Tensor st = stats.defined()
-        ? stats
-        : at::empty({0}, log_p.options().dtype(at::toOpMathType(log_p.scalar_type())));
-    auto [gp, gq] = backward_op().call(
-        grads[0], st, log_p, has_q ? OptTensor(log_q) : std::nullopt,
-        ctx->saved_data["dim"].toInt(), ctx->saved_data["keepdim"].toBool(),
-        ctx->saved_data["alpha"].toDouble(), mask);
-    return {
-        mask[0] ? to_input(gp, log_p) : Tensor(),
-        mask[1] ? to_input(gq, log_q) : Tensor(), Tensor(), Tensor(), Tensor()};
+    const auto& py = torch::dynamo::autograd::getPyCompilerInterface();
+    const auto fn = py->bind_function(
+        saved.get_py_compiler(), name(), iwelbo_grads_packed, schema,
+        /*is_custom_function=*/true, /*is_traceable=*/true);
+    const auto output_metadata =
+        torch::dynamo::autograd::IValuePacker<std::vector<std::optional<
+            torch::autograd::InputMetadata>>>::pack(torch::dynamo::autograd::get_input_metadata(
+            next_edges()));
+    auto result = py->call_function(
+        saved.get_py_compiler(), "apply_functional", fn, grads, args, output_metadata);
+    saved.after(log_p_);
+    saved.after(log_q_);
+    saved.after(stats_);
+    return result;
   }
 };
 
@@ -230,12 +296,27 @@ Tensor iwelbo_autograd(
     // Forward-mode AD, or a torch.func transform: see the note above.
     return iwelbo_composite(log_p, log_q, dim, keepdim, alpha);
   }
-  if (!needs_grad) {
-    // Nothing to record: skip the graph node and the saved stats.
+  Tensor out, stats; // stats undefined: the backward recomputes them
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return iwelbo_op().call(log_p, log_q, dim, keepdim, alpha);
+    if (!needs_grad || backward_recomputes_stats(log_p, log_q, dim, alpha)) {
+      // (Without a graph: nothing to save.)
+      out = iwelbo_op().call(log_p, log_q, dim, keepdim, alpha);
+    } else {
+      std::tie(out, stats) = forward_op().call(log_p, log_q, dim, keepdim, alpha);
+    }
   }
-  return IwelboFunction::apply(log_p, log_q, dim, keepdim, alpha);
+  if (!needs_grad) return out;
+  auto node = c10::make_intrusive<IwelboBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(log_p, log_q));
+  node->log_p_ = torch::autograd::SavedVariable(log_p, false);
+  node->log_q_ = torch::autograd::SavedVariable(log_q.value_or(Tensor()), false);
+  node->stats_ = torch::autograd::SavedVariable(stats, false);
+  node->dim_ = dim;
+  node->keepdim_ = keepdim;
+  node->alpha_ = alpha;
+  torch::autograd::set_history(out, node);
+  return out;
 }
 
 // The weights are returned as constants (no graph), as reweighted wake-sleep

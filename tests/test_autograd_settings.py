@@ -90,3 +90,55 @@ def test_no_graph_under_no_grad_and_inference_mode(mode):
         for name in NAMES:
             out = loss(name, mu, eps)
             assert not out.requires_grad and out.grad_fn is None
+
+
+@pytest.mark.parametrize("with_q", [False, True], ids=["log_w", "log_q"])
+def test_second_backward_without_retain_graph_is_refused(with_q):
+    # The graph node frees what it saved after the first backward, as ATen's
+    # nodes do; retain_graph keeps it.
+    p = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(6, 3, dtype=torch.float64, requires_grad=True) if with_q else None
+    out = iwae_fused.iwelbo(p, q).sum()
+    assert out.grad_fn.next_functions[0][0].name() == "IwelboBackward"
+    out.backward(retain_graph=True)
+    out.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        out.backward()
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+@pytest.mark.parametrize("with_q", [False, True], ids=["log_w", "log_q"])
+def test_compiled_autograd_gives_the_eager_gradients(with_q, keepdim):
+    # Compiled autograd (torch._dynamo.compiled_autograd) traces the backward
+    # graph: the node enters it as one call, whole (fullgraph).
+    from torch._dynamo import compiled_autograd
+
+    gen = torch.Generator().manual_seed(3)
+    p0 = torch.randn(50, 16, generator=gen)
+    q0 = torch.randn(50, 16, generator=gen)
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    def grads(compiled):
+        p, q = p0.clone().requires_grad_(), q0.clone().requires_grad_()
+        out = iwae_fused.iwelbo(p, q if with_q else None, 0, keepdim, 0.3)
+        loss = (out ** 2).sum()
+        if compiled:
+            torch._dynamo.reset()
+            with compiled_autograd._enable(torch.compile(backend=backend, fullgraph=True)):
+                loss.backward()
+        else:
+            loss.backward()
+        return p.grad, q.grad
+
+    (gp, gq), (ep, eq) = grads(True), grads(False)
+    assert any("IwelboBackward" in code for code in graphs), "the node is in the compiled graph"
+    torch.testing.assert_close(gp, ep)
+    if with_q:
+        torch.testing.assert_close(gq, eq)
+    else:
+        assert gq is None and eq is None
