@@ -90,12 +90,13 @@ Tensor to_input(Tensor grad, const Tensor& input) {
 
 // ---- the slow paths: forward-mode AD, double backward, torch.func -----------
 //
-// torch::autograd::Function (C++) supports neither forward-mode AD nor
-// functorch transforms (its apply() refuses a non-empty functorch stack, and
-// an input that carries only a tangent used to skip it and come back with no
-// tangent: the silent zero of issue 14). Rather than move the training path to
-// a Python autograd.Function (~100 us per call), the Autograd kernels below
-// keep the fused Function when neither is in play, and otherwise compute the
+// A C++ graph node (torch::autograd::Function's, or iwelbo's own below)
+// supports neither forward-mode AD nor functorch transforms (Function's
+// apply() refuses a non-empty functorch stack, and an input that carries only
+// a tangent used to skip it and come back with no tangent: a silent zero).
+// Rather than move the training path to a Python autograd.Function (~100 us
+// per call), the Autograd kernels below keep the fused node when neither is
+// in play, and otherwise compute the
 // bound as a composite of differentiable ATen ops with the same -inf rules:
 // ATen's own autograd, forward AD and batching rules then give every order,
 // every transform and every composition of them (csrc/autograd_composite.cpp).
