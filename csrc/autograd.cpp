@@ -18,6 +18,7 @@
 #include "saved_stats.h"
 
 #include <atomic>
+#include <mutex>
 
 namespace iwae_fused {
 namespace {
@@ -229,13 +230,18 @@ struct IwelboBackward final : public torch::autograd::Node {
     return "IwelboBackward";
   }
 
+  // mutex_: a second backward on another thread (retain_graph) may release
+  // what this one unpacks (Note [Thread Safety on Autograd Node], as
+  // torch's own nodes lock it).
   void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
     log_p_.reset_data();
     log_q_.reset_data();
     stats_.reset_data();
   }
 
   torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
     // (task_should_compute_output: false for an input torch.autograd.grad
     // was not asked about.)
     return iwelbo_grads(grads[0], log_p_.unpack(), log_q_.unpack(), stats_.unpack(), dim_,

@@ -142,3 +142,33 @@ def test_compiled_autograd_gives_the_eager_gradients(with_q, keepdim):
         torch.testing.assert_close(gq, eq)
     else:
         assert gq is None and eq is None
+
+
+def test_concurrent_backwards_on_one_graph():
+    # Two threads run backward through the same retained graph (the engine
+    # releases the GIL); the node locks its saved tensors as torch's nodes
+    # do, so each thread gets the gradient, and a last backward frees them.
+    import threading
+
+    p = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    out = iwae_fused.iwelbo(p, None).sum()
+    (want,) = torch.autograd.grad(out, p, retain_graph=True)
+    errors = []
+
+    def run():
+        try:
+            for _ in range(200):
+                (got,) = torch.autograd.grad(out, p, retain_graph=True)
+                torch.testing.assert_close(got, want)
+        except Exception as e:  # reported in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    out.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        out.backward()
