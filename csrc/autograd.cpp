@@ -307,7 +307,7 @@ Tensor iwelbo_autograd(
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     if (!needs_grad || backward_recomputes_stats(log_p, log_q, dim, alpha)) {
-      // (Without a graph: nothing to save.)
+      // No graph, or a backward that recomputes the stats: none to save.
       out = iwelbo_op().call(log_p, log_q, dim, keepdim, alpha);
     } else {
       std::tie(out, stats) = forward_op().call(log_p, log_q, dim, keepdim, alpha);
