@@ -217,7 +217,8 @@ def test_incoming_gradient_layouts(grad_kind, shape, dim, device):
 @pytest.mark.parametrize("K", [1, 2, 3, 4, 5, 6, 7, 8, 9, 16])
 def test_short_dense_rows_every_tail(K):
     """Dense rows [N, K] over the last dim, float32 (the CPU's lane tiles:
-    K of 2, 4 and 8 deinterleaved, others transposed), N around the 16-row
+    K of 2, 4 and 8 deinterleaved in halves, 3, 5, 6 and 7 by two-source
+    permutes, others transposed), N around the 16-row
     vectors and the 64-row tiles, an all -inf row, +inf and NaN: values and
     gradients against the float64 reference, the special rows against the
     rules (-inf bound and weight 0; NaN where +inf or NaN is)."""
@@ -246,6 +247,29 @@ def test_short_dense_rows_every_tail(K):
                 assert out[0] == -math.inf and torch.all(pg.grad[0] == 0)
                 assert torch.isnan(out[1]) or out[1] == math.inf
                 assert torch.isnan(out[2]) and torch.isnan(pg.grad[2]).all()
+
+
+@pytest.mark.parametrize("K", [3, 5, 6, 7])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_short_dense_rows_split_by_permutes(K, dtype):
+    """The rows whose K does not divide a vector (split by permutes on
+    AVX-512), in the half types (widened before the split) and with Renyi's
+    alpha (scaled before it), 16-row vectors full and partial: values and
+    gradients against the float64 reference."""
+    gen = torch.Generator().manual_seed(100 + K)
+    for n, alpha in ((37, 0.0), (80, 0.5), (5, -2.0)):
+        p64 = torch.randn(n, K, generator=gen, dtype=torch.float64) * 3
+        q64 = torch.randn(n, K, generator=gen, dtype=torch.float64)
+        p, q = p64.to(dtype).requires_grad_(), q64.to(dtype).requires_grad_()
+        out = iwae_fused.iwelbo(p, q, dim=1, alpha=alpha)
+        g = torch.randn(n, generator=gen, dtype=torch.float64)
+        out.backward(g.to(dtype))
+        pr, qr = p.detach().double().requires_grad_(), q.detach().double().requires_grad_()
+        ref = R.iwelbo(pr, qr, 1, alpha=alpha)
+        ref.backward(g)
+        close(out, ref, dtype, scale=4)
+        close(p.grad, pr.grad, dtype)
+        close(q.grad, qr.grad, dtype)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 0.9, 1.0, -2.0])

@@ -68,14 +68,96 @@ struct LaneShuffles {
     }
   }
 
-  // The same for a K known at run time: 2, 4, or 8 where L = 16.
+#if defined(CPU_CAPABILITY_AVX512)
+  // Where each lane of split_rows<K>'s outputs comes from: output k's lane
+  // l is element l K + k of the K source vectors, i.e. lane (l K + k) % 32
+  // of source pair (l K + k) / 32. Built at compile time, so the indices
+  // are constants and the masks immediates.
+  template <int K>
+  struct RowSplit {
+    static constexpr int kPairs = (K + 1) / 2;
+    int32_t idx[K][16] = {};
+    uint16_t mask[K][kPairs] = {}; // lanes of output k taken from pair j
+    constexpr RowSplit() {
+      for (int k = 0; k < K; ++k) {
+        for (int l = 0; l < 16; ++l) {
+          const int e = l * K + k;
+          idx[k][l] = e % 32;
+          mask[k][e / 32] |= static_cast<uint16_t>(1u << l);
+        }
+      }
+    }
+  };
+#endif
+
+  // Whether split_rows<K> is a register permute network here.
+#if defined(CPU_CAPABILITY_AVX512)
+  static constexpr bool kFastSplitRows = std::is_same_v<T, float>;
+#else
+  static constexpr bool kFastSplitRows = false;
+#endif
+
+  // v[0..K): 16 rows of K samples stored row after row, K in 3..7 (the
+  // K that do not divide L, where split_samples cannot work in halves);
+  // out: lane l of v[k] is sample k of row l. Per output one vpermt2ps per
+  // pair of source vectors (an index's low 5 bits pick a lane of the
+  // pair), the pairs merged under masks, and a vpermps for an odd last
+  // vector: 6 permutes in all for K = 3, 42 for K = 7, where transpose()
+  // spends 64 shuffles and 16 masked loads. K is a template argument so
+  // that every vector stays in a register (with K at run time the
+  // outputs lived in memory and the permutes waited on each other's
+  // stores; NOTES.md CPU 22).
+  template <int K>
+  static void split_rows(V* v) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float> && K > 2 && K < 8) {
+      static constexpr RowSplit<K> map{};
+      __m512 in[K], out[K];
+      for (int i = 0; i < K; ++i) in[i] = v[i];
+      for (int k = 0; k < K; ++k) {
+        const __m512i idx = _mm512_loadu_si512(map.idx[k]);
+        __m512 o = _mm512_permutex2var_ps(in[0], idx, in[1]);
+        for (int j = 1; j < RowSplit<K>::kPairs; ++j) {
+          const __mmask16 m = map.mask[k][j];
+          if (2 * j + 1 < K) {
+            o = _mm512_mask_mov_ps(
+                o, m, _mm512_permutex2var_ps(in[2 * j], idx, in[2 * j + 1]));
+          } else { // the odd last vector: an index below 16 picks its lane
+            o = _mm512_mask_permutexvar_ps(o, m, idx, in[2 * j]);
+          }
+        }
+        out[k] = o;
+      }
+      for (int k = 0; k < K; ++k) v[k] = out[k];
+      return;
+    }
+#endif
+    static_assert(K > 0 && K < L, "split_rows: K below L");
+    T buf[K * L];
+    for (int i = 0; i < K; ++i) v[i].store(buf + i * L);
+    for (int k = 0; k < K; ++k) {
+      T col[L];
+      for (int64_t l = 0; l < L; ++l) col[l] = buf[l * K + k];
+      v[k] = V::loadu(col);
+    }
+  }
+
+  // The split for a K known at run time: 2, 4, 8 (halves) where L = 16;
+  // 3, 5, 6, 7 (split_rows) where kFastSplitRows.
   static void split_samples(V* v, int64_t K) {
-    if (K == 2) {
-      split_samples<2>(v);
-    } else if (K == 4) {
-      split_samples<4>(v);
-    } else if constexpr (L > 8) {
-      split_samples<8>(v);
+    switch (K) {
+      case 2: split_samples<2>(v); return;
+      case 4: split_samples<4>(v); return;
+      default: break;
+    }
+    if constexpr (L > 8) {
+      switch (K) {
+        case 3: split_rows<3>(v); return;
+        case 5: split_rows<5>(v); return;
+        case 6: split_rows<6>(v); return;
+        case 7: split_rows<7>(v); return;
+        default: split_samples<8>(v); return;
+      }
     }
   }
 

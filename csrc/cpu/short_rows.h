@@ -244,10 +244,12 @@ struct LaneTiles {
     const auto* P = static_cast<const scalar_t*>(a.p.data);
     const auto* Q = static_cast<const scalar_t*>(a.q.data);
     const V beta(static_cast<opmath_t>(a.beta));
-    // K of 2, 4 or 8 (below L, dividing it): L rows are K whole vectors,
-    // deinterleaved in a few permutes (a full transpose costs 64 shuffles
-    // whatever K: at K = 2 it was most of the forward, NOTES.md CPU 22).
-    const bool split = K > 1 && K < L && L % K == 0;
+    // K below L: L rows are K whole vectors, split into samples in a few
+    // permutes (a full transpose costs 64 shuffles whatever K: at K = 2 it
+    // was most of the forward, NOTES.md CPU 22): in halves for K of 2, 4
+    // or 8, by two-source permutes for 3, 5, 6 and 7 (CPU 29).
+    const bool split = K > 1 && K < L &&
+        (L % K == 0 || (K < 8 && LaneShuffles<V>::kFastSplitRows));
     parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
       opmath_t mo[T], so[T], to[1];
       UninitVecs<V, kLaneTileVecs> m, s, t, bmax;
