@@ -142,22 +142,14 @@ struct LaneShuffles {
     }
   }
 
-  // The split for a K known at run time: 2, 4, 8 (halves) where L = 16;
-  // 3, 5, 6, 7 (split_rows) where kFastSplitRows.
-  static void split_samples(V* v, int64_t K) {
-    switch (K) {
-      case 2: split_samples<2>(v); return;
-      case 4: split_samples<4>(v); return;
-      default: break;
-    }
-    if constexpr (L > 8) {
-      switch (K) {
-        case 3: split_rows<3>(v); return;
-        case 5: split_rows<5>(v); return;
-        case 6: split_rows<6>(v); return;
-        case 7: split_rows<7>(v); return;
-        default: split_samples<8>(v); return;
-      }
+  // The split of L rows of K samples for any K from 2 to L / 2 (AVX-512
+  // float lanes: 2 to 8): in halves where K divides L, else by permutes.
+  template <int K>
+  static void split(V* v) {
+    if constexpr (L % K == 0) {
+      split_samples<K>(v);
+    } else {
+      split_rows<K>(v);
     }
   }
 

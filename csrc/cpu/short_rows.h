@@ -226,8 +226,82 @@ struct LaneTiles {
     });
   }
 
+  // Dense rows of K = 2 to 8 samples (inner == 1), K a template argument:
+  // L rows are K whole vectors, loaded straight from the operands and split
+  // into one vector per sample in registers (LaneShuffles::split), so that
+  // lane l holds row l; the max, the exponentials and the sum stay in
+  // registers, the same arithmetic in the same order as absorb_block's
+  // first block. Where reduce_rows_transposed passed every value through
+  // its tile buffer, block array and block buffer (NOTES.md CPU 30).
+  template <bool HAS_Q, int K>
+  static void reduce_rows_split(const ReduceArgs& a) {
+    static_assert(K > 1 && K < L, "reduce_rows_split: K below L");
+    const int64_t rows = a.outer;
+    const int64_t tiles = ceil_div(rows, T);
+    const int64_t grain = std::max<int64_t>(1, kParallelElems / (K * T));
+    const auto* P = static_cast<const scalar_t*>(a.p.data);
+    const auto* Q = static_cast<const scalar_t*>(a.q.data);
+    const V beta(static_cast<opmath_t>(a.beta));
+    const bool scaled = a.beta != 1.0;
+    parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
+      opmath_t mo[T], so[T], to[1];
+      for (int64_t tile = b; tile < e; ++tile) {
+        const int64_t r0 = tile * T, n = std::min(T, rows - r0);
+        for (int64_t v = 0; v * L < n; ++v) {
+          const int64_t j0 = (r0 + v * L) * K;
+          const int64_t c = std::min(L, n - v * L) * K; // elements
+          V x[K];
+          if (c == K * L) {
+            for (int k = 0; k < K; ++k) {
+              x[k] = IO::load(P + j0 + k * L);
+              if constexpr (HAS_Q) x[k] = x[k] - IO::load(Q + j0 + k * L);
+            }
+          } else { // past the last row: lanes never stored
+            for (int k = 0; k < K; ++k) {
+              const int64_t m = std::max<int64_t>(0, std::min<int64_t>(L, c - k * L));
+              x[k] = IO::load(P + j0 + k * L, m);
+              if constexpr (HAS_Q) x[k] = x[k] - IO::load(Q + j0 + k * L, m);
+            }
+          }
+          if (scaled) {
+            for (int k = 0; k < K; ++k) x[k] = x[k] * beta;
+          }
+          LaneShuffles<V>::template split<K>(x);
+          V mx(-INFINITY);
+          for (int k = 0; k < K; ++k) mx = Lane::max(x[k], mx);
+          const V sh = Lane::shift(mx);
+          V acc(0);
+          for (int k = 0; k < K; ++k) acc = acc + Lane::exp(x[k] - sh);
+          mx.store(mo + v * L);
+          acc.store(so + v * L);
+        }
+        Base::finish(a, r0, mo, so, to, n);
+      }
+    });
+  }
+
+  // reduce_rows_split for the run-time K; false where K is not 2 to 8 or
+  // the split is not a register network here.
+  template <bool HAS_Q>
+  static bool rows_split(const ReduceArgs& a) {
+    if constexpr (LaneShuffles<V>::kFastSplitRows && L == 16) {
+      switch (a.K) {
+        case 2: reduce_rows_split<HAS_Q, 2>(a); return true;
+        case 3: reduce_rows_split<HAS_Q, 3>(a); return true;
+        case 4: reduce_rows_split<HAS_Q, 4>(a); return true;
+        case 5: reduce_rows_split<HAS_Q, 5>(a); return true;
+        case 6: reduce_rows_split<HAS_Q, 6>(a); return true;
+        case 7: reduce_rows_split<HAS_Q, 7>(a); return true;
+        case 8: reduce_rows_split<HAS_Q, 8>(a); return true;
+        default: break;
+      }
+    }
+    return false;
+  }
+
   // Dense rows (inner == 1: outputs o at P + o * K, samples contiguous) where
-  // transposing in registers is cheap (LaneShuffles::kFastTranspose). A
+  // transposing in registers is cheap (LaneShuffles::kFastTranspose), for
+  // the K that reduce_rows_split does not take (1, and 9 to 127). A
   // tile's rows are one contiguous run: its log-weights are computed with
   // contiguous loads into an L1 buffer (streaming reads, which the hardware
   // prefetches; rows read L samples at a time straight from memory were
@@ -244,12 +318,6 @@ struct LaneTiles {
     const auto* P = static_cast<const scalar_t*>(a.p.data);
     const auto* Q = static_cast<const scalar_t*>(a.q.data);
     const V beta(static_cast<opmath_t>(a.beta));
-    // K below L: L rows are K whole vectors, split into samples in a few
-    // permutes (a full transpose costs 64 shuffles whatever K: at K = 2 it
-    // was most of the forward, NOTES.md CPU 22): in halves for K of 2, 4
-    // or 8, by two-source permutes for 3, 5, 6 and 7 (CPU 29).
-    const bool split = K > 1 && K < L &&
-        (L % K == 0 || (K < 8 && LaneShuffles<V>::kFastSplitRows));
     parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
       opmath_t mo[T], so[T], to[1];
       UninitVecs<V, kLaneTileVecs> m, s, t, bmax;
@@ -277,23 +345,13 @@ struct LaneTiles {
           for (int64_t v = 0; v < nv; ++v) {
             const int64_t rv = std::min(L, n - v * L);
             const opmath_t* xr = xbuf.data() + v * L * K + kb;
-            if (split) { // L rows are K whole vectors (kb == 0, w == K)
-              // Past rv rows: lanes never stored.
-              for (int64_t k = 0; k < K; ++k) {
-                const int64_t left = rv * K - k * L;
-                blk[k] = left >= L ? V::loadu(xr + k * L)
-                                   : left > 0 ? V::loadu(xr + k * L, left) : V(0);
-              }
-              LaneShuffles<V>::split_samples(blk.data(), K);
-            } else {
-              // Samples past w read as 0: columns that are never used.
-              for (int64_t r = 0; r < rv; ++r) {
-                blk[r] = w == L ? V::loadu(xr + r * K) : V::loadu(xr + r * K, w);
-              }
-              // Rows past the tile's last are lanes never stored.
-              for (int64_t r = rv; r < L; ++r) blk[r] = V(0);
-              LaneShuffles<V>::transpose(blk.data());
+            // Samples past w read as 0: columns that are never used.
+            for (int64_t r = 0; r < rv; ++r) {
+              blk[r] = w == L ? V::loadu(xr + r * K) : V::loadu(xr + r * K, w);
             }
+            // Rows past the tile's last are lanes never stored.
+            for (int64_t r = rv; r < L; ++r) blk[r] = V(0);
+            LaneShuffles<V>::transpose(blk.data());
             V bm(-INFINITY);
             for (int64_t k = 0; k < w; ++k) {
               buf[k][v] = blk[k];
@@ -439,7 +497,9 @@ struct LaneTiles {
         q ? reduce_across_outputs<true, true, false>(a)
           : reduce_across_outputs<false, true, false>(a);
       } else if (dense && a.inner == 1 && LaneShuffles<V>::kFastTranspose) {
-        q ? reduce_rows_transposed<true>(a) : reduce_rows_transposed<false>(a);
+        if (!(q ? rows_split<true>(a) : rows_split<false>(a))) {
+          q ? reduce_rows_transposed<true>(a) : reduce_rows_transposed<false>(a);
+        }
       } else if (dense) {
         q ? reduce_across_outputs<true, false, true>(a)
           : reduce_across_outputs<false, false, true>(a);
