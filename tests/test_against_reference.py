@@ -273,6 +273,43 @@ def test_short_dense_rows_split_in_registers(K, dtype):
         close(q.grad, qr.grad, dtype)
 
 
+@pytest.mark.parametrize("inner", [2, 4, 8])
+@pytest.mark.parametrize("K", [2, 3, 5, 8])
+def test_short_dense_slabs_split_in_registers(K, inner):
+    """Dense slabs [N, K, inner] over dim 1 with inner dividing 16 (on
+    AVX-512 the forward splits 16 outputs, 16 / inner whole slabs, into one
+    vector per sample in registers): N around the 16-output vector and the
+    64-output tile, both call forms, float32 and bfloat16, Renyi's alpha,
+    an all -inf slice and NaN: values and gradients against the float64
+    reference."""
+    gen = torch.Generator().manual_seed(10 * K + inner)
+    for n, dtype, alpha in ((1, torch.float32, 0.0), (8, torch.float32, 0.0),
+                            (9, torch.float32, 0.5), (33, torch.bfloat16, 0.0),
+                            (100, torch.float32, -2.0)):
+        for with_q in (False, True):
+            p64 = torch.randn(n, K, inner, generator=gen, dtype=torch.float64) * 3
+            q64 = torch.randn(n, K, inner, generator=gen, dtype=torch.float64)
+            special = n >= 8
+            if special:
+                p64[0, :, 0] = -math.inf
+                p64[1, K - 1, inner - 1] = math.nan
+            p = p64.to(dtype).requires_grad_()
+            q = q64.to(dtype) if with_q else None
+            out = iwae_fused.iwelbo(p, q, dim=1, alpha=alpha)
+            g = torch.randn(n, inner, generator=gen, dtype=torch.float64)
+            out.backward(g.to(dtype))
+            rows = slice(2, None) if special else slice(None)
+            pr = p.detach()[rows].double().requires_grad_()
+            qr = None if q is None else q[rows].double()
+            ref = R.iwelbo(pr, qr, 1, alpha=alpha)
+            ref.backward(g[rows])
+            close(out[rows], ref, dtype, scale=4)
+            close(p.grad[rows], pr.grad, dtype)
+            if special:
+                assert out[0, 0] == -math.inf and torch.all(p.grad[0, :, 0] == 0)
+                assert torch.isnan(out[1, inner - 1])
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 0.9, 1.0, -2.0])
 @pytest.mark.parametrize("shape,dim,q_shape", [
     ((50, 2), 1, None), ((50, 4), 1, (50, 4)), ((6, 40), 0, (6, 40)),

@@ -68,56 +68,57 @@ struct LaneShuffles {
     }
   }
 
-#if defined(CPU_CAPABILITY_AVX512)
-  // Where each lane of split_rows<K>'s outputs comes from: output k's lane
-  // l is element l K + k of the K source vectors, i.e. lane (l K + k) % 32
-  // of source pair (l K + k) / 32. Built at compile time, so the indices
-  // are constants and the masks immediates.
+  // Where each lane of a split's outputs comes from, for 16 outputs of
+  // slabs [K, inner] stored slab after slab (inner dividing 16; rows:
+  // inner = 1): output k's lane l is element e = (l / inner) K inner +
+  // k inner + l % inner of the K source vectors, i.e. lane e % 32 of
+  // source pair e / 32. constexpr, so that split_rows' indices are
+  // constants and its masks immediates; split_by takes one built at run
+  // time for the slabs.
   template <int K>
-  struct RowSplit {
+  struct SampleSplit {
     static constexpr int kPairs = (K + 1) / 2;
     int32_t idx[K][16] = {};
     uint16_t mask[K][kPairs] = {}; // lanes of output k taken from pair j
-    constexpr RowSplit() {
+    constexpr explicit SampleSplit(int64_t inner) {
       for (int k = 0; k < K; ++k) {
         for (int l = 0; l < 16; ++l) {
-          const int e = l * K + k;
-          idx[k][l] = e % 32;
+          const int64_t e = (l / inner) * K * inner + k * inner + l % inner;
+          idx[k][l] = static_cast<int32_t>(e % 32);
           mask[k][e / 32] |= static_cast<uint16_t>(1u << l);
         }
       }
     }
   };
-#endif
 
-  // Whether split_rows<K> is a register permute network here.
+  // Whether split_rows<K> and split_by<K> are register permute networks
+  // here (elsewhere they are scalar loops, which no kernel calls).
 #if defined(CPU_CAPABILITY_AVX512)
   static constexpr bool kFastSplitRows = std::is_same_v<T, float>;
 #else
   static constexpr bool kFastSplitRows = false;
 #endif
 
-  // v[0..K): 16 rows of K samples stored row after row, K in 3..7 (the
-  // K that do not divide L, where split_samples cannot work in halves);
-  // out: lane l of v[k] is sample k of row l. Per output one vpermt2ps per
-  // pair of source vectors (an index's low 5 bits pick a lane of the
-  // pair), the pairs merged under masks, and a vpermps for an odd last
-  // vector: 6 permutes in all for K = 3, 42 for K = 7, where transpose()
-  // spends 64 shuffles and 16 masked loads. K is a template argument so
-  // that every vector stays in a register (with K at run time the
-  // outputs lived in memory and the permutes waited on each other's
-  // stores; NOTES.md CPU 22).
+  // v[0..K): 16 outputs' K samples as `map` lays them out; out: lane l of
+  // v[k] is sample k of output l. Per output one vpermt2ps per pair of
+  // source vectors (an index's low 5 bits pick a lane of the pair), the
+  // pairs merged under masks, and a vpermps for an odd last vector: 6
+  // permutes in all for K = 3, 42 for K = 7, where transpose() spends 64
+  // shuffles and 16 masked loads. K is a template argument so that every
+  // vector stays in a register (with K at run time the outputs lived in
+  // memory and the permutes waited on each other's stores; NOTES.md
+  // CPU 22).
   template <int K>
-  static void split_rows(V* v) {
+  C10_ALWAYS_INLINE static void split_by(V* v, const SampleSplit<K>& map) {
+    static_assert(K > 1 && K <= 8 && L == 16, "split_by: 16 lanes, K of 2 to 8");
 #if defined(CPU_CAPABILITY_AVX512)
-    if constexpr (std::is_same_v<T, float> && K > 2 && K < 8) {
-      static constexpr RowSplit<K> map{};
+    if constexpr (std::is_same_v<T, float>) {
       __m512 in[K], out[K];
       for (int i = 0; i < K; ++i) in[i] = v[i];
       for (int k = 0; k < K; ++k) {
         const __m512i idx = _mm512_loadu_si512(map.idx[k]);
         __m512 o = _mm512_permutex2var_ps(in[0], idx, in[1]);
-        for (int j = 1; j < RowSplit<K>::kPairs; ++j) {
+        for (int j = 1; j < SampleSplit<K>::kPairs; ++j) {
           const __mmask16 m = map.mask[k][j];
           if (2 * j + 1 < K) {
             o = _mm512_mask_mov_ps(
@@ -132,14 +133,26 @@ struct LaneShuffles {
       return;
     }
 #endif
-    static_assert(K > 0 && K < L, "split_rows: K below L");
     T buf[K * L];
     for (int i = 0; i < K; ++i) v[i].store(buf + i * L);
     for (int k = 0; k < K; ++k) {
       T col[L];
-      for (int64_t l = 0; l < L; ++l) col[l] = buf[l * K + k];
+      for (int l = 0; l < L; ++l) {
+        int j = 0;
+        while (!(map.mask[k][j] >> l & 1)) ++j;
+        col[l] = buf[32 * j + map.idx[k][l]];
+      }
       v[k] = V::loadu(col);
     }
+  }
+
+  // split_by for 16 rows of K samples stored row after row (K of 3, 5, 6,
+  // 7, which do not divide L: split_samples cannot work in halves), from
+  // a map made at compile time.
+  template <int K>
+  static void split_rows(V* v) {
+    static constexpr SampleSplit<K> map{1};
+    split_by<K>(v, map);
   }
 
   // The split of L rows of K samples for any K from 2 to L / 2 (AVX-512

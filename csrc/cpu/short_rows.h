@@ -226,17 +226,22 @@ struct LaneTiles {
     });
   }
 
-  // Dense rows of K = 2 to 8 samples (inner == 1), K a template argument:
-  // L rows are K whole vectors, loaded straight from the operands and split
-  // into one vector per sample in registers (LaneShuffles::split), so that
-  // lane l holds row l; the max, the exponentials and the sum stay in
+  // Dense slabs [K, inner] of K = 2 to 8 samples, inner dividing L (rows:
+  // inner = 1), K a template argument: L consecutive outputs are L / inner
+  // whole slabs, K whole vectors, loaded straight from the operands and
+  // split into one vector per sample in registers (rows: LaneShuffles::
+  // split; slabs: split_by with a map made once per call), so that lane l
+  // holds output l; the max, the exponentials and the sum stay in
   // registers, the same arithmetic in the same order as absorb_block's
   // first block. Where reduce_rows_transposed passed every value through
-  // its tile buffer, block array and block buffer (NOTES.md CPU 30).
+  // its tile buffer, block array and block buffer, and
+  // reduce_across_outputs gathered every lane (NOTES.md CPU 30, 33).
   template <bool HAS_Q, int K>
-  static void reduce_rows_split(const ReduceArgs& a) {
-    static_assert(K > 1 && K < L, "reduce_rows_split: K below L");
-    const int64_t rows = a.outer;
+  static void reduce_split(const ReduceArgs& a) {
+    static_assert(K > 1 && K < L, "reduce_split: K below L");
+    const int64_t rows = a.outer * a.inner; // outputs
+    const bool slabs = a.inner > 1;
+    const typename LaneShuffles<V>::template SampleSplit<K> map(a.inner);
     const int64_t tiles = ceil_div(rows, T);
     const int64_t grain = std::max<int64_t>(1, kParallelElems / (K * T));
     const auto* P = static_cast<const scalar_t*>(a.p.data);
@@ -256,7 +261,7 @@ struct LaneTiles {
               x[k] = IO::load(P + j0 + k * L);
               if constexpr (HAS_Q) x[k] = x[k] - IO::load(Q + j0 + k * L);
             }
-          } else { // past the last row: lanes never stored
+          } else { // past the last output: lanes never stored
             for (int k = 0; k < K; ++k) {
               const int64_t m = std::max<int64_t>(0, std::min<int64_t>(L, c - k * L));
               x[k] = IO::load(P + j0 + k * L, m);
@@ -266,7 +271,11 @@ struct LaneTiles {
           if (scaled) {
             for (int k = 0; k < K; ++k) x[k] = x[k] * beta;
           }
-          LaneShuffles<V>::template split<K>(x);
+          if (slabs) {
+            LaneShuffles<V>::template split_by<K>(x, map);
+          } else {
+            LaneShuffles<V>::template split<K>(x);
+          }
           V mx(-INFINITY);
           for (int k = 0; k < K; ++k) mx = Lane::max(x[k], mx);
           const V sh = Lane::shift(mx);
@@ -280,19 +289,19 @@ struct LaneTiles {
     });
   }
 
-  // reduce_rows_split for the run-time K; false where K is not 2 to 8 or
-  // the split is not a register network here.
+  // reduce_split for the run-time K; false where K is not 2 to 8 or the
+  // split is not a register network here.
   template <bool HAS_Q>
-  static bool rows_split(const ReduceArgs& a) {
+  static bool split_reduce(const ReduceArgs& a) {
     if constexpr (LaneShuffles<V>::kFastSplitRows && L == 16) {
       switch (a.K) {
-        case 2: reduce_rows_split<HAS_Q, 2>(a); return true;
-        case 3: reduce_rows_split<HAS_Q, 3>(a); return true;
-        case 4: reduce_rows_split<HAS_Q, 4>(a); return true;
-        case 5: reduce_rows_split<HAS_Q, 5>(a); return true;
-        case 6: reduce_rows_split<HAS_Q, 6>(a); return true;
-        case 7: reduce_rows_split<HAS_Q, 7>(a); return true;
-        case 8: reduce_rows_split<HAS_Q, 8>(a); return true;
+        case 2: reduce_split<HAS_Q, 2>(a); return true;
+        case 3: reduce_split<HAS_Q, 3>(a); return true;
+        case 4: reduce_split<HAS_Q, 4>(a); return true;
+        case 5: reduce_split<HAS_Q, 5>(a); return true;
+        case 6: reduce_split<HAS_Q, 6>(a); return true;
+        case 7: reduce_split<HAS_Q, 7>(a); return true;
+        case 8: reduce_split<HAS_Q, 8>(a); return true;
         default: break;
       }
     }
@@ -301,7 +310,7 @@ struct LaneTiles {
 
   // Dense rows (inner == 1: outputs o at P + o * K, samples contiguous) where
   // transposing in registers is cheap (LaneShuffles::kFastTranspose), for
-  // the K that reduce_rows_split does not take (1, and 9 to 127). A
+  // the K that reduce_split does not take (1, and 9 to 127). A
   // tile's rows are one contiguous run: its log-weights are computed with
   // contiguous loads into an L1 buffer (streaming reads, which the hardware
   // prefetches; rows read L samples at a time straight from memory were
@@ -496,10 +505,11 @@ struct LaneTiles {
       if (a.ess) { // diagnostics are rare: the general loads only
         q ? reduce_across_outputs<true, true, false>(a)
           : reduce_across_outputs<false, true, false>(a);
+      } else if (dense && L % a.inner == 0 &&
+                 (q ? split_reduce<true>(a) : split_reduce<false>(a))) {
+        // done: slabs of 2 to 8 samples split in registers
       } else if (dense && a.inner == 1 && LaneShuffles<V>::kFastTranspose) {
-        if (!(q ? rows_split<true>(a) : rows_split<false>(a))) {
-          q ? reduce_rows_transposed<true>(a) : reduce_rows_transposed<false>(a);
-        }
+        q ? reduce_rows_transposed<true>(a) : reduce_rows_transposed<false>(a);
       } else if (dense) {
         q ? reduce_across_outputs<true, false, true>(a)
           : reduce_across_outputs<false, false, true>(a);
