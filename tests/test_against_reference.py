@@ -274,17 +274,18 @@ def test_short_dense_rows_split_in_registers(K, dtype):
 
 
 @pytest.mark.parametrize("inner", [2, 4, 8])
-@pytest.mark.parametrize("K", [2, 3, 5, 8])
+@pytest.mark.parametrize("K", [2, 3, 4, 5, 6, 7, 8])
 def test_short_dense_slabs_split_in_registers(K, inner):
     """Dense slabs [N, K, inner] over dim 1 with inner dividing 16 (on
     AVX-512 the forward splits 16 outputs, 16 / inner whole slabs, into one
     vector per sample in registers): N around the 16-output vector and the
-    64-output tile, both call forms, float32 and bfloat16, Renyi's alpha,
+    64-output tile, both call forms, float32, bfloat16 and float16, Renyi's alpha,
     an all -inf slice and NaN: values and gradients against the float64
     reference."""
     gen = torch.Generator().manual_seed(10 * K + inner)
     for n, dtype, alpha in ((1, torch.float32, 0.0), (8, torch.float32, 0.0),
                             (9, torch.float32, 0.5), (33, torch.bfloat16, 0.0),
+                            (17, torch.float16, 0.0),
                             (100, torch.float32, -2.0)):
         for with_q in (False, True):
             p64 = torch.randn(n, K, inner, generator=gen, dtype=torch.float64) * 3

@@ -80,6 +80,7 @@ struct LaneShuffles {
     static constexpr int kPairs = (K + 1) / 2;
     int32_t idx[K][16] = {};
     uint16_t mask[K][kPairs] = {}; // lanes of output k taken from pair j
+    constexpr SampleSplit() = default; // no lanes mapped: to be assigned
     constexpr explicit SampleSplit(int64_t inner) {
       for (int k = 0; k < K; ++k) {
         for (int l = 0; l < 16; ++l) {

@@ -241,7 +241,9 @@ struct LaneTiles {
     static_assert(K > 1 && K < L, "reduce_split: K below L");
     const int64_t rows = a.outer * a.inner; // outputs
     const bool slabs = a.inner > 1;
-    const typename LaneShuffles<V>::template SampleSplit<K> map(a.inner);
+    // Built only for slabs: 16 K divisions, a cost on small calls.
+    typename LaneShuffles<V>::template SampleSplit<K> map;
+    if (slabs) map = typename LaneShuffles<V>::template SampleSplit<K>(a.inner);
     const int64_t tiles = ceil_div(rows, T);
     const int64_t grain = std::max<int64_t>(1, kParallelElems / (K * T));
     const auto* P = static_cast<const scalar_t*>(a.p.data);
