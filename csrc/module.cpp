@@ -42,6 +42,9 @@ PYBIND11_MODULE(_C, m) {
         return d;
       },
       "The CPU output cache's budget, free and held bytes, hits and misses.");
+  m.def("last_level_cache_bytes", &iwae_fused::cpu::last_level_cache_bytes,
+        "The last-level cache, in bytes, past which the CPU backward writes "
+        "gradients with non-temporal stores (IWAE_FUSED_LLC_BYTES overrides).");
   m.def("_set_cpu_stands_for_gpu", &iwae_fused::set_cpu_stands_for_gpu,
         "While the CUDA emulator runs the ops: autograd saves for CPU tensors "
         "what it saves for GPU tensors.");

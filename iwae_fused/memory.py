@@ -17,12 +17,25 @@ The free blocks are bounded: at most 1 GiB by default, the oldest released
 first. Set the environment variable ``IWAE_FUSED_CPU_CACHE_MB`` before the
 first backward to change the budget (``0`` turns the cache off). Memory held
 by live tensors is not counted against it and is never touched.
+
+Where a backward's operands and gradients together exceed the CPU's
+last-level cache, its float32 and float64 gradients are written with
+non-temporal stores, which skip reading each line into the cache first: such
+a gradient would be evicted before the next operation read it anyway, and
+the backward moves a third less memory in either call form. The
+cache size is what the C library reports (L3, else L2, else 32 MiB); set
+``IWAE_FUSED_LLC_BYTES`` (bytes) before import to override it, say on a
+virtual machine that reports its host's whole cache; ``0`` streams every
+such gradient. ``iwae_fused._C.last_level_cache_bytes()`` gives the size in
+use.
 """
 
 from iwae_fused._build import _C
 
-# Reads IWAE_FUSED_CPU_CACHE_MB now, so a bad value fails at import, naming it.
+# Reads IWAE_FUSED_CPU_CACHE_MB and IWAE_FUSED_LLC_BYTES now, so a bad value
+# fails at import, naming it.
 _C.cache_stats()
+_C.last_level_cache_bytes()
 
 
 def empty_cache():

@@ -7,11 +7,12 @@
 // registers and nothing recomputed per element (NOTES.md CPU 16):
 //  * K >= L: one row at a time, its shift, log_norm and g broadcast, its
 //    samples in full vectors and one masked tail;
-//  * K < L: vectors of L consecutive elements hold the samples of up to L
-//    rows. Their rows' values are one contiguous load from the first row a
-//    vector touches and one lane permutation; the pattern repeats every
-//    lcm(K, L) elements, so its L-lane indices are a table of K / gcd(K, L)
-//    vectors built once per call.
+//  * K < L (and K >= L not a multiple of L where the stores stream,
+//    stream_stores.h): vectors of L consecutive elements hold the samples
+//    of up to L rows. Their rows' values are one contiguous load from the
+//    first row a vector touches and one lane permutation; the pattern
+//    repeats every lcm(K, L) elements, so its L-lane indices are a table
+//    of K / gcd(K, L) vectors built once per call.
 // The general weights pass (kernels_impl.h) recomputed a row's position with
 // two divisions and reloaded the arguments per row; lane tiles gathered
 // every lane's values (short_rows.h): both ran at 2-4x this loop's time.
@@ -47,10 +48,12 @@ struct DenseRows {
     const opmath_t *shift, *log_norm;
     int64_t K, rows, g_so;
     int mode;
+    bool stream; // non-temporal gradient stores (stream_stores.h)
     V beta;
     explicit Run(const WeightsArgs& a) {
       const typename Base::WeightsPtrs ptr(a);
       P = ptr.p, Q = ptr.q, G = ptr.g, OP = ptr.op, OQ = ptr.oq;
+      stream = ptr.stream;
       shift = ptr.shift, log_norm = ptr.log_norm;
       K = a.K, rows = a.outer, g_so = a.g_so, mode = a.mode;
       beta = V(static_cast<opmath_t>(a.beta));
@@ -60,19 +63,25 @@ struct DenseRows {
     template <bool HAS_Q>
     C10_ALWAYS_INLINE void step(
         int64_t j, int64_t c, const V& sh, const V& ln, const V& g, bool has_g) const {
+      if constexpr (!HAS_Q) IO::prefetch_ahead(P + j); // CPU 35: w form only
       V x = c == L ? IO::load(P + j) : IO::load(P + j, c);
       if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
       const V wn = Lane::weight(x * beta - sh, ln);
       const V w = has_g ? wn * g : wn;
-      if (OP) IO::store(OP + j, w, c);
-      if (OQ) IO::store(OQ + j, Base::q_grad(mode, w, wn), c);
+      if (OP) IO::store_out(OP + j, w, c, stream);
+      if (OQ) IO::store_out(OQ + j, Base::q_grad(mode, w, wn), c, stream);
     }
   };
 
   template <bool HAS_Q>
   static void long_rows(const WeightsArgs& a) {
-    const Run run(a);
+    Run run(a);
     const int64_t K = run.K, full = K / L * L;
+    // Streams only where every row starts aligned (K a multiple of L;
+    // periodic_rows takes the other lengths when streaming): an aligned
+    // grid per row, a masked head whose line is shared with the previous
+    // row, measured no faster than ordinary stores (NOTES.md CPU 36).
+    run.stream = run.stream && K % L == 0;
     const int64_t grain = std::max<int64_t>(1, kParallelElems / K);
     parallel_for(0, run.rows, grain, [&](int64_t b, int64_t e) {
       const Run r = run;
@@ -85,20 +94,24 @@ struct DenseRows {
         for (; j < full; j += L) r.template step<HAS_Q>(j0 + j, L, sh, ln, g, has_g);
         if (j < K) r.template step<HAS_Q>(j0 + j, K - j, sh, ln, g, has_g);
       }
+      fence_streams(r.stream);
     });
   }
 
-  // The rows of whole periods; returns how many rows that was.
+  // The rows of whole periods; returns how many rows that was. Rows of K
+  // < L, and rows of K >= L not a multiple of L when the stores stream
+  // (stream_stores.h): the vectors then lie on the aligned grid of the
+  // element stream, each over at most two rows.
   template <bool HAS_Q>
-  static int64_t short_rows(const WeightsArgs& a) {
+  static int64_t periodic_rows(const WeightsArgs& a) {
     const Run run(a);
     const int64_t K = run.K;
-    const int64_t PV = K / lane_gcd(K, L); // vectors per period (< L)
+    const int64_t PV = K / lane_gcd(K, L); // vectors per period
     const int64_t R = PV * L / K; // rows per period
     const int64_t periods = run.rows / R;
     if (periods == 0) return 0;
-    int64_t first[L]; // the first row vector v of a period touches
-    idx_t lane_row[L * L]; // and each lane's row, relative to it
+    std::vector<int64_t> first(PV); // the first row vector v of a period touches
+    std::vector<idx_t> lane_row(PV * L); // and each lane's row, relative to it
     for (int64_t v = 0; v < PV; ++v) {
       first[v] = v * L / K;
       for (int64_t l = 0; l < L; ++l) {
@@ -108,8 +121,7 @@ struct DenseRows {
     const int64_t grain = std::max<int64_t>(1, kParallelElems / (PV * L));
     parallel_for(0, periods, grain, [&](int64_t b, int64_t e) {
       const Run r = run;
-      UninitVecs<VI, L> perm;
-      for (int64_t v = 0; v < PV; ++v) perm[v] = VI::loadu(lane_row + v * L);
+      const idx_t* lanes = lane_row.data();
       const bool has_g = r.G != nullptr, g_scalar = has_g && r.g_so == 0;
       const V g0(g_scalar ? static_cast<opmath_t>(r.G[0]) : opmath_t(1));
       for (int64_t pp = b; pp < e; ++pp) {
@@ -118,19 +130,21 @@ struct DenseRows {
           const int64_t o = r0 + first[v];
           // Up to L rows from o; fewer where the rows end (masked loads).
           const int64_t n = std::min<int64_t>(L, r.rows - o);
+          const VI perm = VI::loadu(lanes + v * L);
           V sh, ln, g = g0;
           if (n == L) {
-            sh = Shuffles::permute(V::loadu(r.shift + o), perm[v]);
-            ln = Shuffles::permute(V::loadu(r.log_norm + o), perm[v]);
-            if (has_g && !g_scalar) g = Shuffles::permute(IO::load(r.G + o), perm[v]);
+            sh = Shuffles::permute(V::loadu(r.shift + o), perm);
+            ln = Shuffles::permute(V::loadu(r.log_norm + o), perm);
+            if (has_g && !g_scalar) g = Shuffles::permute(IO::load(r.G + o), perm);
           } else {
-            sh = Shuffles::permute(V::loadu(r.shift + o, n), perm[v]);
-            ln = Shuffles::permute(V::loadu(r.log_norm + o, n), perm[v]);
-            if (has_g && !g_scalar) g = Shuffles::permute(IO::load(r.G + o, n), perm[v]);
+            sh = Shuffles::permute(V::loadu(r.shift + o, n), perm);
+            ln = Shuffles::permute(V::loadu(r.log_norm + o, n), perm);
+            if (has_g && !g_scalar) g = Shuffles::permute(IO::load(r.G + o, n), perm);
           }
           r.template step<HAS_Q>(j0 + v * L, L, sh, ln, g, has_g);
         }
       }
+      fence_streams(r.stream);
     });
     return periods * R;
   }
@@ -159,6 +173,7 @@ struct DenseRows {
     V x[K];
     if (c == K * L) {
       for (int k = 0; k < K; ++k) {
+        if constexpr (!HAS_Q) IO::prefetch_ahead(r.P + j0 + k * L); // CPU 35
         x[k] = IO::load(r.P + j0 + k * L);
         if constexpr (HAS_Q) x[k] = x[k] - IO::load(r.Q + j0 + k * L);
       }
@@ -193,18 +208,19 @@ struct DenseRows {
       V wq[K];
       for (int k = 0; k < K; ++k) wq[k] = V(0) - w[k];
       Shuffles::template merge_samples<K>(wq);
-      store_tile<K>(r.OQ + j0, wq, c);
+      store_tile<K>(r.OQ + j0, wq, c, r.stream);
     }
     if (r.OP) {
       Shuffles::template merge_samples<K>(w);
-      store_tile<K>(r.OP + j0, w, c);
+      store_tile<K>(r.OP + j0, w, c, r.stream);
     }
   }
 
   template <int K>
-  C10_ALWAYS_INLINE static void store_tile(scalar_t* out, const V (&v)[K], int64_t c) {
+  C10_ALWAYS_INLINE static void store_tile(
+      scalar_t* out, const V (&v)[K], int64_t c, bool stream) {
     if (c == K * L) {
-      for (int k = 0; k < K; ++k) IO::store(out + k * L, v[k]);
+      for (int k = 0; k < K; ++k) IO::store_out(out + k * L, v[k], L, stream);
       return;
     }
     for (int k = 0; k < K && k * L < c; ++k) {
@@ -225,6 +241,7 @@ struct DenseRows {
         const int64_t r0 = t * L;
         recomputed_tile<HAS_Q, K>(r, r0, std::min(L, r.rows - r0), g0, has_g, g_scalar);
       }
+      fence_streams(r.stream);
     });
   }
 
@@ -249,11 +266,11 @@ struct DenseRows {
       q ? recomputed_rows<true>(a) : recomputed_rows<false>(a);
       return a.outer;
     }
-    if (a.K >= L) {
+    if (a.K >= L && (a.K % L == 0 || !typename Base::WeightsPtrs(a).stream)) {
       q ? long_rows<true>(a) : long_rows<false>(a);
       return a.outer;
     }
-    return q ? short_rows<true>(a) : short_rows<false>(a);
+    return q ? periodic_rows<true>(a) : periodic_rows<false>(a);
   }
 };
 

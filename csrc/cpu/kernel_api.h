@@ -3,6 +3,8 @@
 // kernels_avx512.cpp) and picked at run time, as ATen's DispatchStub does.
 #pragma once
 
+#include <cstdint>
+
 #include "../kernel_args.h"
 
 namespace iwae_fused::cpu {
@@ -28,5 +30,11 @@ const KernelTable* kernels_avx512();
 
 // The best table this CPU runs, honouring ATEN_CPU_CAPABILITY like ATen.
 const KernelTable& kernels();
+
+// The last-level cache in bytes that the weights passes assume when they
+// choose non-temporal stores (stream_stores.h); read once, from the
+// environment variable IWAE_FUSED_LLC_BYTES or the C library
+// (stream_stores.cpp). Throws on a bad value of the variable.
+int64_t last_level_cache_bytes();
 
 } // namespace iwae_fused::cpu

@@ -26,6 +26,7 @@
 
 #include "kernel_api.h"
 #include "vec_ops.h"
+#include "stream_stores.h"
 // after vec_ops.h, which defines IWAE_ISA
 #include "lane_shuffles.h"
 
@@ -425,7 +426,11 @@ struct Kernels {
           shift(static_cast<const opmath_t*>(a.stats)),
           log_norm(shift ? shift + a.outer * a.inner : nullptr),
           op(static_cast<scalar_t*>(a.out_p)),
-          oq(static_cast<scalar_t*>(a.out_q)) {}
+          oq(static_cast<scalar_t*>(a.out_q)),
+          stream(streams_gradients(
+              a.outer * a.K * a.inner, sizeof(scalar_t), a.q.data ? 2 : 1,
+              (a.out_p ? 1 : 0) + (a.out_q ? 1 : 0))) {}
+    bool stream; // the gradients' stores bypass the cache (stream_stores.h)
   };
 
   // What out_q holds for the weight w = g wn (WeightsArgs::mode): -g w;
@@ -441,7 +446,8 @@ struct Kernels {
   template <bool HAS_Q, typename StatsAt, typename GAt>
   static void weights_run(
       const WeightsArgs& a, const scalar_t* P, const scalar_t* Q,
-      scalar_t* OP, scalar_t* OQ, int64_t n, StatsAt stats_at, GAt g_at) {
+      scalar_t* OP, scalar_t* OQ, int64_t n, bool stream, StatsAt stats_at,
+      GAt g_at) {
     // Full vectors, then one partial: with c a constant L in the first loop
     // the count checks of every load and store fold away.
     // At alpha = 0 (beta = 1) the loop runs without the product x * beta
@@ -450,14 +456,15 @@ struct Kernels {
     const V beta(static_cast<opmath_t>(a.beta));
     auto run = [&](auto scaled) {
       auto step = [&](int64_t j, int64_t c) {
+        if constexpr (!HAS_Q) IO::prefetch_ahead(P + j); // CPU 35: w form only
         V x = c == L ? IO::load(P + j) : IO::load(P + j, c);
         if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
         if constexpr (decltype(scaled)::value) x = x * beta;
         const auto [sh, ls] = stats_at(j, c);
         const V wn = Lane::weight(x - sh, ls);
         const V w = a.g ? wn * g_at(j, c) : wn;
-        if (OP) IO::store(OP + j, w, c);
-        if (OQ) IO::store(OQ + j, q_grad(a.mode, w, wn), c);
+        if (OP) IO::store_out(OP + j, w, c, stream);
+        if (OQ) IO::store_out(OQ + j, q_grad(a.mode, w, wn), c, stream);
       };
       int64_t j = 0;
       for (; j + L <= n; j += L) step(j, L);
@@ -496,7 +503,7 @@ struct Kernels {
         weights_run<HAS_Q>(
             a, p + o * a.p.so + k * a.p.sk + i0,
             HAS_Q ? q + o * a.q.so + k * a.q.sk + i0 : nullptr,
-            out_at(op, off), out_at(oq, off), w,
+            out_at(op, off), out_at(oq, off), w, ptr.stream,
             [&](int64_t j, int64_t c) {
               return std::make_pair(V::loadu(sh + j, c), V::loadu(ls + j, c));
             },
@@ -521,6 +528,7 @@ struct Kernels {
                   run(o, k, i0, std::min(tw, a.inner - i0));
                 }
               }
+              fence_streams(ptr.stream);
             });
         return;
       }
@@ -529,6 +537,7 @@ struct Kernels {
       const int64_t grain = std::max<int64_t>(1, kParallelElems / a.inner);
       parallel_for(o_begin * a.K, a.outer * a.K, grain, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) run(r / a.K, r % a.K, 0, a.inner);
+        fence_streams(ptr.stream);
       });
       return;
     }
@@ -545,9 +554,10 @@ struct Kernels {
         weights_run<HAS_Q>(
             a, p + o * a.p.so + i * a.p.si,
             HAS_Q ? q + o * a.q.so + i * a.q.si : nullptr, out_at(op, off),
-            out_at(oq, off), a.K, [&](int64_t, int64_t) { return st; },
+            out_at(oq, off), a.K, ptr.stream, [&](int64_t, int64_t) { return st; },
             [&](int64_t, int64_t) { return gv; });
       }
+      fence_streams(ptr.stream);
     });
   }
 

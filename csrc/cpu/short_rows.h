@@ -260,8 +260,12 @@ struct LaneTiles {
           V x[K];
           if (c == K * L) {
             for (int k = 0; k < K; ++k) {
+              IO::prefetch_ahead(P + j0 + k * L);
               x[k] = IO::load(P + j0 + k * L);
-              if constexpr (HAS_Q) x[k] = x[k] - IO::load(Q + j0 + k * L);
+              if constexpr (HAS_Q) {
+                IO::prefetch_ahead(Q + j0 + k * L);
+                x[k] = x[k] - IO::load(Q + j0 + k * L);
+              }
             }
           } else { // past the last output: lanes never stored
             for (int k = 0; k < K; ++k) {
@@ -342,8 +346,12 @@ struct LaneTiles {
         const scalar_t* qs = HAS_Q ? Q + r0 * K : nullptr;
         int64_t j = 0;
         for (; j + L <= c; j += L) {
+          IO::prefetch_ahead(ps + j);
           V x = IO::load(ps + j);
-          if constexpr (HAS_Q) x = x - IO::load(qs + j);
+          if constexpr (HAS_Q) {
+            IO::prefetch_ahead(qs + j);
+            x = x - IO::load(qs + j);
+          }
           (x * beta).store(xbuf.data() + j);
         }
         if (j < c) {
@@ -578,7 +586,7 @@ struct LaneTiles {
   template <bool HAS_Q>
   static void weights_stream(
       const WeightsArgs& a, const scalar_t* P, const scalar_t* Q,
-      scalar_t* OP, scalar_t* OQ, int64_t n, const opmath_t* sh,
+      scalar_t* OP, scalar_t* OQ, int64_t n, bool stream, const opmath_t* sh,
       const opmath_t* ln, const opmath_t* gv, const LaneSources& src) {
     const V beta(static_cast<opmath_t>(a.beta));
     const int64_t period = src.period;
@@ -592,6 +600,7 @@ struct LaneTiles {
     // beta = 1: no product, as in Kernels::weights_run.
     auto run = [&](auto scaled) {
       auto step = [&](int64_t j, int64_t c, int64_t pv) {
+        if constexpr (!HAS_Q) IO::prefetch_ahead(P + j); // CPU 35: w form only
         V x = c == L ? IO::load(P + j) : IO::load(P + j, c);
         if constexpr (HAS_Q) x = x - (c == L ? IO::load(Q + j) : IO::load(Q + j, c));
         if constexpr (decltype(scaled)::value) x = x * beta;
@@ -603,8 +612,8 @@ struct LaneTiles {
         }
         const V wn = Lane::weight(x - shv, lnv);
         const V w = gv ? wn * g : wn;
-        if (OP) IO::store(OP + j, w, c);
-        if (OQ) IO::store(OQ + j, Base::q_grad(a.mode, w, wn), c);
+        if (OP) IO::store_out(OP + j, w, c, stream);
+        if (OQ) IO::store_out(OQ + j, Base::q_grad(a.mode, w, wn), c, stream);
       };
       int64_t j = 0, pv = 0;
       for (; j + L <= n; j += L) {
@@ -656,9 +665,10 @@ struct LaneTiles {
         weights_stream<HAS_Q>(
             a, p + o0 * a.p.so, HAS_Q ? q + o0 * a.q.so : nullptr,
             op ? op + off : nullptr, oq ? oq + off : nullptr, L * slab,
-            shift + o0 * a.inner, log_norm + o0 * a.inner,
+            ptr.stream, shift + o0 * a.inner, log_norm + o0 * a.inner,
             g ? gbuf.data() : nullptr, src);
       }
+      fence_streams(ptr.stream);
     });
     return true;
   }
@@ -686,9 +696,10 @@ struct LaneTiles {
         weights_stream<HAS_Q>(
             a, p + o * a.p.so + e0, HAS_Q ? q + o * a.q.so + e0 : nullptr,
             op ? op + off : nullptr, oq ? oq + off : nullptr,
-            std::min(chunk, n - e0), shift + o * a.inner,
+            std::min(chunk, n - e0), ptr.stream, shift + o * a.inner,
             log_norm + o * a.inner, g ? gbuf.data() : nullptr, src);
       }
+      fence_streams(ptr.stream);
     });
     return true;
   }

@@ -193,6 +193,38 @@ struct VecIO {
       return V::loadu(ptr, n);
     }
   }
+  // Asks for the line kAheadBytes past ptr into L2 (prefetcht1), for loops
+  // that stream an operand in memory order. While a core is busy with the
+  // exponentials, the hardware prefetcher alone keeps too few lines in
+  // flight, and a big call's time was the sum of its arithmetic and its
+  // memory traffic rather than the larger of the two (NOTES.md CPU 35).
+  // A prefetch past the end of an array is harmless: it never faults.
+  static constexpr int64_t kAheadBytes = 2048;
+  C10_ALWAYS_INLINE static void prefetch_ahead(const scalar_t* ptr) {
+    __builtin_prefetch(reinterpret_cast<const char*>(ptr) + kAheadBytes, 0, 2);
+  }
+  // store(), but with a non-temporal store where `stream` (stream_stores.h)
+  // and ptr holds a whole vector aligned to its size: float and double
+  // lanes on AVX-512 and AVX2; half types and partial or unaligned vectors
+  // take the ordinary store.
+  C10_ALWAYS_INLINE static void store_out(scalar_t* ptr, V v, int64_t n, bool stream) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+    if constexpr (!kWiden) {
+      constexpr uintptr_t kAlign = sizeof(V) - 1;
+      if (stream && n == L && (reinterpret_cast<uintptr_t>(ptr) & kAlign) == 0) {
+#if defined(CPU_CAPABILITY_AVX512)
+        if constexpr (std::is_same_v<scalar_t, float>) _mm512_stream_ps(ptr, v);
+        else _mm512_stream_pd(ptr, v);
+#else
+        if constexpr (std::is_same_v<scalar_t, float>) _mm256_stream_ps(ptr, v);
+        else _mm256_stream_pd(ptr, v);
+#endif
+        return;
+      }
+    }
+#endif
+    store(ptr, v, n);
+  }
   static void store(scalar_t* ptr, V v, int64_t n = L) {
     if constexpr (kWiden) {
       at::vec::convert_from_float<scalar_t>(v, v).store(ptr, n);

@@ -1,0 +1,44 @@
+// Gradients written past the cache: non-temporal stores where a backward's
+// memory footprint exceeds the last-level cache (NOTES.md CPU 36).
+// Included by kernels_impl.h inside one instruction set's compilation; the
+// cache size comes from stream_stores.cpp, compiled once.
+//
+// An ordinary store first reads its line into the cache (read for
+// ownership): a weights pass that reads log_w and writes its gradient moves
+// three streams, not two, and the pair form with both gradients six, not
+// four. Where the call's operands and gradients together exceed the
+// last-level cache, the gradient cannot still be cached when the next
+// operation reads it, so that read buys nothing, and a non-temporal store
+// writes whole lines without it. Below that size streaming would lose the
+// cached copy: on the 2-core Xeon of NOTES.md, writing and then reading 16
+// MB took 1.5x as long streamed, 200 MB 0.8x.
+#pragma once
+
+#include <cstdint>
+
+#include "kernel_api.h" // last_level_cache_bytes()
+
+namespace iwae_fused::cpu {
+inline namespace CPU_CAPABILITY {
+
+// Whether a weights pass over n elements of elem_size bytes, reading
+// `reads` full-size operands and writing `writes` full-size gradients,
+// should write them with non-temporal stores.
+inline bool streams_gradients(
+    int64_t n, int64_t elem_size, int64_t reads, int64_t writes) {
+  return writes > 0 && n * elem_size * (reads + writes) > last_level_cache_bytes();
+}
+
+// Orders a thread's non-temporal stores before what follows (the end of a
+// parallel chunk, after which another thread may read them): they are
+// weakly ordered, and only a fence guarantees they are visible.
+inline void fence_streams(bool streamed) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (streamed) _mm_sfence();
+#else
+  (void)streamed;
+#endif
+}
+
+} // namespace CPU_CAPABILITY
+} // namespace iwae_fused::cpu
