@@ -8,7 +8,10 @@
 log_p and log_q.
 
 A_ROOT and B_ROOT are checkouts with a built extension (each is put first on
-PYTHONPATH of its own processes). Every round runs one process per build, in
+PYTHONPATH of its own processes); they may be the same checkout with a
+different environment per side, --a-env / --b-env NAME=VALUE (repeatable),
+e.g. --b-env IWAE_FUSED_LLC_BYTES=1000000000000 to turn the non-temporal
+gradient stores off in B. Every round runs one process per build, in
 alternating order, each timing batches of forward+backward steps (a fresh
 graph per step, gradients set to None, as training does) and the forward
 alone, and reporting the fastest batch. The table gives, per shape, the
@@ -70,8 +73,9 @@ print(json.dumps(res))
 """
 
 
-def run(root, args):
+def run(root, args, extra_env=()):
     env = dict(os.environ, PYTHONPATH=root)
+    env.update(item.split("=", 1) for item in extra_env)
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(args.threads), json.dumps(args.shapes.split(",")),
          str(args.alpha), args.dtype, str(args.iters), args.op, args.form],
@@ -93,19 +97,27 @@ def main():
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--a-env", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE")
     args = ap.parse_args()
+    for item in args.a_env + args.b_env:
+        if "=" not in item or not item.split("=", 1)[0]:
+            ap.error(f"--a-env / --b-env take NAME=VALUE, got {item!r}")
     if args.op == "vimco" and args.form == "w":
         ap.error("vimco needs log_p and log_q: --form pq")
     best = {"a": {}, "b": {}}
     for r in range(args.rounds):
         order = ("a", "b") if r % 2 == 0 else ("b", "a")
         for side in order:
-            res = run(getattr(args, side), args)
+            res = run(getattr(args, side), args, getattr(args, f"{side}_env"))
             for shape, times in res.items():
                 for mode, t in times.items():
                     key = (shape, mode)
                     best[side][key] = min(best[side].get(key, float("inf")), t)
-    print(f"A = {args.a}, B = {args.b}; {args.op} ({args.form}), alpha = {args.alpha}, {args.dtype}, "
+    def label(side):
+        extra = getattr(args, f"{side}_env")
+        return getattr(args, side) + (f" ({' '.join(extra)})" if extra else "")
+    print(f"A = {label('a')}, B = {label('b')}; {args.op} ({args.form}), alpha = {args.alpha}, {args.dtype}, "
           f"{args.threads} threads, {args.rounds} rounds (minima, us)")
     print("| shape (KxB:dim) | mode | A | B | B / A |")
     print("|---|---|---|---|---|")
