@@ -6,8 +6,10 @@ hundreds of megabytes on most machines: too big for the suite. The
 environment variable IWAE_FUSED_LLC_BYTES=0 makes every such call stream, so
 the weights-pass tests run again in processes of their own with it set, once
 per vector instruction set that has the stores. Each of them compares
-against the float64 reference: a store to the wrong place, a lost one or a
-missing fence fails them.
+against the float64 reference: a store of a wrong value or to the wrong
+place fails them (a missing fence would not, in one process: the fences are
+checked by reading the kernels). A count of the calls that chose the
+stores shows that they are taken where they should be, and only there.
 """
 
 import os
@@ -41,14 +43,57 @@ def run(code_or_args, llc, isa=None, timeout=900):
         timeout=timeout, cwd=HERE)
 
 
+def kernels_in_use(isa):
+    res = run(["-c", "import iwae_fused; print(iwae_fused._C.cpu_kernels())"], "0", isa)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.split()[-1]
+
+
 @pytest.mark.parametrize("isa", ["avx2", "avx512"])
 def test_weights_passes_match_the_reference_when_every_gradient_streams(isa):
     # ATen caps the instruction set at what the CPU runs; the default build
-    # has no non-temporal stores, so it is not run here.
+    # has no non-temporal stores (the count test below checks it takes none).
+    if kernels_in_use(isa) != isa.upper():
+        pytest.skip(f"this CPU does not run {isa}")
     args = ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *STREAMED_TESTS]
     res = run(args, "0", isa)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert " passed" in res.stdout
+
+
+COUNT = """
+import torch, iwae_fused
+def streamed(shape, dtype, dim=1, pq=False):
+    x = torch.randn(shape).to(dtype).requires_grad_()
+    q = torch.randn(shape).to(dtype).requires_grad_() if pq else None
+    before = iwae_fused._C._streamed_calls()
+    iwae_fused.iwelbo(x, q, dim).sum().backward()
+    return int(iwae_fused._C._streamed_calls() > before)
+print(iwae_fused._C.cpu_kernels(),
+      streamed((1000, 50), torch.float32), streamed((1000, 16), torch.float64),
+      streamed((50, 1000), torch.float32, 0, True), streamed((1000, 5), torch.float32),
+      streamed((1000, 50), torch.bfloat16), streamed((1000, 50), torch.float16))
+"""
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+def test_streaming_is_chosen_for_float_and_double_only_where_the_stores_exist(isa):
+    res = run(["-c", COUNT], "0", isa)
+    assert res.returncode == 0, res.stderr
+    picked, *flags = res.stdout.split()
+    if picked == "DEFAULT":  # no non-temporal stores in the portable build
+        assert flags == ["0"] * 6
+    else:  # float32 and float64 rows and columns stream; half types never
+        assert flags == ["1", "1", "1", "1", "0", "0"], picked
+
+
+def test_small_calls_do_not_stream_by_default():
+    code = COUNT.replace("print(iwae_fused._C.cpu_kernels(),", "print('x',")
+    env_free = {k: v for k, v in os.environ.items() if k != "IWAE_FUSED_LLC_BYTES"}
+    res = subprocess.run([sys.executable, "-c", code], env=env_free, capture_output=True,
+                         text=True, timeout=300, cwd=HERE)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[1:] == ["0"] * 6
 
 
 def test_the_variable_sets_the_cache_size():
@@ -60,7 +105,8 @@ def test_the_variable_sets_the_cache_size():
     assert int(run(["-c", code], "").stdout.split()[0]) > 0
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "12MB", "99999999999999999999999"])
+@pytest.mark.parametrize(
+    "value", ["abc", "-1", "1.5", "12MB", "99999999999999999999999", " 5", "+5", "-0"])
 def test_bad_cache_size_fails_at_import_naming_the_variable(value):
     res = run(["-c", "import iwae_fused"], value)
     assert res.returncode != 0

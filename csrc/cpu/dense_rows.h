@@ -100,8 +100,8 @@ struct DenseRows {
 
   // The rows of whole periods; returns how many rows that was. Rows of K
   // < L, and rows of K >= L not a multiple of L when the stores stream
-  // (stream_stores.h): the vectors then lie on the aligned grid of the
-  // element stream, each over at most two rows.
+  // (stream_stores.h; weights() says when): the vectors then lie on the
+  // aligned grid of the element stream, each over at most two rows.
   template <bool HAS_Q>
   static int64_t periodic_rows(const WeightsArgs& a) {
     const Run run(a);
@@ -266,7 +266,12 @@ struct DenseRows {
       q ? recomputed_rows<true>(a) : recomputed_rows<false>(a);
       return a.outer;
     }
-    if (a.K >= L && (a.K % L == 0 || !typename Base::WeightsPtrs(a).stream)) {
+    // Rows of K >= L stream through periodic_rows while its lane table is
+    // small (PV vectors, at most kShortK) and a permute is one instruction.
+    const bool periodic = a.K < L ||
+        (a.K % L != 0 && Shuffles::kFastPermute && a.K / lane_gcd(a.K, L) <= kShortK &&
+         typename Base::WeightsPtrs(a).stream);
+    if (!periodic) {
       q ? long_rows<true>(a) : long_rows<false>(a);
       return a.outer;
     }

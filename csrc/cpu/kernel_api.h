@@ -37,4 +37,9 @@ const KernelTable& kernels();
 // (stream_stores.cpp). Throws on a bad value of the variable.
 int64_t last_level_cache_bytes();
 
+// Weights passes that chose non-temporal stores, since the process started
+// (counted once per call; what the tests check that the stores are used).
+void count_streamed_call();
+int64_t streamed_calls();
+
 } // namespace iwae_fused::cpu

@@ -427,7 +427,7 @@ struct Kernels {
           log_norm(shift ? shift + a.outer * a.inner : nullptr),
           op(static_cast<scalar_t*>(a.out_p)),
           oq(static_cast<scalar_t*>(a.out_q)),
-          stream(streams_gradients(
+          stream(IO::kCanStream && streams_gradients(
               a.outer * a.K * a.inner, sizeof(scalar_t), a.q.data ? 2 : 1,
               (a.out_p ? 1 : 0) + (a.out_q ? 1 : 0))) {}
     bool stream; // the gradients' stores bypass the cache (stream_stores.h)
@@ -563,6 +563,7 @@ struct Kernels {
 
   static void weights(const WeightsArgs& a) {
     if (a.outer * a.inner * a.K == 0) return;
+    if (WeightsPtrs(a).stream) count_streamed_call();
     // Dense rows, then short slices (the lane tiles) do what they can, this
     // the rest.
     int64_t o_begin = DenseRows<scalar_t>::weights(a);

@@ -37,6 +37,15 @@ struct LaneShuffles {
     return V::loadu(out);
   }
 
+  // Whether permute() is one instruction here (elsewhere a scalar loop).
+#if defined(CPU_CAPABILITY_AVX512)
+  static constexpr bool kFastPermute = true;
+#elif defined(CPU_CAPABILITY_AVX2)
+  static constexpr bool kFastPermute = std::is_same_v<T, float>;
+#else
+  static constexpr bool kFastPermute = false;
+#endif
+
   // Whether transpose() is a register shuffle network here; elsewhere the
   // kernels keep their gathers.
 #if defined(CPU_CAPABILITY_AVX512)

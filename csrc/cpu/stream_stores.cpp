@@ -5,6 +5,8 @@
 #include <unistd.h>
 #endif
 
+#include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 
@@ -22,7 +24,8 @@ int64_t cache_bytes_from_env_or_system() {
     errno = 0;
     const long long v = std::strtoll(s, &end, 10);
     TORCH_CHECK_VALUE(
-        end && *end == '\0' && errno == 0 && v >= 0,
+        std::isdigit(static_cast<unsigned char>(*s)) && end && *end == '\0' &&
+            errno == 0 && v >= 0,
         "iwae_fused: expected IWAE_FUSED_LLC_BYTES to be a whole number of "
         "bytes >= 0 (the last-level cache the CPU kernels assume), but got '",
         s, "'");
@@ -35,7 +38,13 @@ int64_t cache_bytes_from_env_or_system() {
   return int64_t(32) << 20; // a common server socket's share
 }
 
+std::atomic<int64_t> streamed{0};
+
 } // namespace
+
+void count_streamed_call() { streamed.fetch_add(1, std::memory_order_relaxed); }
+
+int64_t streamed_calls() { return streamed.load(std::memory_order_relaxed); }
 
 int64_t last_level_cache_bytes() {
   static const int64_t bytes = cache_bytes_from_env_or_system();

@@ -173,6 +173,13 @@ struct VecIO {
   using V = at::vec::Vectorized<opmath_t>;
   static constexpr int64_t L = V::size();
   static constexpr bool kWiden = !std::is_same_v<scalar_t, opmath_t>;
+  // Whether store_out() can issue non-temporal stores (float and double
+  // lanes of AVX-512 and AVX2).
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  static constexpr bool kCanStream = !kWiden;
+#else
+  static constexpr bool kCanStream = false;
+#endif
 
   static V load(const scalar_t* ptr) {
     if constexpr (kWiden) {
@@ -209,7 +216,7 @@ struct VecIO {
   // take the ordinary store.
   C10_ALWAYS_INLINE static void store_out(scalar_t* ptr, V v, int64_t n, bool stream) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-    if constexpr (!kWiden) {
+    if constexpr (kCanStream) {
       constexpr uintptr_t kAlign = sizeof(V) - 1;
       if (stream && n == L && (reinterpret_cast<uintptr_t>(ptr) & kAlign) == 0) {
 #if defined(CPU_CAPABILITY_AVX512)
