@@ -34,13 +34,25 @@ STREAMED_TESTS = [
 ]
 
 
+# The children import the package this process imported (an installed copy or
+# a build in place), whatever their working directory puts on sys.path.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(iwae_fused.__file__)))
+
+
+def child_env(**extra):
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [PACKAGE_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
 def run(code_or_args, llc, isa=None, timeout=900):
-    env = dict(os.environ, IWAE_FUSED_LLC_BYTES=llc)
+    env = child_env(IWAE_FUSED_LLC_BYTES=llc)
     if isa:
         env["ATEN_CPU_CAPABILITY"] = isa
     return subprocess.run(
         [sys.executable, *code_or_args], env=env, capture_output=True, text=True,
-        timeout=timeout, cwd=HERE)
+        timeout=timeout)
 
 
 def kernels_in_use(isa):
@@ -55,7 +67,8 @@ def test_weights_passes_match_the_reference_when_every_gradient_streams(isa):
     # has no non-temporal stores (the count test below checks it takes none).
     if kernels_in_use(isa) != isa.upper():
         pytest.skip(f"this CPU does not run {isa}")
-    args = ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *STREAMED_TESTS]
+    tests = [os.path.join(HERE, name) for name in STREAMED_TESTS]
+    args = ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     res = run(args, "0", isa)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert " passed" in res.stdout
@@ -89,9 +102,10 @@ def test_streaming_is_chosen_for_float_and_double_only_where_the_stores_exist(is
 
 def test_small_calls_do_not_stream_by_default():
     code = COUNT.replace("print(iwae_fused._C.cpu_kernels(),", "print('x',")
-    env_free = {k: v for k, v in os.environ.items() if k != "IWAE_FUSED_LLC_BYTES"}
-    res = subprocess.run([sys.executable, "-c", code], env=env_free, capture_output=True,
-                         text=True, timeout=300, cwd=HERE)
+    env = child_env()
+    env.pop("IWAE_FUSED_LLC_BYTES", None)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split()[1:] == ["0"] * 6
 
