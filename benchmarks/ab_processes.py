@@ -11,8 +11,9 @@ A_ROOT and B_ROOT are checkouts with a built extension (each is put first on
 PYTHONPATH of its own processes); they may be the same checkout with a
 different environment per side, --a-env / --b-env NAME=VALUE (repeatable),
 e.g. --b-env IWAE_FUSED_LLC_BYTES=1000000000000 to turn the non-temporal
-gradient stores off in B. Every round runs one process per build, in
-alternating order, each timing batches of forward+backward steps (a fresh
+gradient stores off in B. --read-grads sums each gradient after every
+backward, as the operation that consumes it would. Every round runs one
+process per build, in alternating order, each timing batches of forward+backward steps (a fresh
 graph per step, gradients set to None, as training does) and the forward
 alone, and reporting the fastest batch. The table gives, per shape, the
 minimum over rounds of each build and the ratio B / A: minima of many short
@@ -31,6 +32,7 @@ torch.set_num_threads(int(sys.argv[1]))
 shapes, alpha, dt, iters = json.loads(sys.argv[2]), float(sys.argv[3]), getattr(torch, sys.argv[4]), int(sys.argv[5])
 op = sys.argv[6]
 form = sys.argv[7]
+read_grads = sys.argv[8] == "1"
 def bound(p, q, dim):
     if op == "vimco":
         return iwae_fused.vimco(p, q, dim)
@@ -49,6 +51,10 @@ for item in shapes:
     def step():
         out = bound(p, q, dim)
         out.backward(torch.ones_like(out))
+        if read_grads:  # as the next operation of a training step would
+            p.grad.sum()
+            if q is not None:
+                q.grad.sum()
         p.grad = None
         if q is not None:
             q.grad = None
@@ -78,7 +84,8 @@ def run(root, args, extra_env=()):
     env.update(item.split("=", 1) for item in extra_env)
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(args.threads), json.dumps(args.shapes.split(",")),
-         str(args.alpha), args.dtype, str(args.iters), args.op, args.form],
+         str(args.alpha), args.dtype, str(args.iters), args.op, args.form,
+         "1" if args.read_grads else "0"],
         env=env, capture_output=True, text=True, check=True, cwd="/",
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -97,6 +104,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--read-grads", action="store_true",
+                    help="read each gradient (.sum()) after every backward, as the next "
+                         "operation of a training step would")
     ap.add_argument("--a-env", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE")
     args = ap.parse_args()
@@ -118,7 +128,8 @@ def main():
         extra = getattr(args, f"{side}_env")
         return getattr(args, side) + (f" ({' '.join(extra)})" if extra else "")
     print(f"A = {label('a')}, B = {label('b')}; {args.op} ({args.form}), alpha = {args.alpha}, {args.dtype}, "
-          f"{args.threads} threads, {args.rounds} rounds (minima, us)")
+          f"{args.threads} threads, {args.rounds} rounds (minima, us)"
+          + (", gradients read after each backward" if args.read_grads else ""))
     print("| shape (KxB:dim) | mode | A | B | B / A |")
     print("|---|---|---|---|---|")
     for key in best["a"]:

@@ -18,11 +18,12 @@ first. Set the environment variable ``IWAE_FUSED_CPU_CACHE_MB`` before the
 first backward to change the budget (``0`` turns the cache off). Memory held
 by live tensors is not counted against it and is never touched.
 
-Where a backward's operands and gradients together exceed the CPU's
+Where a backward's operands and gradients together exceed half the CPU's
 last-level cache, its float32 and float64 gradients are written with
 non-temporal stores, which skip reading each line into the cache first: such
-a gradient would be evicted before the next operation read it anyway, and
-the backward moves a third less memory in either call form. The
+a gradient would mostly be evicted before the next operation read it anyway
+(the cache holds more than this one call), and the backward moves a third
+less memory in either call form. The
 cache size is what the C library reports (L3, else L2, else 32 MiB); set
 ``IWAE_FUSED_LLC_BYTES`` (bytes) before import to override it, say on a
 virtual machine that reports its host's whole cache; ``0`` streams every

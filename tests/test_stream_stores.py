@@ -1,8 +1,8 @@
 """Non-temporal gradient stores (csrc/cpu/stream_stores.h).
 
 The CPU weights passes write float and double gradients with non-temporal
-stores where a call's operands and gradients exceed the last-level cache,
-hundreds of megabytes on most machines: too big for the suite. The
+stores where a call's operands and gradients exceed half the last-level
+cache, tens to hundreds of megabytes on most machines: too big for the suite. The
 environment variable IWAE_FUSED_LLC_BYTES=0 makes every such call stream, so
 the weights-pass tests run again in processes of their own with it set, once
 per vector instruction set that has the stores. Each of them compares
@@ -108,6 +108,25 @@ def test_small_calls_do_not_stream_by_default():
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split()[1:] == ["0"] * 6
+
+
+THRESHOLD = """
+import torch, iwae_fused
+x = torch.randn(1000, 50).requires_grad_()  # 200,000 bytes read, as many written
+before = iwae_fused._C._streamed_calls()
+iwae_fused.iwelbo(x, dim=1).sum().backward()
+print(iwae_fused._C.cpu_kernels(), int(iwae_fused._C._streamed_calls() > before))
+"""
+
+
+@pytest.mark.parametrize("llc, streams", [("799999", 1), ("800000", 0), ("10000000", 0)])
+def test_a_call_streams_once_its_footprint_passes_half_the_cache(llc, streams):
+    # 400,000 bytes of operand and gradient: more than half of 799,999
+    # bytes, not more than half of 800,000.
+    res = run(["-c", THRESHOLD], llc)
+    assert res.returncode == 0, res.stderr
+    picked, flag = res.stdout.split()
+    assert flag == (str(streams) if picked != "DEFAULT" else "0"), picked
 
 
 def test_the_variable_sets_the_cache_size():

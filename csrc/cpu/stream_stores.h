@@ -1,5 +1,5 @@
 // Gradients written past the cache: non-temporal stores where a backward's
-// memory footprint exceeds the last-level cache (NOTES.md CPU 36).
+// memory footprint exceeds half the last-level cache (NOTES.md CPU 36, 39).
 // Included by kernels_impl.h inside one instruction set's compilation; the
 // cache size comes from stream_stores.cpp, compiled once.
 //
@@ -11,7 +11,11 @@
 // operation reads it, so that read buys nothing, and a non-temporal store
 // writes whole lines without it. Below that size streaming would lose the
 // cached copy: on the 2-core Xeon of NOTES.md, writing and then reading 16
-// MB took 1.5x as long streamed, 200 MB 0.8x.
+// MB took 1.5x as long streamed, 200 MB 0.8x. The cache also holds
+// whatever else runs, and not every line of a footprint near its size
+// survives until the next operation: there a training step whose gradient
+// is read again broke even at 128 MB of a reported 300 MB and gained at
+// 256 MB, hence half the cache.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +30,7 @@ inline namespace CPU_CAPABILITY {
 // should write them with non-temporal stores.
 inline bool streams_gradients(
     int64_t n, int64_t elem_size, int64_t reads, int64_t writes) {
-  return writes > 0 && n * elem_size * (reads + writes) > last_level_cache_bytes();
+  return writes > 0 && n * elem_size * (reads + writes) > last_level_cache_bytes() / 2;
 }
 
 // Orders a thread's non-temporal stores before what follows (the end of a
