@@ -13,9 +13,9 @@ different environment per side, --a-env / --b-env NAME=VALUE (repeatable),
 e.g. --b-env IWAE_FUSED_LLC_BYTES=1000000000000 to turn the non-temporal
 gradient stores off in B. --read-grads sums each gradient after every
 backward, as the operation that consumes it would. Every round runs one
-process per build, in alternating order, each timing batches of forward+backward steps (a fresh
-graph per step, gradients set to None, as training does) and the forward
-alone, and reporting the fastest batch. The table gives, per shape, the
+process per build, in alternating order, each timing batches of
+forward+backward steps (a fresh graph per step, gradients set to None, as
+training does) and the forward alone, and reporting the fastest batch. The table gives, per shape, the
 minimum over rounds of each build and the ratio B / A: minima of many short
 batches are what survives a shared, noisy machine (benchmarks/NOTES.md).
 """
