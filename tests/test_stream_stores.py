@@ -3,9 +3,9 @@
 The CPU weights passes write float and double gradients with non-temporal
 stores where a call's operands and gradients exceed half the last-level
 cache, tens to hundreds of megabytes on most machines: too big for the
-suite. The environment variable IWAE_FUSED_LLC_BYTES=0 makes every such call stream, so
-the weights-pass tests run again in processes of their own with it set, once
-per vector instruction set that has the stores. Each of them compares
+suite. The environment variable IWAE_FUSED_LLC_BYTES=0 makes every such
+call stream, so the weights-pass tests run again in processes of their own
+with it set, once per vector instruction set that has the stores. Each of them compares
 against the float64 reference: a store of a wrong value or to the wrong
 place fails them (a missing fence would not, in one process: the fences are
 checked by reading the kernels). A count of the calls that chose the
