@@ -4,6 +4,9 @@
         [--op iwelbo|vimco|normalized_weights] [--form pq|w] [--alpha 0] [--dtype float32]
         [--rounds 10] [--iters 200]
 
+A shape is KxB:dim (K samples and B outputs, over dim 0 or 1) or, with three
+or more sizes, the tensor's shape as written (10000x5x2:1).
+
 --form w calls iwelbo(log_w) alone (the log-weights-only form); pq passes
 log_p and log_q.
 
@@ -42,9 +45,13 @@ def bound(p, q, dim):
 res = {}
 for item in shapes:
     dims, dim = item.split(":")
-    K, B = map(int, dims.split("x"))
+    sizes = tuple(map(int, dims.split("x")))
     dim = int(dim)
-    shape = (K, B) if dim == 0 else (B, K)
+    if len(sizes) == 2:  # KxB: K samples, B outputs, over dim
+        K, B = sizes
+        shape = (K, B) if dim == 0 else (B, K)
+    else:  # three or more sizes: the shape as written
+        shape = sizes
     g = torch.Generator().manual_seed(0)
     p = (torch.randn(shape, generator=g) * 3).to(dt).requires_grad_()
     q = torch.randn(shape, generator=g).to(dt).requires_grad_() if form == "pq" else None

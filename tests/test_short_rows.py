@@ -265,6 +265,50 @@ def test_broadcast_log_q(shape, dim, bshape, dtype):
     check_fwd_bwd(p, q, dim, dtype)
 
 
+
+# The weights pass over small-inner slabs reads the incoming gradient in
+# place where it is dense in output order and needs no widening, widens a
+# broadcast scalar once, and copies any other layout per tile: every layout
+# of g, on slab tiles (lanes_out) and on slabs streamed one by one
+# (lanes_smp), both call forms.
+G_LAYOUT_CASES = [((67, 5, 2), 1), ((130, 3, 3), 1), ((40, 70, 2), 1), ((21, 200, 3), 1)]
+
+
+def g_in_layout(shape, layout, dtype):
+    gen = torch.Generator().manual_seed(2)
+    B, inner = shape
+    if layout == "dense":
+        return torch.randn(B, inner, generator=gen).to(dtype)
+    if layout == "sum":  # the gradient of out.sum() times a constant
+        return torch.full((), 0.7, dtype=dtype).expand(B, inner)
+    if layout == "transposed":
+        return torch.randn(inner, B, generator=gen).to(dtype).t()
+    if layout == "row":  # one value per inner position, shared by the batch
+        return torch.randn(inner, generator=gen).to(dtype).expand(B, inner)
+    return torch.randn(B, 1, generator=gen).to(dtype).expand(B, inner)  # per slab
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("pq", [False, True], ids=["w", "pq"])
+@pytest.mark.parametrize("layout", ["dense", "sum", "transposed", "row", "col"])
+@pytest.mark.parametrize(
+    "shape,dim", G_LAYOUT_CASES,
+    ids=[case_id("g", s, d, torch.float32) for s, d in G_LAYOUT_CASES],
+)
+def test_small_inner_incoming_gradient_layouts(shape, dim, layout, pq, dtype):
+    p, q = inputs(shape, dtype)
+    p = p.detach().requires_grad_()
+    q = q.detach().requires_grad_() if pq else None
+    out = iwae_fused.iwelbo(p, q, dim)
+    g = g_in_layout(out.shape, layout, dtype)
+    out.backward(g)
+    p64 = p.detach().double().requires_grad_()
+    q64 = q.detach().double().requires_grad_() if pq else None
+    R.iwelbo(p64, q64, dim).backward(g.double())
+    close(p.grad, p64.grad, dtype)
+    if pq:
+        close(q.grad, q64.grad, dtype)
+
 # ---- special values ----------------------------------------------------------
 
 SPECIAL_CASES = [c for c in LAYOUT_CASES if c != ((9001, 2), 0)]  # >= 5 outputs

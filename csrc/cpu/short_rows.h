@@ -574,7 +574,9 @@ struct LaneTiles {
   };
 
   // The L lanes' values of per-output array x for vector pv of `src`.
-  static V lane_values(const opmath_t* x, const LaneSources& src, int64_t pv) {
+  // Inlined: out of line it was a call through the PLT, three per vector of
+  // a weights stream (NOTES.md CPU 41).
+  C10_ALWAYS_INLINE static V lane_values(const opmath_t* x, const LaneSources& src, int64_t pv) {
     return LaneShuffles<V>::permute(
         V::loadu(x + src.base[pv], src.count[pv]), VI::loadu(src.rel.data() + pv * L));
   }
@@ -643,6 +645,32 @@ struct LaneTiles {
     }
   }
 
+  // Where the weights stream reads g (opmath, per output) from: in place
+  // where it needs no widening and lies dense in output order (no copy per
+  // tile: a strided scalar load per value cost about a third of a slab
+  // tile's instructions, NOTES.md CPU 41), else a buffer widened per tile,
+  // or once where every slab's g is the same (a broadcast scalar, the g of
+  // a .sum(), or a row shared by the batch).
+  struct GSource {
+    const opmath_t* direct = nullptr;
+    bool buffered = false, broadcast = false;
+    GSource(const WeightsArgs& a, const scalar_t* g) {
+      if (!g) return;
+      if constexpr (!IO::kWiden) {
+        if ((a.g_si == 1 || a.inner == 1) && a.g_so == a.inner) {
+          direct = g;
+          return;
+        }
+      }
+      buffered = true;
+      broadcast = a.g_so == 0; // every slab's g alike: one copy per chunk
+    }
+    // g from output o0 on; buf: this thread's widened copy.
+    const opmath_t* at(const std::vector<opmath_t>& buf, int64_t o0) const {
+      return direct ? direct + o0 : buffered ? buf.data() : nullptr;
+    }
+  };
+
   template <bool HAS_Q>
   static bool weights_slab_tiles(const WeightsArgs& a, int64_t tiles) {
     // A tile is L slabs of K * inner elements: period K * inner vectors;
@@ -657,16 +685,18 @@ struct LaneTiles {
     const opmath_t *shift = ptr.shift, *log_norm = ptr.log_norm;
     auto *op = ptr.op, *oq = ptr.oq;
     const int64_t grain = std::max<int64_t>(1, kParallelElems / (L * slab));
+    const GSource gs(a, g);
     parallel_for(0, tiles, grain, [&](int64_t b, int64_t e) {
-      std::vector<opmath_t> gbuf(g ? L * a.inner : 0);
+      std::vector<opmath_t> gbuf(gs.buffered ? L * a.inner : 0);
+      if (gs.broadcast) widen_g(a, g, 0, L, gbuf.data()); // the same every tile
       for (int64_t tile = b; tile < e; ++tile) {
         const int64_t o0 = tile * L, off = o0 * a.out_so;
-        if (g) widen_g(a, g, o0, L, gbuf.data());
+        if (gs.buffered && !gs.broadcast) widen_g(a, g, o0, L, gbuf.data());
         weights_stream<HAS_Q>(
             a, p + o0 * a.p.so, HAS_Q ? q + o0 * a.q.so : nullptr,
             op ? op + off : nullptr, oq ? oq + off : nullptr, L * slab,
             ptr.stream, shift + o0 * a.inner, log_norm + o0 * a.inner,
-            g ? gbuf.data() : nullptr, src);
+            gs.at(gbuf, o0 * a.inner), src);
       }
       fence_streams(ptr.stream);
     });
@@ -687,17 +717,19 @@ struct LaneTiles {
     const auto *p = ptr.p, *q = ptr.q, *g = ptr.g;
     const opmath_t *shift = ptr.shift, *log_norm = ptr.log_norm;
     auto *op = ptr.op, *oq = ptr.oq;
+    const GSource gs(a, g);
     parallel_for(0, a.outer * chunks, 1, [&](int64_t b, int64_t e) {
-      std::vector<opmath_t> gbuf(g ? a.inner : 0);
+      std::vector<opmath_t> gbuf(gs.buffered ? a.inner : 0);
+      if (gs.broadcast) widen_g(a, g, 0, 1, gbuf.data()); // the same every slab
       for (int64_t it = b; it < e; ++it) {
         const int64_t o = it / chunks, e0 = (it % chunks) * chunk;
         const int64_t off = o * a.out_so + e0;
-        if (g) widen_g(a, g, o, 1, gbuf.data());
+        if (gs.buffered && !gs.broadcast) widen_g(a, g, o, 1, gbuf.data());
         weights_stream<HAS_Q>(
             a, p + o * a.p.so + e0, HAS_Q ? q + o * a.q.so + e0 : nullptr,
             op ? op + off : nullptr, oq ? oq + off : nullptr,
             std::min(chunk, n - e0), ptr.stream, shift + o * a.inner,
-            log_norm + o * a.inner, g ? gbuf.data() : nullptr, src);
+            log_norm + o * a.inner, gs.at(gbuf, o * a.inner), src);
       }
       fence_streams(ptr.stream);
     });
