@@ -176,6 +176,11 @@ def _extension():
     # command line: debug information made the library ~48 MB.
     cxx = ["-O0", "-g"] if debug else ["-O3", "-g1" if lineinfo else "-g0"]
     cxx += ["-fdiagnostics-color=always", "-Wno-unknown-pragmas"] + _NO_CONTRACTION["cxx"]
+    # Nothing of ours is looked up from outside but the module's init, which
+    # PYBIND11_MODULE exports itself: hidden symbols let the linker bind the
+    # kernels' calls to one another directly instead of through the PLT
+    # (benchmarks/NOTES.md CPU 42).
+    cxx += ["-fvisibility=hidden", "-fvisibility-inlines-hidden"]
     macros = []
     kwargs = {}
     link = []
