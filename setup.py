@@ -178,8 +178,9 @@ def _extension():
     cxx += ["-fdiagnostics-color=always", "-Wno-unknown-pragmas"] + _NO_CONTRACTION["cxx"]
     # Nothing of ours is looked up from outside but the module's init, which
     # PYBIND11_MODULE exports itself: hidden symbols let the linker bind the
-    # kernels' calls to one another directly instead of through the PLT
-    # (benchmarks/NOTES.md CPU 42).
+    # C++ sources' calls to one another (the CPU kernels') directly instead
+    # of through the PLT (benchmarks/NOTES.md CPU 42). The CUDA sources keep
+    # nvcc's default visibility; their entry points are called once a launch.
     cxx += ["-fvisibility=hidden", "-fvisibility-inlines-hidden"]
     macros = []
     kwargs = {}

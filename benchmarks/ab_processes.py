@@ -4,8 +4,10 @@
         [--op iwelbo|vimco|normalized_weights] [--form pq|w] [--alpha 0] [--dtype float32]
         [--rounds 10] [--iters 200]
 
-A shape is KxB:dim (K samples and B outputs, over dim 0 or 1) or, with three
-or more sizes, the tensor's shape as written (10000x5x2:1).
+A shape is KxB:dim, K samples and B outputs: the tensor is [K, B] over dim 0
+and [B, K] over dim 1 (2x65536:1 is 65536 rows of 2 samples, 65536x2:1 two
+rows of 65536). With three or more sizes it is the tensor's shape as written
+(10000x5x2:1).
 
 --form w calls iwelbo(log_w) alone (the log-weights-only form); pq passes
 log_p and log_q.

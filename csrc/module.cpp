@@ -43,8 +43,9 @@ PYBIND11_MODULE(_C, m) {
       },
       "The CPU output cache's budget, free and held bytes, hits and misses.");
   m.def("last_level_cache_bytes", &iwae_fused::cpu::last_level_cache_bytes,
-        "The last-level cache, in bytes, past which the CPU backward writes "
-        "gradients with non-temporal stores (IWAE_FUSED_LLC_BYTES overrides).");
+        "The last-level cache, in bytes: a CPU backward whose operands and "
+        "gradients exceed half of it writes its gradients with non-temporal "
+        "stores (IWAE_FUSED_LLC_BYTES overrides).");
   m.def("_streamed_calls", &iwae_fused::cpu::streamed_calls,
         "CPU weights passes that chose non-temporal stores, since the process started.");
   m.def("_set_cpu_stands_for_gpu", &iwae_fused::set_cpu_stands_for_gpu,

@@ -6,16 +6,17 @@
 // An ordinary store first reads its line into the cache (read for
 // ownership): a weights pass that reads log_w and writes its gradient moves
 // three streams, not two, and the pair form with both gradients six, not
-// four. Where the call's operands and gradients together exceed the
-// last-level cache, the gradient cannot still be cached when the next
-// operation reads it, so that read buys nothing, and a non-temporal store
+// four. Where the call's operands and gradients together outgrow the
+// last-level cache, the gradient is mostly gone from it when the next
+// operation reads it, so that read buys little, and a non-temporal store
 // writes whole lines without it. Below that size streaming would lose the
 // cached copy: on the 2-core Xeon of NOTES.md, writing and then reading 16
 // MB took 1.5x as long streamed, 200 MB 0.8x. The cache also holds
 // whatever else runs, and not every line of a footprint near its size
-// survives until the next operation: there a training step whose gradient
-// is read again broke even at 128 MB of a reported 300 MB and gained at
-// 256 MB, hence half the cache.
+// survives until the next operation: there a training step over short
+// rows whose gradient is read again lost streamed at 20-128 MB
+// (1.05-1.10x) and gained at 256 MB (0.84x) of a reported 300 MB, hence
+// half the cache.
 #pragma once
 
 #include <cstdint>
