@@ -270,6 +270,25 @@ def interleaved_medians(steps, timer, repeats, target_s=0.05):
     return {n: t.median for n, t in interleaved_timings(steps, timer, repeats, target_s).items()}
 
 
+# The cheapest training step there is, per call form: one op with one
+# autograd node on two elements (x.sum(0) of log_w; torch.dot(log_p, log_q),
+# one node with two gradients), timed as make_step times a step. It is what
+# Python, dispatch, autograd and the allocator cost any step on this machine,
+# so no op's step can take less: a memory floor below this cost cannot be met
+# within a small factor however fast the kernels are.
+ONE_OP_STEP = {
+    "w": lambda p, q, dim: p.sum(dim),
+    "pq": lambda p, q, dim: torch.dot(p, q),
+}
+
+
+def one_op_step_seconds(form, dtype, device, timer, repeats):
+    """Median seconds of ONE_OP_STEP[form]'s training step on two elements."""
+    (case,) = parse_cases("2:0")
+    step = make_step(ONE_OP_STEP[form], case, "fwdbwd", dtype, device, form=form)
+    return interleaved_medians({"one op": step}, timer, repeats)["one op"]
+
+
 def load_average():
     """The 1-minute load average, or None where the OS has none."""
     try:

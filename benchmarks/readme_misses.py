@@ -1,0 +1,105 @@
+"""The README's table of missed targets, drawn from the published runs
+(benchmarks/results.csv for the cpu preset, results-short.csv for the short
+one), so that the README cannot say more than the tables do.
+
+    python benchmarks/readme_misses.py           # print the table
+    python benchmarks/readme_misses.py --write   # replace it in README.md
+
+The README holds the table between the two MARKERS; tests/test_docs_examples.py
+fails when it differs from what this script prints.
+"""
+
+import argparse
+import csv
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench import PUBLISH, TARGET_NAMES, missed, out_of_reach, target_of  # noqa: E402
+
+MARKERS = ("<!-- missed targets: begin (python benchmarks/readme_misses.py --write) -->",
+           "<!-- missed targets: end -->")
+MODES = {"fwd": "forward", "fwdbwd": "training step", "bwd": "backward"}
+# The presets whose tables set targets, in the order the README lists them.
+PRESETS = ("cpu", "short")
+
+
+def read_rows(preset):
+    """The published rows of a preset, numbers as floats."""
+    with open(os.path.join(HERE, PUBLISH[preset]["csv"]), newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in list(r.items()):
+            if v in ("", None):
+                del r[k]
+            elif k not in ("shape", "label", "form", "mode", "op"):
+                r[k] = float(v)
+        r["dim"] = int(r["dim"])
+    return rows
+
+
+def misses(preset, rows):
+    """(row, ratio key) for every target the rows miss."""
+    return [(r, key) for r in rows for key in TARGET_NAMES if missed(r, key, preset)]
+
+
+def table():
+    lines = []
+    for preset in PRESETS:
+        rows = read_rows(preset)
+        found = misses(preset, rows)
+        name = PUBLISH[preset]["markdown"]
+        if not found:
+            lines += [f"`benchmarks/{name}` ({preset} preset): every target met.", ""]
+            continue
+        lines += [
+            f"`benchmarks/{name}` ({preset} preset): {len(found)} of its targets missed.",
+            "",
+            "| shape | dim | form | measure | target | measured | floor + one-op step |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r, key in found:
+            target = target_of(key, r["mode"], preset)
+            limit = f"{r['reach_x']:.2f}x" if key == "floor_x" and "reach_x" in r else "-"
+            if out_of_reach(r, key, preset):
+                limit += " (out of reach)"
+            lines.append(
+                f"| [{r['shape'].replace('x', ', ')}] | {r['dim']} | {r['form']} "
+                f"| {MODES[r['mode']]}, {TARGET_NAMES[key]} "
+                f"| {'at most' if key == 'floor_x' else 'at least'} {target:g}x "
+                f"| {r[key]:.2f}x | {limit} |"
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip("\n")
+
+
+def block():
+    """The README's block, markers included."""
+    return f"{MARKERS[0]}\n{table()}\n{MARKERS[1]}"
+
+
+def replace_block(text, new_block):
+    """text with its marked block replaced; ValueError when the markers are missing."""
+    begin, end = text.find(MARKERS[0]), text.find(MARKERS[1])
+    if begin < 0 or end < begin:
+        raise ValueError(f"README.md lacks the markers {MARKERS}")
+    return text[:begin] + new_block + text[end + len(MARKERS[1]):]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--write", action="store_true", help="replace the table in README.md")
+    args = ap.parse_args(argv)
+    if not args.write:
+        print(block())
+        return
+    path = os.path.join(os.path.dirname(HERE), "README.md")
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(replace_block(text, block()))
+
+
+if __name__ == "__main__":
+    main()

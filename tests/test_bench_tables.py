@@ -1,0 +1,90 @@
+"""The benchmark tables' verdicts: which ratios miss their targets, which
+missed floors no step could meet (the floor plus a one-op step already above
+the target), and the README's table of misses drawn from the published runs."""
+
+import argparse
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench  # noqa: E402
+import readme_misses  # noqa: E402
+
+
+def row(mode, form="w", **ratios):
+    base = dict(shape="65536x2", dim=1, form=form, mode=mode, iwae_fused_us=100.0,
+                eager_us=1000.0, compile_us=1000.0, vs_eager=10.0, vs_compile=10.0)
+    return {**base, **ratios}
+
+
+@pytest.mark.parametrize("r, key, preset, expect", [
+    (row("fwdbwd", floor_x=1.31), "floor_x", "short", True),
+    (row("fwdbwd", floor_x=1.29), "floor_x", "short", False),
+    (row("fwdbwd", floor_x=5.0), "floor_x", "cpu", False),  # the cpu preset sets no floor
+    (row("fwd", floor_x=2.1), "floor_x", "short", True),
+    (row("fwd", floor_x=1.9), "floor_x", "short", False),
+    (row("fwd", vs_eager=1.9), "vs_eager", "short", True),
+    (row("fwd", vs_eager=1.9), "vs_eager", "cpu", False),  # cpu: the training step only
+    (row("fwdbwd", vs_compile=1.19), "vs_compile", "cpu", True),
+    (row("bwd", vs_compile=0.5), "vs_compile", "short", False),  # the backward alone: no target
+])
+def test_missed(r, key, preset, expect):
+    assert bench.missed(r, key, preset) is expect
+
+
+def test_out_of_reach_needs_a_missed_floor_above_its_reach():
+    assert bench.out_of_reach(row("fwdbwd", floor_x=1.6, reach_x=1.35), "floor_x", "short")
+    assert not bench.out_of_reach(row("fwdbwd", floor_x=1.6, reach_x=1.25), "floor_x", "short")
+    assert not bench.out_of_reach(row("fwdbwd", floor_x=1.2, reach_x=1.35), "floor_x", "short")
+    assert not bench.out_of_reach(row("fwdbwd", floor_x=1.6), "floor_x", "short")  # not measured
+
+
+def test_targets_table_marks_misses_and_floors_out_of_reach():
+    rows = [row("fwd", floor_x=1.0),
+            row("fwdbwd", floor_x=1.6, reach_x=1.35, vs_compile=1.1),
+            row("fwd", form="pq", floor_x=1.0),
+            row("fwdbwd", form="pq", floor_x=1.5, reach_x=1.1)]
+    text = "\n".join(bench.targets_table(rows, "short"))
+    assert "Misses in bold: 3. Marked †: 1 training-step floors" in text
+    w_line = next(l for l in text.splitlines() if l.startswith("| [65536, 2] | 1 | w |"))
+    pq_line = next(l for l in text.splitlines() if l.startswith("| [65536, 2] | 1 | pq |"))
+    assert "**1.60x**†" in w_line and "**1.10x**" in w_line
+    assert "**1.50x**" in pq_line and "†" not in pq_line
+
+
+def test_a_run_measures_the_one_op_step_and_the_reach():
+    args = argparse.Namespace(device="cpu", clock="wall", dtype="float32", op="iwelbo",
+                              modes=["fwdbwd"], forms=["w", "pq"], shapes="64x4:1",
+                              no_compile=True, repeats=1, scale=1.0)
+    rows, _, _ = bench.run(args)
+    assert {r["form"] for r in rows} == {"w", "pq"}
+    for r in rows:
+        assert r["one_op_us"] > 0
+        floor_us = r["iwae_fused_us"] / r["floor_x"]
+        assert r["reach_x"] == pytest.approx((floor_us + r["one_op_us"]) / floor_us)
+    assert bench.one_op_line(rows)[0].count(" us") == 2
+
+
+def test_the_readme_table_is_the_published_runs():
+    readme = (ROOT / "README.md").read_text()
+    begin, end = (readme.index(m) for m in readme_misses.MARKERS)
+    assert readme[begin:end + len(readme_misses.MARKERS[1])] == readme_misses.block(), (
+        "README.md's table of missed targets differs from the published runs: "
+        "run python benchmarks/readme_misses.py --write")
+
+
+def test_the_readme_table_lists_every_miss_of_the_published_tables():
+    # The same count the published table's own header states.
+    published = (ROOT / "benchmarks" / "RESULTS-short.md").read_text()
+    stated = int(published.split("Misses in bold: ")[1].split(".")[0])
+    assert len(readme_misses.misses("short", readme_misses.read_rows("short"))) == stated
+
+
+def test_replace_block_needs_the_markers():
+    with pytest.raises(ValueError, match="lacks the markers"):
+        readme_misses.replace_block("no markers here", "x")
+    text = f"a\n{readme_misses.MARKERS[0]}\nold\n{readme_misses.MARKERS[1]}\nb"
+    assert readme_misses.replace_block(text, "NEW") == "a\nNEW\nb"
