@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from published import FLOOR_TARGETS, PUBLISH, missed, out_of_reach  # noqa: E402
 
 import iwae_fused  # noqa: E402
 
@@ -284,42 +285,6 @@ def one_op_line(rows):
             f"2 elements for w, torch.dot of 2 for pq): {each}"]
 
 
-# Targets, misses in bold. Every preset: the training step (fwdbwd) at least
-# 2x faster than eager and 1.2x faster than torch.compile, in both call
-# forms. The short preset also: the forward within 2x of its memory floor,
-# fwd at least 2x eager / 1.2x compile, and the training step within 1.3x of
-# its floor (the inputs read by the forward, read again and one gradient per
-# input written by the backward).
-TARGETS = {"vs_eager": 2.0, "vs_compile": 1.2}
-FLOOR_TARGETS = {"fwd": 2.0, "fwdbwd": 1.3}
-TARGET_NAMES = {"vs_eager": "vs eager", "vs_compile": "vs compile", "floor_x": "x floor"}
-
-
-def target_of(key, mode, preset):
-    """The target a row's ratio (key) must meet in this preset, or None (the
-    backward alone, timed to show where a step's time goes, has none)."""
-    if mode == "bwd":
-        return None
-    if key == "floor_x":
-        return FLOOR_TARGETS.get(mode) if preset == "short" else None
-    return TARGETS[key] if mode == "fwdbwd" or preset == "short" else None
-
-
-def missed(r, key, preset):
-    """Whether row r misses its target for ratio key (a floor: above it)."""
-    target, v = target_of(key, r["mode"], preset), r.get(key)
-    if target is None or v is None:
-        return False
-    return v > target if key == "floor_x" else v < target
-
-
-def out_of_reach(r, key, preset):
-    """A missed training-step floor that the floor plus the one-op step
-    already exceeds: no step could meet it on this machine."""
-    return (key == "floor_x" and missed(r, key, preset)
-            and r.get("reach_x", 0) > target_of(key, r["mode"], preset))
-
-
 def targets_table(rows, preset):
     """One line per shape and form: times and ratios, misses in bold."""
     by_case = {}
@@ -328,12 +293,12 @@ def targets_table(rows, preset):
     short = preset == "short"
     misses = unreachable = 0
 
-    def ratio(r, key, mode):
+    def ratio(r, key):
         nonlocal misses, unreachable
         v = r.get(key)
         if v is None:
             return "-"
-        text = f"{v:.1f}x" if key == "floor_x" and mode == "fwd" else f"{v:.2f}x"
+        text = f"{v:.1f}x" if key == "floor_x" and r["mode"] == "fwd" else f"{v:.2f}x"
         miss, far = missed(r, key, preset), out_of_reach(r, key, preset)
         misses += miss
         unreachable += far
@@ -352,10 +317,10 @@ def targets_table(rows, preset):
     for (shape, dim, form), modes in by_case.items():
         cells = [f"[{shape.replace('x', ', ')}]", str(dim), form]
         f, fb, b = modes.get("fwd"), modes.get("fwdbwd"), modes.get("bwd")
-        cells += [times(f), ratio(f, "vs_eager", "fwd"), ratio(f, "vs_compile", "fwd"),
-                  ratio(f, "floor_x", "fwd")] if f else ["-"] * 4
-        cells += [times(fb), ratio(fb, "vs_eager", "fwdbwd"),
-                  ratio(fb, "vs_compile", "fwdbwd"), ratio(fb, "floor_x", "fwdbwd")] if fb else ["-"] * 4
+        cells += [times(f), ratio(f, "vs_eager"), ratio(f, "vs_compile"),
+                  ratio(f, "floor_x")] if f else ["-"] * 4
+        cells += [times(fb), ratio(fb, "vs_eager"), ratio(fb, "vs_compile"),
+                  ratio(fb, "floor_x")] if fb else ["-"] * 4
         cells += [times(b), f"{b['vs_compile']:.2f}x" if b and "vs_compile" in b else "-"] if b else ["-"] * 2
         lines.append("| " + " | ".join(cells) + " |")
     what = (
@@ -365,9 +330,11 @@ def targets_table(rows, preset):
         "the training step (fwd+bwd) at least 2x faster than eager and 1.2x faster than "
         "torch.compile"
     )
+    limit = FLOOR_TARGETS["fwdbwd"]
     reach = (
-        f" Marked †: {unreachable} training-step floors that no step could meet "
-        "here, since the floor plus the one-op step above already exceeds 1.3x the floor."
+        f" Marked †: {unreachable} training-step floor{'s' if unreachable > 1 else ''} that "
+        f"no step could meet here, the floor plus the one-op step above being already more "
+        f"than {limit:g}x the floor."
         if unreachable else ""
     )
     head = [
@@ -409,26 +376,6 @@ def plot(rows, path, title_suffix=""):
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-
-
-# The committed tables and the arguments that regenerate each: `bench.py
-# --publish NAME` (a list of runs appended into one file; extra flags such as
-# --repeats apply to every run). Each takes under ~10 minutes on the 2-core
-# machine with inductor's compile cache warm.
-PUBLISH = {
-    "cpu": dict(markdown="RESULTS.md", csv="results.csv", plot="results.png",
-                runs=[dict(preset="cpu")]),
-    # 27 shapes x 2 forms x 3 modes: 7 repeats keep it near 10 minutes.
-    "short": dict(markdown="RESULTS-short.md", csv="results-short.csv",
-                  runs=[dict(preset="short", repeats=7)]),
-    "wide": dict(markdown="RESULTS-wide.md", runs=[dict(preset="cpu", scale=100.0)]),
-    "estimators": dict(markdown="RESULTS-estimators.md", runs=[
-        dict(op="renyi", preset="cpu"),
-        dict(op="ess", preset="cpu"),
-        dict(op="vimco", shapes="50x128:0,5x1024:0,100x1000:0"),
-        dict(op="dreg", preset="cpu", modes=["fwdbwd"]),
-    ]),
-}
 
 
 def command_line(args):

@@ -11,6 +11,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench  # noqa: E402
+import published  # noqa: E402
 import readme_misses  # noqa: E402
 
 
@@ -30,16 +31,22 @@ def row(mode, form="w", **ratios):
     (row("fwd", vs_eager=1.9), "vs_eager", "cpu", False),  # cpu: the training step only
     (row("fwdbwd", vs_compile=1.19), "vs_compile", "cpu", True),
     (row("bwd", vs_compile=0.5), "vs_compile", "short", False),  # the backward alone: no target
+    # A ratio at its target meets it.
+    (row("fwdbwd", floor_x=1.3), "floor_x", "short", False),
+    (row("fwd", floor_x=2.0), "floor_x", "short", False),
+    (row("fwdbwd", vs_eager=2.0), "vs_eager", "cpu", False),
+    (row("fwdbwd", vs_compile=1.2), "vs_compile", "short", False),
+    (row("fwdbwd"), "floor_x", "short", False),  # not timed
 ])
 def test_missed(r, key, preset, expect):
-    assert bench.missed(r, key, preset) is expect
+    assert published.missed(r, key, preset) is expect
 
 
 def test_out_of_reach_needs_a_missed_floor_above_its_reach():
-    assert bench.out_of_reach(row("fwdbwd", floor_x=1.6, reach_x=1.35), "floor_x", "short")
-    assert not bench.out_of_reach(row("fwdbwd", floor_x=1.6, reach_x=1.25), "floor_x", "short")
-    assert not bench.out_of_reach(row("fwdbwd", floor_x=1.2, reach_x=1.35), "floor_x", "short")
-    assert not bench.out_of_reach(row("fwdbwd", floor_x=1.6), "floor_x", "short")  # not measured
+    assert published.out_of_reach(row("fwdbwd", floor_x=1.6, reach_x=1.35), "floor_x", "short")
+    assert not published.out_of_reach(row("fwdbwd", floor_x=1.6, reach_x=1.25), "floor_x", "short")
+    assert not published.out_of_reach(row("fwdbwd", floor_x=1.2, reach_x=1.35), "floor_x", "short")
+    assert not published.out_of_reach(row("fwdbwd", floor_x=1.6), "floor_x", "short")  # not measured
 
 
 def test_targets_table_marks_misses_and_floors_out_of_reach():
@@ -48,11 +55,24 @@ def test_targets_table_marks_misses_and_floors_out_of_reach():
             row("fwd", form="pq", floor_x=1.0),
             row("fwdbwd", form="pq", floor_x=1.5, reach_x=1.1)]
     text = "\n".join(bench.targets_table(rows, "short"))
-    assert "Misses in bold: 3. Marked †: 1 training-step floors" in text
+    assert "Misses in bold: 3. Marked †: 1 training-step floor that no step" in text
     w_line = next(l for l in text.splitlines() if l.startswith("| [65536, 2] | 1 | w |"))
     pq_line = next(l for l in text.splitlines() if l.startswith("| [65536, 2] | 1 | pq |"))
     assert "**1.60x**†" in w_line and "**1.10x**" in w_line
     assert "**1.50x**" in pq_line and "†" not in pq_line
+
+
+def test_targets_table_of_the_cpu_preset_judges_the_training_step_only():
+    rows = [row("fwd", floor_x=5.0, vs_eager=1.5), row("fwdbwd", floor_x=5.0, vs_eager=1.9)]
+    text = "\n".join(bench.targets_table(rows, "cpu"))
+    assert "Misses in bold: 1." in text and "†" not in text
+    line = next(l for l in text.splitlines() if l.startswith("| [65536, 2]"))
+    assert "**1.90x**" in line and "**1.50x**" not in line and "**5.00x**" not in line
+
+
+def test_a_run_without_training_steps_times_no_one_op_step():
+    assert bench.one_op_steps(["w", "pq"], ["fwd", "bwd"], None, None, None) == {}
+    assert bench.one_op_line([row("fwd")]) == []
 
 
 def test_a_run_measures_the_one_op_step_and_the_reach():
@@ -76,11 +96,27 @@ def test_the_readme_table_is_the_published_runs():
         "run python benchmarks/readme_misses.py --write")
 
 
-def test_the_readme_table_lists_every_miss_of_the_published_tables():
+@pytest.mark.parametrize("preset", readme_misses.PRESETS)
+def test_the_readme_table_lists_every_miss_of_the_published_tables(preset):
     # The same count the published table's own header states.
-    published = (ROOT / "benchmarks" / "RESULTS-short.md").read_text()
-    stated = int(published.split("Misses in bold: ")[1].split(".")[0])
-    assert len(readme_misses.misses("short", readme_misses.read_rows("short"))) == stated
+    text = (ROOT / "benchmarks" / published.PUBLISH[preset]["markdown"]).read_text()
+    stated = int(text.split("Misses in bold: ")[1].split(".")[0])
+    assert len(readme_misses.misses(preset, readme_misses.read_rows(preset))) == stated
+
+
+def test_the_readme_table_gives_the_reach_where_a_run_timed_it():
+    timed = [row("fwdbwd", floor_x=1.6, reach_x=1.35), row("fwdbwd", form="pq", floor_x=1.4,
+                                                          reach_x=1.1)]
+    untimed = [row("fwdbwd", floor_x=1.6)]
+    text = readme_misses.table(lambda p: timed if p == "short" else untimed)
+    short = text[text.index("RESULTS-short.md"):]
+    assert "2 of its targets missed." in short
+    assert "| 1.60x | 1.35x (out of reach) |" in short and "| 1.40x | 1.10x |" in short
+    # The cpu preset sets no floor: nothing missed, whatever the floor.
+    assert "`benchmarks/RESULTS.md` (cpu preset): every target met." in text
+    text = readme_misses.table(lambda p: untimed)
+    assert "predates the timing of the one-op step" in text and "reach" not in text.split(
+        "\n| shape")[1].split("\n")[0]
 
 
 def test_replace_block_needs_the_markers():
