@@ -97,6 +97,30 @@ struct LaneTiles {
     return (K == 1 || s.sk == inner) && (inner == 1 || s.si == 1);
   }
 
+  // Asks for the lines of the n elements at p (and q) into L2, spread over
+  // `steps` calls of step(): a tile's prefetch of the next one, issued a few
+  // lines at a time between its arithmetic (NOTES.md CPU 46).
+  template <bool HAS_Q>
+  struct NextTile {
+    static constexpr int64_t kLine = 64;
+    const char *p, *q, *end;
+    int64_t per; // lines per step
+    NextTile(const scalar_t* p_, const scalar_t* q_, int64_t n, int64_t steps)
+        : p(reinterpret_cast<const char*>(p_)),
+          q(reinterpret_cast<const char*>(q_)),
+          end(p + n * static_cast<int64_t>(sizeof(scalar_t))),
+          per(ceil_div(ceil_div(n * static_cast<int64_t>(sizeof(scalar_t)), kLine), steps)) {}
+    C10_ALWAYS_INLINE void step() {
+      for (int64_t i = 0; i < per && p < end; ++i, p += kLine) {
+        __builtin_prefetch(p, 0, 2);
+        if constexpr (HAS_Q) {
+          __builtin_prefetch(q, 0, 2);
+          q += kLine;
+        }
+      }
+    }
+  };
+
   // ---- reduction across outputs ---------------------------------------------
 
   // Whether the slabs of s follow each other densely (rows: K contiguous
@@ -179,6 +203,13 @@ struct LaneTiles {
             (x * beta).store(xbuf.data() + j, c - j);
           }
         }
+        // DENSE: the next tile's slabs arrive while this one's arithmetic
+        // runs, as in reduce_rows_transposed (NOTES.md CPU 46).
+        const int64_t o_next = (r0 + n) / a.inner;
+        NextTile<HAS_Q && DENSE> next(
+            DENSE ? P + o_next * slab : nullptr,
+            DENSE && HAS_Q ? Q + o_next * slab : nullptr,
+            DENSE ? ((r0 + n - 1) / a.inner - o0 + 1) * slab : 0, a.K);
         const idx_t* ipt = ip;
         const idx_t* iqt = iq;
         if (n == T && i0 < phases) {
@@ -197,6 +228,7 @@ struct LaneTiles {
           const int64_t r = std::min(kBlock, a.K - kb);
           for (int64_t v = 0; v < nv; ++v) bmax[v] = V(-INFINITY);
           for (int64_t j = 0; j < r; ++j) {
+            next.step();
             const scalar_t* pk = p0 + (kb + j) * a.p.sk;
             const scalar_t* qk = HAS_Q ? q0 + (kb + j) * a.q.sk : nullptr;
             for (int64_t v = 0; v < nv; ++v) {
@@ -344,12 +376,14 @@ struct LaneTiles {
         const int64_t nv = ceil_div(n, L), c = n * K;
         const scalar_t* ps = P + r0 * K;
         const scalar_t* qs = HAS_Q ? Q + r0 * K : nullptr;
+        // A chunk's first tile was not asked for by a previous one.
+        const bool ahead = tile == b;
         int64_t j = 0;
         for (; j + L <= c; j += L) {
-          IO::prefetch_ahead(ps + j);
+          if (ahead) IO::prefetch_ahead(ps + j);
           V x = IO::load(ps + j);
           if constexpr (HAS_Q) {
-            IO::prefetch_ahead(qs + j);
+            if (ahead) IO::prefetch_ahead(qs + j);
             x = x - IO::load(qs + j);
           }
           (x * beta).store(xbuf.data() + j);
@@ -359,9 +393,14 @@ struct LaneTiles {
           if constexpr (HAS_Q) x = x - IO::load(qs + j, c - j);
           (x * beta).store(xbuf.data() + j, c - j);
         }
+        // The next tile's lines, a few per (block, vector) step below, so
+        // that they arrive while this tile's arithmetic runs (NOTES.md CPU
+        // 46). Past the last row they are prefetches of nothing: harmless.
+        NextTile<HAS_Q> next(ps + c, qs ? qs + c : nullptr, c, ceil_div(K, L) * nv);
         for (int64_t kb = 0; kb < K; kb += L) {
           const int64_t w = std::min(L, K - kb);
           for (int64_t v = 0; v < nv; ++v) {
+            next.step();
             const int64_t rv = std::min(L, n - v * L);
             const opmath_t* xr = xbuf.data() + v * L * K + kb;
             // Samples past w read as 0: columns that are never used.
