@@ -39,6 +39,8 @@ constexpr int64_t kOneBlockVecs = 32; // see Kernels::tile_width
 constexpr int64_t kNarrowMaxK = 8; // see Kernels::tile_width
 constexpr int64_t kMinNarrowVecs = 4; // see Kernels::tile_width
 constexpr int64_t kWeightsTile = 2048; // columns' weights pass: columns per tile
+constexpr int64_t kSpanTiles = 16; // long columns: tiles per span (Kernels::reduce_cols)
+constexpr int64_t kSpansPerThread = 4; // long columns: fewer spans, tile at a time
 // Below this many elements one thread does it all: at 2-16 threads the
 // fork/join costs a few microseconds, the time of ~30k exps.
 constexpr int64_t kParallelElems = 32768;
@@ -117,11 +119,15 @@ struct Kernels {
 
   // States of the w <= W column outputs (o, i0 .. i0 + w) over samples
   // [k0, k1), into m[0..w) and s[0..w) (and the second moment t[0..w) with
-  // DIAG).
+  // DIAG). `resume`: m, s (and t) already hold the state over earlier
+  // samples, which these extend. `pf_ahead` > 0: every full vector loaded
+  // asks for the element that many past it into L2 (the next tile of the
+  // same rows, NOTES.md CPU 47).
   template <bool HAS_Q, bool DIAG>
   static void cols_state(
       const ReduceArgs& a, int64_t o, int64_t i0, int64_t w, int64_t k0,
-      int64_t k1, opmath_t* m_out, opmath_t* s_out, opmath_t* t_out) {
+      int64_t k1, opmath_t* m_out, opmath_t* s_out, opmath_t* t_out,
+      bool resume = false, int64_t pf_ahead = 0) {
     const int64_t full = w / L, rem = w % L, nv = ceil_div(w, L);
     const auto* P = static_cast<const scalar_t*>(a.p.data) + o * a.p.so + i0;
     const auto* Q = HAS_Q
@@ -130,6 +136,14 @@ struct Kernels {
     const V beta(static_cast<opmath_t>(a.beta));
     UninitVecs<V, kTileVecs> m, s, t, bmax;
     UninitTile<V, kBlock, kTileVecs> buf;
+    if (resume) { // lanes past w hold 0 and are never stored
+      for (int64_t v = 0; v < nv; ++v) {
+        const int64_t n = std::min(L, w - v * L);
+        m[v] = V::loadu(m_out + v * L, n);
+        s[v] = V::loadu(s_out + v * L, n);
+        if constexpr (DIAG) t[v] = V::loadu(t_out + v * L, n);
+      }
+    }
     for (int64_t kb = k0; kb < k1; kb += kBlock) {
       const int64_t r = std::min(kBlock, k1 - kb);
       for (int64_t v = 0; v < nv; ++v) bmax[v] = V(-INFINITY);
@@ -137,6 +151,10 @@ struct Kernels {
         const scalar_t* pr = P + (kb + j) * a.p.sk;
         const scalar_t* qr = HAS_Q ? Q + (kb + j) * a.q.sk : nullptr;
         for (int64_t v = 0; v < full; ++v) {
+          if (pf_ahead) {
+            __builtin_prefetch(pr + v * L + pf_ahead, 0, 2);
+            if constexpr (HAS_Q) __builtin_prefetch(qr + v * L + pf_ahead, 0, 2);
+          }
           V x = IO::load(pr + v * L);
           if constexpr (HAS_Q) x = x - IO::load(qr + v * L);
           x = x * beta;
@@ -152,7 +170,8 @@ struct Kernels {
         }
       }
       absorb_block<DIAG>(
-          m.data(), s.data(), t.data(), bmax.data(), buf, r, nv, kb == k0);
+          m.data(), s.data(), t.data(), bmax.data(), buf, r, nv,
+          kb == k0 && !resume);
     }
     for (int64_t v = 0; v < nv; ++v) {
       const int64_t n = std::min(L, w - v * L);
@@ -316,6 +335,51 @@ struct Kernels {
     const int64_t width = std::min(a.inner, tw);
     const int64_t pieces = choose_ksplit(items, a.K, width);
     const int64_t kchunk = ceil_div(a.K, pieces);
+    if (pieces == 1 && a.K > kBlock) {
+      // Long columns: a span of tiles at a time, one block of samples
+      // across the whole span before the next, the span's states kept in
+      // between; at most kBlock rows (2 kBlock with log_q) stream at once,
+      // each a contiguous run of the span's width, where a tile at a time
+      // streams all K rows for a quarter of a page each; and every vector
+      // loaded asks for the same row's next tile, so that it arrives while
+      // this tile's exponentials run (NOTES.md CPU 47: the prefetch alone
+      // over all K rows was slower, CPU 31). Not where it would leave fewer
+      // than kSpansPerThread spans a thread.
+      const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+      int64_t span = kSpanTiles;
+      while (span > 1 && a.outer * ceil_div(ntiles, span) < kSpansPerThread * threads) {
+        span /= 2;
+      }
+      if (span > 1) {
+        const int64_t per_o = ceil_div(ntiles, span);
+        const int64_t grain =
+            std::max<int64_t>(1, kParallelElems / (a.K * width * span));
+        parallel_for(0, a.outer * per_o, grain, [&](int64_t b, int64_t e) {
+          std::vector<opmath_t> m(span * W), s(span * W), t(DIAG ? span * W : 1);
+          for (int64_t it = b; it < e; ++it) {
+            const int64_t o = it / per_o, t0 = (it % per_o) * span;
+            const int64_t t1 = std::min(ntiles, t0 + span);
+            for (int64_t kb = 0; kb < a.K; kb += kBlock) {
+              const int64_t k1 = std::min(a.K, kb + kBlock);
+              for (int64_t tile = t0; tile < t1; ++tile) {
+                const int64_t i0 = tile * tw, w = std::min(tw, a.inner - i0);
+                const int64_t at = (tile - t0) * W;
+                cols_state<HAS_Q, DIAG>(
+                    a, o, i0, w, kb, k1, m.data() + at, s.data() + at,
+                    t.data() + (DIAG ? at : 0), kb > 0, tw);
+              }
+            }
+            for (int64_t tile = t0; tile < t1; ++tile) {
+              const int64_t i0 = tile * tw, w = std::min(tw, a.inner - i0);
+              const int64_t at = (tile - t0) * W;
+              finish(a, o * a.inner + i0, m.data() + at, s.data() + at,
+                     t.data() + (DIAG ? at : 0), w);
+            }
+          }
+        });
+        return;
+      }
+    }
     if (pieces == 1) {
       const int64_t grain = std::max<int64_t>(1, kParallelElems / (a.K * width));
       parallel_for(0, items, grain, [&](int64_t b, int64_t e) {
