@@ -39,7 +39,7 @@ constexpr int64_t kOneBlockVecs = 32; // see Kernels::tile_width
 constexpr int64_t kNarrowMaxK = 8; // see Kernels::tile_width
 constexpr int64_t kMinNarrowVecs = 4; // see Kernels::tile_width
 constexpr int64_t kWeightsTile = 2048; // columns' weights pass: columns per tile
-constexpr int64_t kSpanTiles = 16; // long columns: tiles per span (Kernels::reduce_cols)
+constexpr int64_t kSpanTiles = 8; // long columns: tiles per span (Kernels::reduce_cols)
 constexpr int64_t kSpansPerThread = 4; // long columns: fewer spans, tile at a time
 // Below this many elements one thread does it all: at 2-16 threads the
 // fork/join costs a few microseconds, the time of ~30k exps.
@@ -117,17 +117,31 @@ struct Kernels {
     }
   }
 
+  // Asks for the line `ahead` elements past ptr into L2. The address is
+  // formed as an integer: it may lie past the operand (the rows after the
+  // last), where a prefetch is a request for nothing and never faults.
+  C10_ALWAYS_INLINE static void prefetch_l2(const scalar_t* ptr, int64_t ahead) {
+    __builtin_prefetch(reinterpret_cast<const void*>(
+        reinterpret_cast<uintptr_t>(ptr) + ahead * int64_t(sizeof(scalar_t))), 0, 2);
+  }
+
+  // Where cols_state's loads ask for lines ahead (PF): element offsets from
+  // each full vector it loads of row k of p (and q) to the vector it asks
+  // for (NOTES.md CPU 47).
+  struct Ahead {
+    int64_t p = 0, q = 0;
+  };
+
   // States of the w <= W column outputs (o, i0 .. i0 + w) over samples
   // [k0, k1), into m[0..w) and s[0..w) (and the second moment t[0..w) with
   // DIAG). `resume`: m, s (and t) already hold the state over earlier
-  // samples, which these extend. `pf_ahead` > 0: every full vector loaded
-  // asks for the element that many past it into L2 (the next tile of the
-  // same rows, NOTES.md CPU 47).
-  template <bool HAS_Q, bool DIAG>
+  // samples, which these extend. PF: every 64-byte line loaded in full
+  // vectors asks for the line `ahead` past it into L2.
+  template <bool HAS_Q, bool DIAG, bool PF = false>
   static void cols_state(
       const ReduceArgs& a, int64_t o, int64_t i0, int64_t w, int64_t k0,
       int64_t k1, opmath_t* m_out, opmath_t* s_out, opmath_t* t_out,
-      bool resume = false, int64_t pf_ahead = 0) {
+      bool resume = false, Ahead ahead = {}) {
     const int64_t full = w / L, rem = w % L, nv = ceil_div(w, L);
     const auto* P = static_cast<const scalar_t*>(a.p.data) + o * a.p.so + i0;
     const auto* Q = HAS_Q
@@ -151,9 +165,11 @@ struct Kernels {
         const scalar_t* pr = P + (kb + j) * a.p.sk;
         const scalar_t* qr = HAS_Q ? Q + (kb + j) * a.q.sk : nullptr;
         for (int64_t v = 0; v < full; ++v) {
-          if (pf_ahead) {
-            __builtin_prefetch(pr + v * L + pf_ahead, 0, 2);
-            if constexpr (HAS_Q) __builtin_prefetch(qr + v * L + pf_ahead, 0, 2);
+          // One request per line: a vector of under 64 bytes (AVX2, the
+          // half types) asks on every other load.
+          if (PF && (v * L * int64_t(sizeof(scalar_t))) % 64 == 0) {
+            prefetch_l2(pr + v * L, ahead.p);
+            if constexpr (HAS_Q) prefetch_l2(qr + v * L, ahead.q);
           }
           V x = IO::load(pr + v * L);
           if constexpr (HAS_Q) x = x - IO::load(qr + v * L);
@@ -335,18 +351,19 @@ struct Kernels {
     const int64_t width = std::min(a.inner, tw);
     const int64_t pieces = choose_ksplit(items, a.K, width);
     const int64_t kchunk = ceil_div(a.K, pieces);
-    if (pieces == 1 && a.K > kBlock) {
+    if (pieces == 1 && a.K > kBlock && ntiles > 1) {
       // Long columns: a span of tiles at a time, one block of samples
       // across the whole span before the next, the span's states kept in
       // between; at most kBlock rows (2 kBlock with log_q) stream at once,
       // each a contiguous run of the span's width, where a tile at a time
-      // streams all K rows for a quarter of a page each; and every vector
-      // loaded asks for the same row's next tile, so that it arrives while
-      // this tile's exponentials run (NOTES.md CPU 47: the prefetch alone
-      // over all K rows was slower, CPU 31). Not where it would leave fewer
-      // than kSpansPerThread spans a thread.
+      // streams all K rows for a quarter of a page each. And every line
+      // loaded asks for the one the walk reads a tile later: the same row's
+      // next tile, or from the span's last tile the next block's row at its
+      // first tile; so it arrives while this tile's exponentials run
+      // (NOTES.md CPU 47; CPU 31's prefetch over all K rows was slower).
+      // Not where it would leave fewer than kSpansPerThread spans a thread.
       const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-      int64_t span = kSpanTiles;
+      int64_t span = std::min(kSpanTiles, ntiles);
       while (span > 1 && a.outer * ceil_div(ntiles, span) < kSpansPerThread * threads) {
         span /= 2;
       }
@@ -364,9 +381,16 @@ struct Kernels {
               for (int64_t tile = t0; tile < t1; ++tile) {
                 const int64_t i0 = tile * tw, w = std::min(tw, a.inner - i0);
                 const int64_t at = (tile - t0) * W;
-                cols_state<HAS_Q, DIAG>(
+                Ahead ahead{tw, tw}; // the next tile, same rows
+                if (tile + 1 == t1 && k1 < a.K) { // next block, first tile
+                  const int64_t back = (t0 - tile) * tw;
+                  ahead = {kBlock * a.p.sk + back, kBlock * a.q.sk + back};
+                } else if (tile + 1 == t1) { // the next span, first block
+                  ahead = {tw - kb * a.p.sk, tw - kb * a.q.sk};
+                }
+                cols_state<HAS_Q, DIAG, true>(
                     a, o, i0, w, kb, k1, m.data() + at, s.data() + at,
-                    t.data() + (DIAG ? at : 0), kb > 0, tw);
+                    t.data() + (DIAG ? at : 0), kb > 0, ahead);
               }
             }
             for (int64_t tile = t0; tile < t1; ++tile) {

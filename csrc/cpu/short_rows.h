@@ -99,22 +99,24 @@ struct LaneTiles {
 
   // Asks for the lines of the n elements at p (and q) into L2, spread over
   // `steps` calls of step(): a tile's prefetch of the next one, issued a few
-  // lines at a time between its arithmetic (NOTES.md CPU 46).
+  // lines at a time between its arithmetic (NOTES.md CPU 46). Addresses are
+  // integers: past the last tile they lie past the operand, where a
+  // prefetch is a request for nothing and never faults.
   template <bool HAS_Q>
   struct NextTile {
-    static constexpr int64_t kLine = 64;
-    const char *p, *q, *end;
+    static constexpr uintptr_t kLine = 64;
+    uintptr_t p, q, end;
     int64_t per; // lines per step
     NextTile(const scalar_t* p_, const scalar_t* q_, int64_t n, int64_t steps)
-        : p(reinterpret_cast<const char*>(p_)),
-          q(reinterpret_cast<const char*>(q_)),
-          end(p + n * static_cast<int64_t>(sizeof(scalar_t))),
-          per(ceil_div(ceil_div(n * static_cast<int64_t>(sizeof(scalar_t)), kLine), steps)) {}
+        : p(reinterpret_cast<uintptr_t>(p_)),
+          q(reinterpret_cast<uintptr_t>(q_)),
+          end(p + uintptr_t(n) * sizeof(scalar_t)),
+          per(ceil_div(ceil_div(n * int64_t(sizeof(scalar_t)), kLine), steps)) {}
     C10_ALWAYS_INLINE void step() {
       for (int64_t i = 0; i < per && p < end; ++i, p += kLine) {
-        __builtin_prefetch(p, 0, 2);
+        __builtin_prefetch(reinterpret_cast<const void*>(p), 0, 2);
         if constexpr (HAS_Q) {
-          __builtin_prefetch(q, 0, 2);
+          __builtin_prefetch(reinterpret_cast<const void*>(q), 0, 2);
           q += kLine;
         }
       }
@@ -205,11 +207,14 @@ struct LaneTiles {
         }
         // DENSE: the next tile's slabs arrive while this one's arithmetic
         // runs, as in reduce_rows_transposed (NOTES.md CPU 46).
+        // The next tile's slabs, as the copy above counts them.
         const int64_t o_next = (r0 + n) / a.inner;
+        const int64_t n_next = std::min(T, n_out - r0 - n);
         NextTile<HAS_Q && DENSE> next(
             DENSE ? P + o_next * slab : nullptr,
             DENSE && HAS_Q ? Q + o_next * slab : nullptr,
-            DENSE ? ((r0 + n - 1) / a.inner - o0 + 1) * slab : 0, a.K);
+            DENSE && n_next > 0 ? ((r0 + n + n_next - 1) / a.inner - o_next + 1) * slab : 0,
+            a.K);
         const idx_t* ipt = ip;
         const idx_t* iqt = iq;
         if (n == T && i0 < phases) {
