@@ -205,9 +205,9 @@ struct LaneTiles {
             (x * beta).store(xbuf.data() + j, c - j);
           }
         }
-        // DENSE: the next tile's slabs arrive while this one's arithmetic
-        // runs, as in reduce_rows_transposed (NOTES.md CPU 46).
-        // The next tile's slabs, as the copy above counts them.
+        // DENSE: the next tile's slabs (counted as the copy above counts
+        // this tile's) arrive while this one's arithmetic runs, as in
+        // reduce_rows_transposed (NOTES.md CPU 46).
         const int64_t o_next = (r0 + n) / a.inner;
         const int64_t n_next = std::min(T, n_out - r0 - n);
         NextTile<HAS_Q && DENSE> next(
