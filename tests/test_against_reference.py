@@ -377,6 +377,81 @@ def test_long_columns_in_spans(dtype, threads):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_long_columns_weights_in_tiles(dtype, threads):
+    """The backward of more than 16 samples over many columns (on the CPU
+    tiles of thousands of columns, all samples of a tile before the next,
+    the last tile partial): one output row and several, a [B, K] view of a
+    [K, B] buffer, log_q broadcast over the samples, Renyi's alpha on either
+    side of 1, DReG's three estimators and the normalized weights, with
+    columns all -inf, -inf in some samples, NaN, and samples hundreds of nats
+    apart: gradients and weights against the float64 reference."""
+    before = torch.get_num_threads()
+    gen = torch.Generator().manual_seed(48 + threads)
+    try:
+        torch.set_num_threads(threads)
+        # (buffer shape, sample dim of the buffer, whether the op sees its transpose)
+        for shape, kdim, swap in (((20, 70001), 0, False), ((3, 17, 30000), 1, False),
+                                  ((33, 70000), 0, True)):
+            K, n = shape[kdim], shape[-1]
+            p64 = torch.randn(shape, generator=gen, dtype=torch.float64) * 3
+            q64 = torch.randn(shape, generator=gen, dtype=torch.float64)
+
+            def at(k, i):  # (sample k, output column i) of the last output row
+                idx = [-1] * len(shape)
+                idx[kdim], idx[-1] = k, i
+                return tuple(idx)
+
+            dead, nan = n - 3, 8191  # in the last tile; the first tile's last column
+            p64[at(slice(None), dead)] = -math.inf
+            p64[at(slice(0, K, 2), 9000)] = -math.inf
+            p64[at(slice(0, 5), 40000 % n)] -= 700.0
+            p64[at(3, nan)] = math.nan
+            view = (lambda t: t.t()) if swap else (lambda t: t)
+            dim = 1 if swap else kdim
+            q_one = q64.narrow(kdim, 0, 1)  # one log_q for every sample
+            for q_src, alpha in ((None, 0.0), (q64, 0.0), (q64, 0.5), (q64, 2.0), (q_one, 0.0)):
+                leaf = p64.to(dtype).clone().requires_grad_()
+                qleaf = None if q_src is None else q_src.to(dtype).clone().requires_grad_()
+                out = iwae_fused.iwelbo(view(leaf), None if qleaf is None else view(qleaf),
+                                        dim=dim, alpha=alpha)
+                g = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+                out.backward(g.to(dtype))
+                pr = leaf.detach().double().requires_grad_()
+                qr = None if qleaf is None else qleaf.detach().double().requires_grad_()
+                ref = R.iwelbo(view(pr), None if qr is None else view(qr), dim, alpha=alpha)
+                ref.backward(g)
+                ok = ~torch.isnan(ref)  # the NaN column: NaN here and there
+                assert torch.equal(torch.isnan(out), ~ok)
+                close(out[ok], ref[ok], dtype, scale=4)
+                if alpha < 1:  # the all -inf column: weight 0 (the reference's softmax is NaN)
+                    assert torch.all(leaf.grad[at(slice(None), dead)] == 0)
+                    pr.grad[at(slice(None), dead)] = 0
+                    if qr is not None:
+                        qr.grad[at(slice(None), dead)] = 0
+                close(leaf.grad, pr.grad, dtype)
+                if qr is not None:
+                    close(qleaf.grad, qr.grad, dtype)
+            pd, qd = view(p64.to(dtype)), view(q64.to(dtype))
+            w = iwae_fused.normalized_weights(pd, qd, dim)
+            close(w, R.normalized_weights(pd.double(), qd.double(), dim), dtype)
+            for z_weight in ("dreg", "rws", "stl"):
+                # z = log_p itself: the z-path correction comes back to log_p
+                pl, ql = pd.clone().requires_grad_(), qd.clone().requires_grad_()
+                out = iwae_fused.dreg(pl, ql, pl, dim, z_weight=z_weight)
+                g = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+                out.backward(g.to(dtype))
+                pr = pd.detach().double().clone().requires_grad_()
+                qr = qd.detach().double().clone().requires_grad_()
+                R.dreg(pr, qr, pr, dim, z_weight=z_weight).backward(g)
+                for got, want in ((pl.grad, pr.grad), (ql.grad, qr.grad)):
+                    view(want)[at(slice(None), dead)] = 0  # the reference's NaN weights
+                    close(got, want, dtype)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 0.9, 1.0, -2.0])
 @pytest.mark.parametrize("shape,dim,q_shape", [
     ((50, 2), 1, None), ((50, 4), 1, (50, 4)), ((6, 40), 0, (6, 40)),

@@ -39,6 +39,10 @@ constexpr int64_t kOneBlockVecs = 32; // see Kernels::tile_width
 constexpr int64_t kNarrowMaxK = 8; // see Kernels::tile_width
 constexpr int64_t kMinNarrowVecs = 4; // see Kernels::tile_width
 constexpr int64_t kWeightsTile = 2048; // columns' weights pass: columns per tile
+// The columns' weights pass for K > kBlock: bytes of stats per tile (they
+// stay in L2 over the tile's K rows), and the narrowest tile it takes.
+constexpr int64_t kLongWeightsStats = 256 * 1024;
+constexpr int64_t kMinLongWeightsTile = 8192;
 constexpr int64_t kSpanTiles = 8; // long columns: tiles per span (Kernels::reduce_cols)
 constexpr int64_t kSpansPerThread = 4; // long columns: fewer spans, tile at a time
 // Below this many elements one thread does it all: at 2-16 threads the
@@ -570,6 +574,20 @@ struct Kernels {
     return tw;
   }
 
+  // Columns per tile of the columns' weights pass for K > kBlock: as many
+  // as kLongWeightsStats bytes of stats hold, halved while that leaves fewer
+  // than 4 tiles per thread; 0 below kMinLongWeightsTile columns, where the
+  // runs over all of inner are kept (tiles of 2,048 columns, bursts of 8 KB
+  // per row, were slower there: NOTES.md CPU 12).
+  static int64_t long_weights_tile(const WeightsArgs& a) {
+    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+    int64_t tw = kLongWeightsStats / (2 * int64_t(sizeof(opmath_t)));
+    while (tw >= 2 * kMinLongWeightsTile && a.outer * ceil_div(a.inner, tw) < 4 * threads) {
+      tw /= 2;
+    }
+    return a.outer * ceil_div(a.inner, tw) < 4 * threads ? 0 : tw;
+  }
+
   // The slabs (outer indices) [o_begin, outer).
   template <bool HAS_Q>
   static void weights_impl(const WeightsArgs& a, int64_t o_begin) {
@@ -600,11 +618,12 @@ struct Kernels {
               return c == L ? IO::load(gg + j) : IO::load(gg + j, c);
             });
       };
-      if (a.K <= kBlock) {
-        // Few rows: a tile of columns, all K rows of it, so the tile's stats
-        // and g come from memory once and from cache K - 1 times, where runs
-        // over all of inner re-read them per row (NOTES.md CPU 12).
-        const int64_t tw = weights_tile(a);
+      const int64_t long_tw = a.K > kBlock ? long_weights_tile(a) : 0;
+      if (a.K <= kBlock || long_tw > 0) {
+        // A tile of columns, all K rows of it, so the tile's stats and g
+        // come from memory once and from cache K - 1 times, where runs over
+        // all of inner re-read them per row (NOTES.md CPU 12, CPU 48).
+        const int64_t tw = long_tw > 0 ? long_tw : weights_tile(a);
         const int64_t ntiles = ceil_div(a.inner, tw);
         const int64_t grain =
             std::max<int64_t>(1, kParallelElems / (a.K * std::min(tw, a.inner)));
@@ -620,8 +639,8 @@ struct Kernels {
             });
         return;
       }
-      // Many rows: one run per (o, k) over all of inner; long streams, and
-      // K runs to share among the threads (tiles measured slower here).
+      // Many rows over few columns: one run per (o, k) over all of inner;
+      // long streams, and K runs to share among the threads.
       const int64_t grain = std::max<int64_t>(1, kParallelElems / a.inner);
       parallel_for(o_begin * a.K, a.outer * a.K, grain, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) run(r / a.K, r % a.K, 0, a.inner);
