@@ -121,14 +121,6 @@ struct Kernels {
     }
   }
 
-  // Asks for the line `ahead` elements past ptr into L2. The address is
-  // formed as an integer: it may lie past the operand (the rows after the
-  // last), where a prefetch is a request for nothing and never faults.
-  C10_ALWAYS_INLINE static void prefetch_l2(const scalar_t* ptr, int64_t ahead) {
-    __builtin_prefetch(reinterpret_cast<const void*>(
-        reinterpret_cast<uintptr_t>(ptr) + ahead * int64_t(sizeof(scalar_t))), 0, 2);
-  }
-
   // Where cols_state's loads ask for lines ahead (PF): element offsets from
   // each full vector it loads of row k of p (and q) to the vector it asks
   // for (NOTES.md CPU 47).
@@ -172,8 +164,8 @@ struct Kernels {
           // One request per line: a vector of under 64 bytes (AVX2, the
           // half types) asks on every other load.
           if (PF && (v * L * int64_t(sizeof(scalar_t))) % 64 == 0) {
-            prefetch_l2(pr + v * L, ahead.p);
-            if constexpr (HAS_Q) prefetch_l2(qr + v * L, ahead.q);
+            IO::prefetch_l2(pr + v * L, ahead.p);
+            if constexpr (HAS_Q) IO::prefetch_l2(qr + v * L, ahead.q);
           }
           V x = IO::load(pr + v * L);
           if constexpr (HAS_Q) x = x - IO::load(qr + v * L);

@@ -99,9 +99,8 @@ struct LaneTiles {
 
   // Asks for the lines of the n elements at p (and q) into L2, spread over
   // `steps` calls of step(): a tile's prefetch of the next one, issued a few
-  // lines at a time between its arithmetic (NOTES.md CPU 46). Addresses are
-  // integers: past the last tile they lie past the operand, where a
-  // prefetch is a request for nothing and never faults.
+  // lines at a time between its arithmetic (NOTES.md CPU 46). Past the last
+  // tile the addresses lie past the operand (VecIO::prefetch_line).
   template <bool HAS_Q>
   struct NextTile {
     static constexpr uintptr_t kLine = 64;
@@ -114,9 +113,9 @@ struct LaneTiles {
           per(ceil_div(ceil_div(n * int64_t(sizeof(scalar_t)), kLine), steps)) {}
     C10_ALWAYS_INLINE void step() {
       for (int64_t i = 0; i < per && p < end; ++i, p += kLine) {
-        __builtin_prefetch(reinterpret_cast<const void*>(p), 0, 2);
+        IO::prefetch_line(p);
         if constexpr (HAS_Q) {
-          __builtin_prefetch(reinterpret_cast<const void*>(q), 0, 2);
+          IO::prefetch_line(q);
           q += kLine;
         }
       }

@@ -208,7 +208,18 @@ struct VecIO {
   // A prefetch past the end of an array is harmless: it never faults.
   static constexpr int64_t kAheadBytes = 2048;
   C10_ALWAYS_INLINE static void prefetch_ahead(const scalar_t* ptr) {
-    __builtin_prefetch(reinterpret_cast<const char*>(ptr) + kAheadBytes, 0, 2);
+    prefetch_line(reinterpret_cast<uintptr_t>(ptr) + kAheadBytes);
+  }
+  // Asks for the line `ahead` elements past ptr into L2.
+  C10_ALWAYS_INLINE static void prefetch_l2(const scalar_t* ptr, int64_t ahead) {
+    prefetch_line(reinterpret_cast<uintptr_t>(ptr) + ahead * int64_t(sizeof(scalar_t)));
+  }
+  // Every prefetch above goes through here. The address is an integer: it
+  // may lie past the operand (the rows after the last, the tile after the
+  // last), where a prefetch is a request for nothing and never faults but
+  // forming the pointer would be undefined behaviour.
+  C10_ALWAYS_INLINE static void prefetch_line(uintptr_t at) {
+    __builtin_prefetch(reinterpret_cast<const void*>(at), 0, 2);
   }
   // store(), but with a non-temporal store where `stream` (stream_stores.h)
   // and ptr holds a whole vector aligned to its size: float and double
