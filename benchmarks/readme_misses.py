@@ -2,8 +2,9 @@
 (benchmarks/results.csv for the cpu preset, results-short.csv for the short
 one), so that the README cannot say more than the tables do.
 
-    python benchmarks/readme_misses.py           # print the table
-    python benchmarks/readme_misses.py --write   # replace it in README.md
+    python benchmarks/readme_misses.py            # print the table
+    python benchmarks/readme_misses.py --write    # replace it in README.md
+    python benchmarks/readme_misses.py --summary  # the figures the README's prose quotes
 
 The README holds the table between the two MARKERS; tests/test_bench_tables.py
 fails when it differs from what this script prints.
@@ -79,6 +80,32 @@ def table(rows_of=read_rows):
     return "\n".join(lines).rstrip("\n")
 
 
+def span(values, fmt="{:.1f}"):
+    """'lo-hi' of the values, each as fmt gives it."""
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+
+
+def summary(rows_of=read_rows):
+    """The figures the README's and docs' prose quote, one per line: the
+    training step's ratios over the short shapes and over the cpu preset's
+    larger shapes, the training shape's step, and how many short training
+    steps are within their 1.3x floor."""
+    short = [r for r in rows_of("short") if r["mode"] == "fwdbwd"]
+    cpu = [r for r in rows_of("cpu") if r["mode"] == "fwdbwd"]
+    train = [r for r in cpu if r["label"] == "training"]
+    large = [r for r in cpu if r["label"] != "training"]
+    within = sum(r["floor_x"] <= 1.3 for r in short)
+    lines = [f"short training steps: {span([r['vs_eager'] for r in short])}x eager, "
+             f"{span([r['vs_compile'] for r in short])}x compile",
+             f"cpu preset, larger shapes, training steps: {span([r['vs_eager'] for r in large])}x "
+             f"eager, {span([r['vs_compile'] for r in large])}x compile",
+             f"training shape step: {span([r['iwae_fused_us'] for r in train], '{:.0f}')} us, "
+             f"{span([r['vs_eager'] for r in train])}x eager, "
+             f"{span([r['vs_compile'] for r in train])}x compile",
+             f"short training steps within 1.3x of the floor: {within} of {len(short)}"]
+    return "\n".join(lines)
+
+
 def block():
     """The README's block, markers included."""
     return f"{MARKERS[0]}\n{table()}\n{MARKERS[1]}"
@@ -95,7 +122,12 @@ def replace_block(text, new_block):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", action="store_true", help="replace the table in README.md")
+    ap.add_argument("--summary", action="store_true",
+                    help="print the figures the README's prose quotes")
     args = ap.parse_args(argv)
+    if args.summary:
+        print(summary())
+        return
     if not args.write:
         print(block())
         return
