@@ -39,8 +39,9 @@ constexpr int64_t kOneBlockVecs = 32; // see Kernels::tile_width
 constexpr int64_t kNarrowMaxK = 8; // see Kernels::tile_width
 constexpr int64_t kMinNarrowVecs = 4; // see Kernels::tile_width
 constexpr int64_t kWeightsTile = 2048; // columns' weights pass: columns per tile
-// The columns' weights pass for K > kBlock: bytes of stats per tile (they
-// stay in L2 over the tile's K rows), and the narrowest tile it takes.
+// The columns' weights pass for K > kBlock: bytes of stats (shift and
+// log_norm) per tile, which with g (half as much again) stay in L2 over the
+// tile's K rows; and the narrowest tile it takes.
 constexpr int64_t kLongWeightsStats = 256 * 1024;
 constexpr int64_t kMinLongWeightsTile = 8192;
 constexpr int64_t kSpanTiles = 8; // long columns: tiles per span (Kernels::reduce_cols)
@@ -557,27 +558,21 @@ struct Kernels {
     a.beta != 1.0 ? run(std::true_type{}) : run(std::false_type{});
   }
 
-  // Columns per tile of the columns' weights pass: kWeightsTile, halved
-  // (down to 4 vectors) while that leaves fewer than 4 tiles per thread.
-  static int64_t weights_tile(const WeightsArgs& a) {
+  // Columns per tile of the columns' weights pass over `slabs` slabs, or 0
+  // for runs over all of inner. K <= kBlock: kWeightsTile, halved (down to 4
+  // vectors) while that leaves fewer than 4 tiles per thread. K > kBlock:
+  // as many columns as kLongWeightsStats bytes of stats hold, halved down to
+  // kMinLongWeightsTile; 0 where even that leaves fewer than 4 tiles per
+  // thread (tiles of 2,048 columns, bursts of 8 KB per row, were slower than
+  // the runs there: NOTES.md CPU 12).
+  static int64_t weights_tile(const WeightsArgs& a, int64_t slabs) {
     const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-    int64_t tw = kWeightsTile;
-    while (tw > 4 * L && a.outer * ceil_div(a.inner, tw) < 4 * threads) tw /= 2;
-    return tw;
-  }
-
-  // Columns per tile of the columns' weights pass for K > kBlock: as many
-  // as kLongWeightsStats bytes of stats hold, halved while that leaves fewer
-  // than 4 tiles per thread; 0 below kMinLongWeightsTile columns, where the
-  // runs over all of inner are kept (tiles of 2,048 columns, bursts of 8 KB
-  // per row, were slower there: NOTES.md CPU 12).
-  static int64_t long_weights_tile(const WeightsArgs& a) {
-    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-    int64_t tw = kLongWeightsStats / (2 * int64_t(sizeof(opmath_t)));
-    while (tw >= 2 * kMinLongWeightsTile && a.outer * ceil_div(a.inner, tw) < 4 * threads) {
-      tw /= 2;
-    }
-    return a.outer * ceil_div(a.inner, tw) < 4 * threads ? 0 : tw;
+    const bool few = a.K <= kBlock;
+    const int64_t narrowest = few ? 4 * L : kMinLongWeightsTile;
+    int64_t tw = few ? kWeightsTile : kLongWeightsStats / (2 * int64_t(sizeof(opmath_t)));
+    auto enough = [&] { return slabs * ceil_div(a.inner, tw) >= 4 * threads; };
+    while (tw > narrowest && !enough()) tw /= 2;
+    return few || enough() ? tw : 0;
   }
 
   // The slabs (outer indices) [o_begin, outer).
@@ -610,12 +605,10 @@ struct Kernels {
               return c == L ? IO::load(gg + j) : IO::load(gg + j, c);
             });
       };
-      const int64_t long_tw = a.K > kBlock ? long_weights_tile(a) : 0;
-      if (a.K <= kBlock || long_tw > 0) {
+      if (const int64_t tw = weights_tile(a, a.outer - o_begin); tw > 0) {
         // A tile of columns, all K rows of it, so the tile's stats and g
         // come from memory once and from cache K - 1 times, where runs over
         // all of inner re-read them per row (NOTES.md CPU 12, CPU 48).
-        const int64_t tw = long_tw > 0 ? long_tw : weights_tile(a);
         const int64_t ntiles = ceil_div(a.inner, tw);
         const int64_t grain =
             std::max<int64_t>(1, kParallelElems / (a.K * std::min(tw, a.inner)));
@@ -631,8 +624,9 @@ struct Kernels {
             });
         return;
       }
-      // Many rows over few columns: one run per (o, k) over all of inner;
-      // long streams, and K runs to share among the threads.
+      // Too few columns for tiles of kMinLongWeightsTile: one run per
+      // (o, k) over all of inner; long streams, and K runs to share among
+      // the threads.
       const int64_t grain = std::max<int64_t>(1, kParallelElems / a.inner);
       parallel_for(o_begin * a.K, a.outer * a.K, grain, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) run(r / a.K, r % a.K, 0, a.inner);
