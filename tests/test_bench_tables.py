@@ -4,6 +4,7 @@ the target), and the README's table of misses drawn from the published runs."""
 
 import argparse
 import pathlib
+import re
 import sys
 
 import pytest
@@ -140,3 +141,15 @@ def test_the_summary_quotes_the_training_steps_of_each_preset():
         "cpu preset, larger shapes, training steps: 3.2-10.5x eager, 1.7-4.8x compile",
         "training shape step: 33-41 us, 2.0-2.7x eager, 4.0-4.6x compile",
         "short training steps within 1.3x of the floor: 1 of 2"]
+
+
+@pytest.mark.parametrize("path, lines", [
+    ("README.md", None), ("docs/performance/cpu.md", None), ("docs/index.md", [0])])
+def test_the_prose_quotes_the_summary_of_the_published_runs(path, lines):
+    # Every range and count that `readme_misses.py --summary` prints from the
+    # published tables appears, as printed, where users read it.
+    text = " ".join((ROOT / path).read_text().split())
+    printed = readme_misses.summary().splitlines()
+    for line in printed if lines is None else [printed[i] for i in lines]:
+        for figure in re.findall(r"\d+(?:\.\d+)?-\d+(?:\.\d+)?x|\d+-\d+ us|\d+ of \d+", line):
+            assert figure in text, f"{path} does not quote {figure!r} ({line})"
