@@ -53,6 +53,22 @@ constexpr int64_t kMinSplitK = 256; // samples per piece when K is split
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The threads a parallel_for started here would spread over: one inside
+// another parallel region, where at::parallel_for runs inline.
+inline int64_t worker_threads() {
+  return at::in_parallel_region() ? 1 : at::get_num_threads();
+}
+
+// The first of widest, widest / 2, ... that `fits`, or narrowest where
+// none wider does: how every tile and span here gives up width for enough
+// work items per thread, or for few enough streams in flight.
+template <typename Fits>
+int64_t narrowed(int64_t widest, int64_t narrowest, const Fits& fits) {
+  int64_t w = widest;
+  while (w > narrowest && !fits(w)) w /= 2;
+  return w;
+}
+
 // at::parallel_for with denormals flushed in every chunk, on whichever thread
 // runs it (denormals.h: an underflowing exp costs a microcode assist). Never
 // a guard around a parallel region: the threads a pool creates inherit the
@@ -69,7 +85,7 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
 // How many pieces to cut K into so that `items` independent reductions of K
 // samples (each `width` elements wide) keep every thread busy.
 inline int64_t choose_ksplit(int64_t items, int64_t K, int64_t width) {
-  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t threads = worker_threads();
   if (items >= threads || items * K * width < kParallelElems) return 1;
   return std::max<int64_t>(
       1, std::min(ceil_div(threads, items), K / kMinSplitK));
@@ -324,9 +340,9 @@ struct Kernels {
   static int64_t tile_width(const ReduceArgs& a) {
     if (a.K > kNarrowMaxK) return W;
     const int64_t streams = a.K * (a.q.data ? 2 : 1);
-    int64_t vecs = kTileVecs;
-    while (vecs > kMinNarrowVecs && vecs * streams > kOneBlockVecs) vecs /= 2;
-    return vecs * L;
+    return L * narrowed(kTileVecs, kMinNarrowVecs, [&](int64_t vecs) {
+      return vecs * streams <= kOneBlockVecs;
+    });
   }
 
   // The serial tail of a split-K reduction, after its parallel region: merge
@@ -359,11 +375,10 @@ struct Kernels {
       // first tile; so it arrives while this tile's exponentials run
       // (NOTES.md CPU 47; CPU 31's prefetch over all K rows was slower).
       // Not where it would leave fewer than kSpansPerThread spans a thread.
-      const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-      int64_t span = std::min(kSpanTiles, ntiles);
-      while (span > 1 && a.outer * ceil_div(ntiles, span) < kSpansPerThread * threads) {
-        span /= 2;
-      }
+      const int64_t want = kSpansPerThread * worker_threads();
+      const int64_t span = narrowed(std::min(kSpanTiles, ntiles), 1, [&](int64_t n) {
+        return a.outer * ceil_div(ntiles, n) >= want;
+      });
       if (span > 1) {
         const int64_t per_o = ceil_div(ntiles, span);
         const int64_t grain =
@@ -566,13 +581,13 @@ struct Kernels {
   // thread (tiles of 2,048 columns, bursts of 8 KB per row, were slower than
   // the runs there: NOTES.md CPU 12).
   static int64_t weights_tile(const WeightsArgs& a, int64_t slabs) {
-    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+    const int64_t want = 4 * worker_threads();
     const bool few = a.K <= kBlock;
-    const int64_t narrowest = few ? 4 * L : kMinLongWeightsTile;
-    int64_t tw = few ? kWeightsTile : kLongWeightsStats / (2 * int64_t(sizeof(opmath_t)));
-    auto enough = [&] { return slabs * ceil_div(a.inner, tw) >= 4 * threads; };
-    while (tw > narrowest && !enough()) tw /= 2;
-    return few || enough() ? tw : 0;
+    auto enough = [&](int64_t tw) { return slabs * ceil_div(a.inner, tw) >= want; };
+    const int64_t tw = few
+        ? narrowed(kWeightsTile, 4 * L, enough)
+        : narrowed(kLongWeightsStats / (2 * int64_t(sizeof(opmath_t))), kMinLongWeightsTile, enough);
+    return few || enough(tw) ? tw : 0;
   }
 
   // The slabs (outer indices) [o_begin, outer).
