@@ -423,7 +423,16 @@ struct Kernels {
         for (int64_t it = b; it < e; ++it) {
           const int64_t o = it / ntiles, i0 = (it % ntiles) * tw;
           const int64_t w = std::min(tw, a.inner - i0);
-          cols_state<HAS_Q, DIAG>(a, o, i0, w, 0, a.K, m, s, t);
+          if (ntiles > 1) {
+            // Tiles of the same rows follow each other: every line loaded
+            // asks for its row's line one tile on, or from the last tile
+            // the next slab's first (NOTES.md CPU 50).
+            const Ahead ahead = i0 + tw < a.inner ? Ahead{tw, tw}
+                                                  : Ahead{a.p.so - i0, a.q.so - i0};
+            cols_state<HAS_Q, DIAG, true>(a, o, i0, w, 0, a.K, m, s, t, false, ahead);
+          } else {
+            cols_state<HAS_Q, DIAG>(a, o, i0, w, 0, a.K, m, s, t);
+          }
           finish(a, o * a.inner + i0, m, s, t, w);
         }
       });
