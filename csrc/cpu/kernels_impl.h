@@ -373,7 +373,8 @@ struct Kernels {
       // loaded asks for the one the walk reads a tile later: the same row's
       // next tile, or from the span's last tile the next block's row at its
       // first tile; so it arrives while this tile's exponentials run
-      // (NOTES.md CPU 47; CPU 31's prefetch over all K rows was slower).
+      // (NOTES.md CPU 47; a tile at a time over all K rows, with the same
+      // prefetch, was slower there: CPU 31, CPU 50).
       // Not where it would leave fewer than kSpansPerThread spans a thread.
       const int64_t want = kSpansPerThread * worker_threads();
       const int64_t span = narrowed(std::min(kSpanTiles, ntiles), 1, [&](int64_t n) {
