@@ -124,9 +124,13 @@ def test_normalized_weights_values(c):
 
 # Fixed shapes that hit the paths random small shapes rarely reach: the
 # benchmark shapes, K split across threads (few outputs, many samples) in both
-# layouts, tails of every vector width, and a transposed [B, K] input.
+# layouts, tails of every vector width, a transposed [B, K] input, and
+# columns of several tiles in several slabs (each tile asks for the next
+# tile's lines, the last of a slab for the next slab's).
 SHAPES = [
     ((50, 128), 0),
+    ((3, 16, 700), 1),
+    ((2, 5, 1000), 1),
     ((128, 50), 1),
     ((5000, 100), 0),
     ((64, 65536), 1),
