@@ -9,10 +9,10 @@
 //    samples in full vectors and one masked tail;
 //  * K < L (and K >= L not a multiple of L where the stores stream,
 //    stream_stores.h): vectors of L consecutive elements hold the samples
-//    of up to L rows. Their rows' values are one contiguous load from the
-//    first row a vector touches and one lane permutation; the pattern
-//    repeats every lcm(K, L) elements, so its L-lane indices are a table
-//    of K / gcd(K, L) vectors built once per call.
+//    of up to two rows (K >= L) or up to L rows (K < L). A block of L rows
+//    is K such vectors; its rows' values are one load per block and one
+//    lane permutation per vector, from a table of K vectors of lane
+//    indices built once per call.
 // The general weights pass (kernels_impl.h) recomputed a row's position with
 // two divisions and reloaded the arguments per row; lane tiles gathered
 // every lane's values (short_rows.h): both ran at 2-4x this loop's time.
@@ -78,7 +78,7 @@ struct DenseRows {
     Run run(a);
     const int64_t K = run.K, full = K / L * L;
     // Streams only where every row starts aligned (K a multiple of L;
-    // periodic_rows takes the other lengths when streaming): an aligned
+    // block_rows takes the other lengths when streaming): an aligned
     // grid per row, a masked head whose line is shared with the previous
     // row, measured no faster than ordinary stores (NOTES.md CPU 36).
     run.stream = run.stream && K % L == 0;
@@ -98,55 +98,45 @@ struct DenseRows {
     });
   }
 
-  // The rows of whole periods; returns how many rows that was. Rows of K
-  // < L, and rows of K >= L not a multiple of L when the stores stream
-  // (stream_stores.h; weights() says when): the vectors then lie on the
-  // aligned grid of the element stream, each over at most two rows.
+  // The rows of whole blocks of L rows; returns how many rows that was.
+  // Rows of K < L, and rows of K >= L not a multiple of L when the stores
+  // stream (stream_stores.h; weights() says when): a block is K vectors on
+  // the aligned grid of the element stream, each over at most two rows of
+  // the block's L, whose stats and g are one load per block; lane l of
+  // vector v takes row (v L + l) / K of them, one permute. Per vector that
+  // is the three permutes of a period of K / gcd(K, L) vectors, without
+  // the period's three unaligned loads per vector and its loop around one
+  // vector where K divides L (0.75-0.87x the time of those at K = 4, 8,
+  // 12, w form: NOTES.md CPU 52).
   template <bool HAS_Q>
-  static int64_t periodic_rows(const WeightsArgs& a) {
+  static int64_t block_rows(const WeightsArgs& a) {
     const Run run(a);
     const int64_t K = run.K;
-    const int64_t PV = K / lane_gcd(K, L); // vectors per period
-    const int64_t R = PV * L / K; // rows per period
-    const int64_t periods = run.rows / R;
-    if (periods == 0) return 0;
-    std::vector<int64_t> first(PV); // the first row vector v of a period touches
-    std::vector<idx_t> lane_row(PV * L); // and each lane's row, relative to it
-    for (int64_t v = 0; v < PV; ++v) {
-      first[v] = v * L / K;
-      for (int64_t l = 0; l < L; ++l) {
-        lane_row[v * L + l] = static_cast<idx_t>((v * L + l) / K - first[v]);
-      }
-    }
-    const int64_t grain = std::max<int64_t>(1, kParallelElems / (PV * L));
-    parallel_for(0, periods, grain, [&](int64_t b, int64_t e) {
+    const int64_t blocks = run.rows / L;
+    if (blocks == 0) return 0;
+    std::vector<idx_t> lane_row(K * L); // vector v's lanes at v * L
+    for (int64_t j = 0; j < K * L; ++j) lane_row[j] = static_cast<idx_t>(j / K);
+    const int64_t grain = std::max<int64_t>(1, kParallelElems / (K * L));
+    parallel_for(0, blocks, grain, [&](int64_t b, int64_t e) {
       const Run r = run;
       const idx_t* lanes = lane_row.data();
-      const bool has_g = r.G != nullptr, g_scalar = has_g && r.g_so == 0;
-      const V g0(g_scalar ? static_cast<opmath_t>(r.G[0]) : opmath_t(1));
-      for (int64_t pp = b; pp < e; ++pp) {
-        const int64_t r0 = pp * R, j0 = r0 * K;
-        for (int64_t v = 0; v < PV; ++v) {
-          const int64_t o = r0 + first[v];
-          // Up to L rows from o; fewer where the rows end (masked loads).
-          const int64_t n = std::min<int64_t>(L, r.rows - o);
+      const bool has_g = r.G != nullptr, g_rows = has_g && r.g_so != 0;
+      const V g0(has_g && !g_rows ? static_cast<opmath_t>(r.G[0]) : opmath_t(1));
+      for (int64_t bb = b; bb < e; ++bb) {
+        const int64_t r0 = bb * L, j0 = r0 * K;
+        const V shift = V::loadu(r.shift + r0), log_norm = V::loadu(r.log_norm + r0);
+        const V g_block = g_rows ? IO::load(r.G + r0) : g0;
+        for (int64_t v = 0; v < K; ++v) {
           const VI perm = VI::loadu(lanes + v * L);
-          V sh, ln, g = g0;
-          if (n == L) {
-            sh = Shuffles::permute(V::loadu(r.shift + o), perm);
-            ln = Shuffles::permute(V::loadu(r.log_norm + o), perm);
-            if (has_g && !g_scalar) g = Shuffles::permute(IO::load(r.G + o), perm);
-          } else {
-            sh = Shuffles::permute(V::loadu(r.shift + o, n), perm);
-            ln = Shuffles::permute(V::loadu(r.log_norm + o, n), perm);
-            if (has_g && !g_scalar) g = Shuffles::permute(IO::load(r.G + o, n), perm);
-          }
-          r.template step<HAS_Q>(j0 + v * L, L, sh, ln, g, has_g);
+          const V g = g_rows ? Shuffles::permute(g_block, perm) : g0;
+          r.template step<HAS_Q>(
+              j0 + v * L, L, Shuffles::permute(shift, perm),
+              Shuffles::permute(log_norm, perm), g, has_g);
         }
       }
       fence_streams(r.stream);
     });
-    return periods * R;
+    return blocks * L;
   }
 
   // Rows whose stats the weights pass recomputes, given none: K of 2, 4 or
@@ -266,16 +256,17 @@ struct DenseRows {
       q ? recomputed_rows<true>(a) : recomputed_rows<false>(a);
       return a.outer;
     }
-    // Rows of K >= L stream through periodic_rows while its lane table is
-    // small (PV vectors, at most kShortK) and a permute is one instruction.
-    const bool periodic = a.K < L ||
+    // Rows of K >= L stream through block_rows while a permute is one
+    // instruction and the rows' pattern repeats within kShortK vectors (a
+    // lane table of K vectors, at most 1,024 for float lanes).
+    const bool blocked = a.K < L ||
         (a.K % L != 0 && Shuffles::kFastPermute && a.K / lane_gcd(a.K, L) <= kShortK &&
          typename Base::WeightsPtrs(a).stream);
-    if (!periodic) {
+    if (!blocked) {
       q ? long_rows<true>(a) : long_rows<false>(a);
       return a.outer;
     }
-    return q ? periodic_rows<true>(a) : periodic_rows<false>(a);
+    return q ? block_rows<true>(a) : block_rows<false>(a);
   }
 };
 
