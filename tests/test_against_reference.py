@@ -157,6 +157,22 @@ def test_fixed_shapes(shape, dim, dtype, device):
     ref.backward(g.to(dtype).double())
     close(p.grad, p64.grad, dtype)
     close(q.grad, q64.grad, dtype)
+    # The log-weights-only form and the diagnostics take the same paths
+    # with one operand, and the diagnostics with a second moment.
+    w = (p.detach() - q.detach()).requires_grad_()
+    w64 = as64(w).requires_grad_()
+    out_w, ref_w = iwae_fused.iwelbo(w, dim=dim), R.iwelbo(w64, None, dim)
+    close(out_w, ref_w, dtype, scale=1 + ref_w.abs().max().item())
+    out_w.backward(g.to(dtype).to(device))
+    ref_w.backward(g.to(dtype).double())
+    close(w.grad, w64.grad, dtype)
+    K = shape[dim]
+    for q_arg in (None, q.detach()):
+        ess, max_w = iwae_fused.weight_diagnostics(p.detach(), q_arg, dim)
+        ess_ref, max_w_ref = R.weight_diagnostics(
+            as64(p.detach()), None if q_arg is None else as64(q_arg), dim)
+        close(ess, ess_ref, dtype, scale=K)
+        close(max_w, max_w_ref, dtype)
 
 
 def test_transposed_input_without_copy():

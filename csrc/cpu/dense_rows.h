@@ -101,13 +101,16 @@ struct DenseRows {
   // The rows of whole blocks of L rows; returns how many rows that was.
   // Rows of K < L, and rows of K >= L not a multiple of L when the stores
   // stream (stream_stores.h; weights() says when): a block is K vectors on
-  // the aligned grid of the element stream, each over at most two rows of
-  // the block's L, whose stats and g are one load per block; lane l of
-  // vector v takes row (v L + l) / K of them, one permute. Per vector that
-  // is the three permutes of a period of K / gcd(K, L) vectors, without
-  // the period's three unaligned loads per vector and its loop around one
-  // vector where K divides L (0.75-0.87x the time of those at K = 4, 8,
-  // 12, w form: NOTES.md CPU 52).
+  // the aligned grid of the element stream, each over up to L rows (K < L)
+  // or at most two (K >= L) of the block's L, whose stats and g are one
+  // load per block; lane l of vector v takes row (v L + l) / K of them,
+  // one permute. Per vector that is the three permutes of a period of K /
+  // gcd(K, L) vectors, without the period's three unaligned loads per
+  // vector and its loop around one vector where K divides L: the training
+  // steps of K = 2, 4, 8 took 0.77-0.93x the time in the w form. A table
+  // of one period, each period adding its first row, was 1.1-1.3x slower
+  // than this table of K vectors, which at K = 1000 (64 KB, read once per
+  // block beside as many bytes of P) was as fast (NOTES.md CPU 52).
   template <bool HAS_Q>
   static int64_t block_rows(const WeightsArgs& a) {
     const Run run(a);
@@ -257,8 +260,8 @@ struct DenseRows {
       return a.outer;
     }
     // Rows of K >= L stream through block_rows while a permute is one
-    // instruction and the rows' pattern repeats within kShortK vectors (a
-    // lane table of K vectors, at most 1,024 for float lanes).
+    // instruction and the rows' pattern repeats within kShortK vectors (its
+    // lane table is then K <= 1,016 vectors for float lanes, 508 for double).
     const bool blocked = a.K < L ||
         (a.K % L != 0 && Shuffles::kFastPermute && a.K / lane_gcd(a.K, L) <= kShortK &&
          typename Base::WeightsPtrs(a).stream);

@@ -59,13 +59,14 @@ inline int64_t worker_threads() {
   return at::in_parallel_region() ? 1 : at::get_num_threads();
 }
 
-// The first of widest, widest / 2, ... that `fits`, or narrowest where
-// none wider does: how every tile and span here gives up width for enough
-// work items per thread, or for few enough streams in flight.
+// The first of widest, widest / 2, ... (never below narrowest) that
+// `fits`, or narrowest where none wider does: how every tile and span here
+// gives up width for enough work items per thread, or for few enough
+// streams in flight.
 template <typename Fits>
 int64_t narrowed(int64_t widest, int64_t narrowest, const Fits& fits) {
   int64_t w = widest;
-  while (w > narrowest && !fits(w)) w /= 2;
+  while (w > narrowest && !fits(w)) w = std::max(w / 2, narrowest);
   return w;
 }
 
@@ -374,7 +375,7 @@ struct Kernels {
       // next tile, or from the span's last tile the next block's row at its
       // first tile; so it arrives while this tile's exponentials run
       // (NOTES.md CPU 47; a tile at a time over all K rows, with the same
-      // prefetch, was slower there: CPU 31, CPU 50).
+      // prefetch, was slower there: CPU 31).
       // Not where it would leave fewer than kSpansPerThread spans a thread.
       const int64_t want = kSpansPerThread * worker_threads();
       const int64_t span = narrowed(std::min(kSpanTiles, ntiles), 1, [&](int64_t n) {
